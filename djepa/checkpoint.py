@@ -1,0 +1,143 @@
+"""Atomic, checksummed checkpoints: tensors in safetensors, state in JSON, never pickle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True))
+
+    _atomic_write(path, write)
+
+
+def atomic_write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(contiguous, tmp))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as named tensors plus a JSON-able remainder (param groups, scalars)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entries in state["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class CheckpointManager:
+    """`run_dir/checkpoints/step_XXXXXXX/` directories, the last `keep` kept, each verified on load."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 3):
+        self.root = Path(run_dir) / "checkpoints"
+        self.keep = keep
+
+    def directories(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step_")]
+        return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+    def save(self, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path:
+        """Write each tensor group to `<group>.safetensors` and `state.json` with their checksums last."""
+        final = self.root / f"step_{step:07d}"
+        staging = self.root / f".staging_{step:07d}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        checksums = {}
+        for group, group_tensors in tensors.items():
+            path = staging / f"{group}.safetensors"
+            atomic_write_safetensors(path, group_tensors)
+            checksums[path.name] = sha256(path)
+        atomic_write_json(staging / "state.json", {**state, "step": step, "checksums": checksums})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        _fsync_dir(self.root)
+        for old in self.directories()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def verify(directory: Path) -> dict[str, Any]:
+        """The checkpoint's state; raises ValueError when a file is missing or its checksum differs."""
+        state_path = Path(directory) / "state.json"
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{state_path}: unreadable ({err})") from err
+        for name, expected in state.get("checksums", {}).items():
+            path = Path(directory) / name
+            if not path.is_file() or sha256(path) != expected:
+                raise ValueError(f"{path}: missing or checksum mismatch")
+        return state
+
+    def latest_valid(self) -> tuple[Path, dict[str, Any]] | None:
+        """Newest checkpoint that verifies; a corrupt newer one is skipped with a warning."""
+        for directory in reversed(self.directories()):
+            try:
+                return directory, self.verify(directory)
+            except ValueError as err:
+                warnings.warn(f"skipping corrupt checkpoint: {err}", stacklevel=2)
+        return None
+
+    @staticmethod
+    def load_tensors(directory: Path, group: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        return load_file(str(Path(directory) / f"{group}.safetensors"), device=str(device))

@@ -1,0 +1,226 @@
+"""Per-token generative heads: Gaussian diffusion and flow matching behind one interface.
+
+A head sees rows: `loss(target [M, D], cond [M, C]) -> [M]` and
+`sample(cond, temperature, cfg) -> [M, D]`, where with cfg != 1 `cond` holds 2M rows,
+the conditional half first and the unconditional half second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from djepa.denoiser import DenoiserMLP
+
+
+class TokenHead(nn.Module):
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, out_channels: int):
+        super().__init__()
+        self.token_dim = token_dim
+        self.net = DenoiserMLP(token_dim, cond_dim, width, depth, out_channels)
+
+    def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sample(self, cond: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cfg: float) -> torch.Tensor:
+        """Network output for M rows; with guidance, both halves in one call, mixed on the first D channels."""
+        if cfg == 1.0 and cond.shape[0] == x.shape[0]:
+            return self.net(x, t, cond)
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), cond)
+        cond_out, uncond_out = out.chunk(2)
+        d = self.token_dim
+        mixed = uncond_out[:, :d] + cfg * (cond_out[:, :d] - uncond_out[:, :d])
+        return torch.cat([mixed, cond_out[:, d:]], dim=1)
+
+
+# ----------------------------------------------------------------------------- diffusion
+
+
+def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> list[float]:
+    def alpha_bar(t: float) -> float:
+        return math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
+
+    return [min(1 - alpha_bar(i + 1) / alpha_bar(i), max_beta) for i in range(num_timesteps)]
+
+
+def spaced_timesteps(num_timesteps: int, count: int) -> list[int]:
+    """`count` timesteps evenly spread over [0, num_timesteps - 1] (improved-DDPM respacing)."""
+    if count >= num_timesteps:
+        return list(range(num_timesteps))
+    if count == 1:
+        return [num_timesteps - 1]
+    stride = (num_timesteps - 1) / (count - 1)
+    return sorted({round(i * stride) for i in range(count)})
+
+
+class Schedule(nn.Module):
+    """Closed-form quantities of a discrete Gaussian diffusion, kept in float64."""
+
+    def __init__(self, betas: list[float], timestep_map: list[int]):
+        super().__init__()
+        # Built on the CPU whatever the default device (meta included), moved with the module.
+        betas = torch.tensor(betas, dtype=torch.float64, device="cpu")
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        prev = torch.cat([torch.ones(1, dtype=torch.float64, device="cpu"), alphas_cumprod[:-1]])
+        posterior_var = betas * (1 - prev) / (1 - alphas_cumprod)
+        tensors = {
+            "betas": betas,
+            "sqrt_ac": alphas_cumprod.sqrt(),
+            "sqrt_1m_ac": (1 - alphas_cumprod).sqrt(),
+            "sqrt_recip_ac": (1 / alphas_cumprod).sqrt(),
+            "sqrt_recipm1_ac": (1 / alphas_cumprod - 1).sqrt(),
+            "post_log_var": torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]])),
+            "post_coef_x0": betas * prev.sqrt() / (1 - alphas_cumprod),
+            "post_coef_xt": (1 - prev) * (1 - betas).sqrt() / (1 - alphas_cumprod),
+            "timestep_map": torch.tensor(timestep_map, dtype=torch.float64, device="cpu"),
+        }
+        for name, value in tensors.items():
+            self.register_buffer(name, value, persistent=False)
+
+    @classmethod
+    def respaced(cls, base_betas: list[float], use: list[int]) -> Schedule:
+        alphas_cumprod, running = [], 1.0
+        for beta in base_betas:
+            running *= 1 - beta
+            alphas_cumprod.append(running)
+        betas, last = [], 1.0
+        for i in use:
+            betas.append(1 - alphas_cumprod[i] / last)
+            last = alphas_cumprod[i]
+        return cls(betas, use)
+
+    def take(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return getattr(self, name)[t].to(like.dtype)[:, None]
+
+    def p_mean_log_var(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        eps, v = out.chunk(2, dim=1)
+        min_log, max_log = self.take("post_log_var", t, x_t), self.take("betas", t, x_t).log()
+        frac = (v + 1) / 2
+        log_var = frac * max_log + (1 - frac) * min_log
+        x0 = self.take("sqrt_recip_ac", t, x_t) * x_t - self.take("sqrt_recipm1_ac", t, x_t) * eps
+        return self.q_posterior_mean(x0, x_t, t), log_var
+
+    def q_posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.take("post_coef_x0", t, x_t) * x0 + self.take("post_coef_xt", t, x_t) * x_t
+
+
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """-log p(x) of a Gaussian discretised into 255 bins over [-1, 1] (as improved-DDPM does at t=0)."""
+
+    def cdf(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
+
+    centred = x - mean
+    inv_std = torch.exp(-log_scale)
+    cdf_plus, cdf_min = cdf(inv_std * (centred + 1 / 255)), cdf(inv_std * (centred - 1 / 255))
+    log_cdf_plus = cdf_plus.clamp(min=1e-12).log()
+    log_one_minus_cdf_min = (1 - cdf_min).clamp(min=1e-12).log()
+    log_delta = (cdf_plus - cdf_min).clamp(min=1e-12).log()
+    log_probs = torch.where(
+        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta)
+    )
+    return -log_probs
+
+
+class DiffusionHead(TokenHead):
+    """DDPM with a cosine schedule, learned variance (hybrid loss) and respaced sampling."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, num_timesteps: int = 1000,
+                 sampling_steps: int = 100):
+        super().__init__(token_dim, cond_dim, width, depth, out_channels=2 * token_dim)
+        self.num_timesteps = num_timesteps
+        betas = cosine_betas(num_timesteps)
+        self.train_schedule = Schedule(betas, list(range(num_timesteps)))
+        self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(num_timesteps, sampling_steps))
+        self.sampling_steps = len(self.sample_schedule.betas)
+
+    def set_sampling_steps(self, steps: int) -> None:
+        device = self.train_schedule.betas.device
+        betas = cosine_betas(self.num_timesteps)
+        self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(self.num_timesteps, steps)).to(device)
+        self.sampling_steps = len(self.sample_schedule.betas)
+
+    def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        s = self.train_schedule
+        t = torch.randint(0, self.num_timesteps, (target.shape[0],), device=target.device)
+        noise = torch.randn_like(target)
+        x_t = s.take("sqrt_ac", t, target) * target + s.take("sqrt_1m_ac", t, target) * noise
+        out = self.net(x_t, t.float(), cond)
+        eps, v = out.float().chunk(2, dim=1)
+        mse = ((eps - noise) ** 2).mean(dim=1)
+        # The variance is learned through the variational bound alone: the mean is frozen in it.
+        mean, log_var = s.p_mean_log_var(torch.cat([eps.detach(), v], dim=1), x_t, t)
+        true_mean = s.q_posterior_mean(target, x_t, t)
+        true_log_var = s.take("post_log_var", t, target)
+        kl = normal_kl(true_mean, true_log_var, mean, log_var).mean(dim=1) / math.log(2.0)
+        nll = discretized_gaussian_nll(target, mean, 0.5 * log_var).mean(dim=1) / math.log(2.0)
+        vb = torch.where(t == 0, nll, kl) * (self.num_timesteps / 1000.0)
+        return mse + vb
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0) -> torch.Tensor:
+        s = self.sample_schedule
+        rows = cond.shape[0] // 2 if cfg != 1.0 else cond.shape[0]
+        x = torch.randn(rows, self.token_dim, device=cond.device)
+        for i in reversed(range(self.sampling_steps)):
+            t = torch.full((rows,), i, device=cond.device, dtype=torch.long)
+            out = self._guided(x, s.timestep_map[t].float(), cond, cfg).float()
+            mean, log_var = s.p_mean_log_var(out, x, t)
+            noise = torch.randn_like(x) if i > 0 else torch.zeros_like(x)
+            x = mean + torch.exp(0.5 * log_var) * noise * temperature
+        return x
+
+
+# ----------------------------------------------------------------------------- flow matching
+
+
+class FlowHead(TokenHead):
+    """Rectified flow: linear path from noise (t=0) to data (t=1), velocity target, Euler or Heun."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, sampling_steps: int = 50,
+                 sampler: str = "heun", time_shift: float = 1.0):
+        super().__init__(token_dim, cond_dim, width, depth, out_channels=token_dim)
+        if sampler not in ("euler", "heun"):
+            raise ValueError(f"loss.sampler must be 'euler' or 'heun', got {sampler!r}")
+        self.sampling_steps = sampling_steps
+        self.sampler = sampler
+        self.time_shift = time_shift
+
+    def set_sampling_steps(self, steps: int) -> None:
+        self.sampling_steps = steps
+
+    def shift(self, t: torch.Tensor) -> torch.Tensor:
+        """Spend more of the path near the noise end when time_shift > 1."""
+        return t / (self.time_shift - (self.time_shift - 1) * t)
+
+    def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        t = self.shift(torch.rand(target.shape[0], device=target.device))
+        noise = torch.randn_like(target)
+        x_t = t[:, None] * target + (1 - t[:, None]) * noise
+        velocity = self.net(x_t, t * 1000, cond).float()
+        return ((velocity - (target - noise)) ** 2).mean(dim=1)
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0) -> torch.Tensor:
+        rows = cond.shape[0] // 2 if cfg != 1.0 else cond.shape[0]
+        x = torch.randn(rows, self.token_dim, device=cond.device) * temperature
+        times = self.shift(torch.linspace(0, 1, self.sampling_steps + 1, device=cond.device))
+        for i in range(self.sampling_steps):
+            t0, t1 = times[i], times[i + 1]
+            v0 = self._guided(x, (t0 * 1000).expand(rows), cond, cfg).float()
+            if self.sampler == "heun" and i < self.sampling_steps - 1:
+                x_next = x + (t1 - t0) * v0
+                v1 = self._guided(x_next, (t1 * 1000).expand(rows), cond, cfg).float()
+                x = x + (t1 - t0) * 0.5 * (v0 + v1)
+            else:
+                x = x + (t1 - t0) * v0
+        return x

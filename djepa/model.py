@@ -1,0 +1,259 @@
+"""D-JEPA: context encoder, feature predictor and per-token denoising head over a grid of tokens.
+
+The model knows tokens, a grid shape and class ids; never pixels, frames or samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from tqdm import tqdm
+
+from djepa.heads import DiffusionHead, FlowHead, TokenHead
+from djepa.masking import mask_from_orders
+from djepa.pos_embed import GridPositionalEmbedding
+from djepa.vit import Transformer
+
+HEADS: dict[str, type[TokenHead]] = {"diffusion": DiffusionHead, "flow": FlowHead}
+
+
+def build_head(token_dim: int, cond_dim: int, width: int, depth: int, head: dict[str, Any]) -> TokenHead:
+    kind = head.get("type", "diffusion")
+    if kind not in HEADS:
+        raise ValueError(f"loss.type must be one of {sorted(HEADS)}, got {kind!r}")
+    kwargs = {k: v for k, v in head.items() if k != "type"}
+    return HEADS[kind](token_dim, cond_dim, width, depth, **kwargs)
+
+
+def visible_indices(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of the unmasked tokens of each row, in grid order; rows must share a count."""
+    counts = (~mask).sum(dim=1)
+    if counts.numel() and not bool((counts == counts[0]).all()):
+        raise ValueError("every row of a batch must have the same number of visible tokens")
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+    return order[:, : int(counts[0]) if counts.numel() else 0]
+
+
+class DJEPA(nn.Module):
+    def __init__(
+        self,
+        token_dim: int,
+        grid: tuple[int, ...] | list[int],
+        num_classes: int,
+        encoder_depth: int = 4,
+        encoder_width: int = 256,
+        predictor_depth: int = 4,
+        predictor_width: int = 256,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        buffer_size: int = 64,
+        label_drop: float = 0.1,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        denoiser_depth: int = 3,
+        denoiser_width: int = 256,
+        diffusion_batch_mul: int = 4,
+        jepa: bool = True,
+        head: dict[str, Any] | None = None,
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if buffer_size < 1:
+            raise ValueError("model.buffer_size must be at least 1: the buffer carries the class embedding")
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.config["grid"] = [int(g) for g in grid]
+        self.config["head"] = dict(head or {"type": "diffusion"})
+        self.token_dim = token_dim
+        self.grid = tuple(self.config["grid"])
+        self.num_tokens = math.prod(self.grid)
+        self.num_classes = num_classes
+        self.buffer_size = buffer_size
+        self.label_drop = label_drop
+        self.diffusion_batch_mul = diffusion_batch_mul
+        self.jepa = jepa
+
+        self.class_emb = nn.Embedding(num_classes, encoder_width)
+        self.fake_class = nn.Parameter(torch.zeros(1, encoder_width))
+        self.buffer = nn.Parameter(torch.zeros(1, buffer_size, encoder_width))
+        self.token_proj = nn.Linear(token_dim, encoder_width)
+        self.encoder_pos = GridPositionalEmbedding(self.grid, encoder_width)
+        self.encoder_in_norm = nn.LayerNorm(encoder_width, eps=1e-6)
+        self.encoder = Transformer(encoder_depth, encoder_width, heads, mlp_ratio, attn_drop, proj_drop,
+                                   grad_checkpointing)
+
+        self.predictor_embed = nn.Linear(encoder_width, predictor_width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_width))
+        self.predictor_pos = GridPositionalEmbedding(self.grid, predictor_width)
+        self.predictor = Transformer(predictor_depth, predictor_width, heads, mlp_ratio, attn_drop, proj_drop,
+                                     grad_checkpointing)
+        # An MLP projector (hidden 4x encoder width): with it the B/L/H sizes match the paper's counts.
+        self.jepa_proj = (
+            nn.Sequential(nn.Linear(predictor_width, 4 * encoder_width), nn.GELU(),
+                          nn.Linear(4 * encoder_width, encoder_width))
+            if jepa else None
+        )
+        self._init_weights()
+        # Built after the generic init: the denoiser has its own (zeroed modulation and output).
+        self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head"])
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for p in (self.class_emb.weight, self.fake_class, self.mask_token):
+            nn.init.normal_(p, std=0.02)
+
+    # ------------------------------------------------------------------ pieces
+
+    def class_embedding(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if labels is None:
+            return self.fake_class.expand(batch, -1)
+        emb = self.class_emb(labels)
+        if self.training and self.label_drop > 0:
+            drop = torch.rand(batch, 1, device=emb.device) < self.label_drop
+            emb = torch.where(drop, self.fake_class.to(emb.dtype), emb)
+        return emb
+
+    def encode(self, tokens: torch.Tensor, visible: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+        """Context encoder over the visible tokens, buffer in front: [B, buffer + V, encoder_width]."""
+        x = self.token_proj(tokens) + self.encoder_pos()
+        x = torch.gather(x, 1, visible[..., None].expand(-1, -1, x.shape[-1]))
+        buffer = (self.buffer + class_emb[:, None]).to(x.dtype)
+        x = self.encoder_in_norm(torch.cat([buffer, x], dim=1))
+        return self.encoder(x)
+
+    def predict(self, encoded: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """Feature predictor: mask tokens fill the hidden positions; features [B, N, predictor_width]."""
+        h = self.predictor_embed(encoded)
+        b, _, width = h.shape
+        full = self.mask_token.to(h.dtype).expand(b, self.num_tokens, width)
+        full = full.scatter(1, visible[..., None].expand(-1, -1, width), h[:, self.buffer_size:])
+        full = full + self.predictor_pos().to(h.dtype)
+        x = self.predictor(torch.cat([h[:, : self.buffer_size], full], dim=1))
+        return x[:, self.buffer_size:]
+
+    @torch.no_grad()
+    def target_features(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """JEPA targets: the encoder's features of every token, all visible, layer-normed."""
+        b, n, _ = tokens.shape
+        visible = torch.arange(n, device=tokens.device).expand(b, n)
+        emb = self.class_emb(labels)
+        features = self.encode(tokens, visible, emb)[:, self.buffer_size:]
+        return F.layer_norm(features.float(), features.shape[-1:])
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+             targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-term losses for tokens [B, N, D] with `mask` [B, N] True where hidden.
+
+        `targets` are the EMA model's `target_features`; required when the model has a JEPA loss.
+        """
+        b, n, _ = tokens.shape
+        if n != self.num_tokens:
+            raise ValueError(f"got {n} tokens, the model's grid {self.grid} holds {self.num_tokens}")
+        visible = visible_indices(mask)
+        z = self.predict(self.encode(tokens, visible, self.class_embedding(labels, b)), visible)
+        # Only the hidden tokens are denoised: the reference multiplies the loss of all tokens by
+        # the mask, which gives the same gradient for more work.
+        cond, target = z[mask], tokens[mask]
+        mul = self.diffusion_batch_mul
+        losses = {"denoise": self.head.loss(target.repeat(mul, 1), cond.repeat(mul, 1)).mean()}
+        if self.jepa:
+            if targets is None:
+                raise ValueError("the JEPA loss needs target features from the EMA model")
+            pred = self.jepa_proj(cond).float()
+            losses["jepa"] = F.smooth_l1_loss(pred, targets[mask], beta=2.0)
+        return losses
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: torch.Tensor | None,
+        batch: int | None = None,
+        num_steps: int = 64,
+        cfg: float = 1.0,
+        temperature: float = 1.0,
+        known_tokens: torch.Tensor | None = None,
+        known_mask: torch.Tensor | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Masked autoregressive sampling: tokens [B, N, D].
+
+        `labels` None samples unconditionally. `known_tokens` with `known_mask` [B, N] (True where
+        known) stay visible from the start and are never resampled: continuation and inpainting.
+        """
+        device = self.buffer.device
+        b = labels.shape[0] if labels is not None else int(batch or 1)
+        n = self.num_tokens
+        tokens = torch.zeros(b, n, self.token_dim, device=device)
+        mask = torch.ones(b, n, dtype=torch.bool, device=device)
+        if known_mask is not None:
+            known_mask = known_mask.to(device)
+            tokens[known_mask] = known_tokens.to(device, tokens.dtype)[known_mask]
+            mask = ~known_mask
+        # Hidden positions first in a random order, known ones last, so mask_from_orders keeps them out.
+        scores = torch.rand(b, n, device=device).masked_fill(~mask, 2.0)
+        orders = torch.argsort(scores, dim=1)
+        unknown = int(mask[0].sum())
+        guided = cfg != 1.0 and labels is not None
+        cond_emb = self.class_embedding(labels, b)
+        if guided:
+            cond_emb = torch.cat([cond_emb, self.fake_class.expand(b, -1)])
+        steps = range(num_steps)
+        for step in tqdm(steps, desc="sampling", leave=False) if progress else steps:
+            if not bool(mask.any()):
+                break
+            visible = visible_indices(mask)
+            x, vis = (torch.cat([tokens, tokens]), torch.cat([visible, visible])) if guided else (tokens, visible)
+            z = self.predict(self.encode(x, vis, cond_emb), vis)
+            remaining = int(mask[0].sum())
+            mask_len = math.floor(unknown * math.cos(math.pi / 2 * (step + 1) / num_steps))
+            mask_len = max(1, min(remaining - 1, mask_len))
+            if step == num_steps - 1 or remaining == 1:
+                reveal, next_mask = mask, torch.zeros_like(mask)
+            else:
+                next_mask = mask_from_orders(orders, mask_len)
+                reveal = mask & ~next_mask
+            if bool(reveal.any()):
+                step_cfg = 1.0 + (cfg - 1.0) * (unknown - int(next_mask[0].sum())) / unknown if guided else 1.0
+                cond = torch.cat([z[:b][reveal], z[b:][reveal]]) if guided else z[reveal]
+                tokens[reveal] = self.head.sample(cond.float(), temperature, step_cfg).to(tokens.dtype)
+            mask = next_mask
+        return tokens
+
+    # ------------------------------------------------------------------ persistence
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        from djepa.checkpoint import atomic_write_json, atomic_write_safetensors
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(directory / "config.json", self.config)
+        atomic_write_safetensors(directory / "model.safetensors", self.state_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> DJEPA:
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text())
+        model = cls(**config)
+        model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
+        return model.to(device)
+
+

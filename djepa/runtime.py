@@ -1,0 +1,55 @@
+"""Device and number-format choices, made once per process."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_is_fast() -> bool:
+    """True where bf16 matmul beats fp32 on this CPU.
+
+    CPUs with AVX512-BF16 or AMX run bf16 several times faster than fp32; on AVX2-only CPUs
+    torch emulates it and bf16 is ~100x slower, so measure instead of trusting a flag list.
+    """
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+    def timed(x: torch.Tensor, y: torch.Tensor) -> float:
+        x @ y
+        start = time.perf_counter()
+        for _ in range(3):
+            x @ y
+        return time.perf_counter() - start
+
+    fp32 = timed(a, b)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    return timed(a16, b16) < 0.8 * fp32
+
+
+def resolve_precision(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """bf16 on CUDA and on CPUs that do it fast, fp32 elsewhere. Never fp16 (loss spikes to NaN)."""
+    if requested not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"train.precision must be auto, bf16 or fp32, got {requested!r}")
+    if requested == "fp32":
+        return torch.float32
+    if requested == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_bf16_is_fast() else torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

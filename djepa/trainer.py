@@ -1,0 +1,238 @@
+"""One clear training loop: masks, EMA targets, D-JEPA loss, AdamW, EMA, checkpoints, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from djepa.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
+from djepa.masking import training_mask
+from djepa.model import DJEPA
+from djepa.runtime import autocast, resolve_precision
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    blr: float = 1e-4
+    lr: float | None = None  # absolute; defaults to blr * batch_size / 256
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"  # or cosine
+    min_lr: float = 0.0
+    weight_decay: float = 0.02
+    grad_clip: float = 3.0
+    ema_decay: float = 0.9999
+    denoise_weight: float = 1.0
+    jepa_weight: float = 1.0
+    mask_ratio_min: float = 0.7
+    precision: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    preview_every: int = 0
+    max_bad_steps: int = 5
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "max_bad_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+
+@dataclass
+class TokenData:
+    """Cached latents as tokens: posterior mean and std [M, N, D] (std may be None) and labels [M]."""
+
+    mean: torch.Tensor
+    std: torch.Tensor | None
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.peak_lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.peak_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + (cfg.peak_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No decay on biases, norms, embeddings, buffer, mask token and positional tables."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        skip = p.ndim < 2 or any(k in name for k in ("class_emb", "fake_class", "buffer", "mask_token", "pos"))
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63 - 1)
+
+
+def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """The data order is a function of (seed, step): a fresh permutation per epoch, no state to save."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_items)
+        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
+        out.extend(perm[offset: offset + batch_size - len(out)].tolist())
+    return torch.tensor(out)
+
+
+class Trainer:
+    def __init__(self, model: DJEPA, data: TokenData, cfg: TrainConfig, run_dir: str | Path,
+                 device: torch.device, preview: Callable[[DJEPA, int], None] | None = None,
+                 extra_state: dict[str, Any] | None = None):
+        self.model = model.to(device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.data = data
+        self.cfg = cfg
+        self.device = device
+        self.run_dir = Path(run_dir)
+        self.preview = preview
+        self.extra_state = extra_state or {}
+        self.dtype = resolve_precision(device, cfg.precision)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.peak_lr,
+                                           betas=(0.9, 0.95))
+        self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.keep_checkpoints)
+        self.step = 0
+        self.skipped = 0
+        self.use_jepa = model.jepa and cfg.jepa_weight > 0
+
+    # ------------------------------------------------------------------ state
+
+    def save(self) -> Path:
+        opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
+        state = {"model_config": self.model.config, "train": asdict(self.cfg), "optimizer": opt_meta,
+                 "skipped_steps": self.skipped, **self.extra_state}
+        return self.checkpoints.save(
+            self.step, {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": opt_tensors},
+            state)
+
+    def resume(self) -> bool:
+        found = self.checkpoints.latest_valid()
+        if found is None:
+            return False
+        directory, state = found
+        load = CheckpointManager.load_tensors
+        self.model.load_state_dict(load(directory, "model", self.device))
+        self.ema.load_state_dict(load(directory, "ema", self.device))
+        self.optimizer.load_state_dict(unflatten_optimizer(load(directory, "optimizer", self.device),
+                                                           state["optimizer"]))
+        self.step = int(state["step"])
+        self.skipped = int(state.get("skipped_steps", 0))
+        tqdm.write(f"resumed from step {self.step} ({directory})")
+        return True
+
+    # ------------------------------------------------------------------ one step
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        idx = batch_indices(len(self.data), cfg.batch_size, cfg.seed, step)
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+        tokens = self.data.mean[idx]
+        if self.data.std is not None:
+            tokens = tokens + self.data.std[idx] * torch.randn(tokens.shape, generator=gen)
+        mask = training_mask(tokens.shape[0], tokens.shape[1], cfg.mask_ratio_min, gen)
+        return tokens.to(self.device), self.data.labels[idx].to(self.device), mask.to(self.device)
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        # Every random draw of a step (dropout, label drop, noise, timesteps) follows from (seed, step),
+        # so a resumed run repeats the uninterrupted one exactly.
+        torch.manual_seed(step_seed(cfg.seed, self.step))
+        tokens, labels, mask = self.batch(self.step)
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        with autocast(self.device, self.dtype):
+            targets = self.ema.target_features(tokens, labels) if self.use_jepa else None
+            losses = self.model.loss(tokens, labels, mask, targets)
+        total = cfg.denoise_weight * losses["denoise"]
+        if self.use_jepa:
+            total = total + cfg.jepa_weight * losses["jepa"]
+        record = {k: float(v) for k, v in losses.items()} | {"loss": float(total), "lr": lr}
+        if not math.isfinite(record["loss"]):
+            self.optimizer.zero_grad(set_to_none=True)
+            record["skipped"] = True
+            return record
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        self.optimizer.step()
+        self.update_ema()
+        return record
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        for ema_p, p in zip(self.ema.parameters(), self.model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - decay)
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        metrics_path = self.run_dir / "metrics.jsonl"
+        bad_in_a_row = 0
+        tokens_per_step = cfg.batch_size * self.model.num_tokens
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
+        last = {}
+        with open(metrics_path, "a") as metrics:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                record = self.train_step()
+                elapsed = time.perf_counter() - start
+                if record.get("skipped"):
+                    self.skipped += 1
+                    bad_in_a_row += 1
+                    tqdm.write(f"step {self.step}: non-finite loss {record}, step skipped")
+                    if bad_in_a_row >= cfg.max_bad_steps:
+                        raise NonFiniteLoss(
+                            f"{bad_in_a_row} non-finite losses in a row ending at step {self.step}: {record}; "
+                            "the last good checkpoint is intact")
+                    self.step += 1
+                    continue
+                bad_in_a_row = 0
+                self.step += 1
+                record |= {"step": self.step, "step_ms": 1000 * elapsed, "tokens_per_s": tokens_per_step / elapsed}
+                last = record
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['step_ms']:.0f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    metrics.write(json.dumps(record | {"skipped_steps": self.skipped}) + "\n")
+                    metrics.flush()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if self.preview and cfg.preview_every and self.step % cfg.preview_every == 0:
+                    self.preview(self.ema, self.step)
+        bar.close()
+        return last
