@@ -39,7 +39,9 @@ def resolve_backend(device: torch.device) -> str:
     if key not in _resolved:
         if _forced != "auto":
             if _forced == "xformers" and (key != "cuda" or not _xformers_available()):
-                raise RuntimeError("attention.backend=xformers needs CUDA tensors and the `gpu` extra installed")
+                raise RuntimeError(
+                    "attention.backend=xformers needs CUDA tensors and the `gpu` extra installed"
+                )
             _resolved[key] = _forced
         elif key == "cuda" and _xformers_available():
             _resolved[key] = "xformers"

@@ -97,7 +97,9 @@ class Schedule(nn.Module):
     def take(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return getattr(self, name)[t].to(like.dtype)[:, None]
 
-    def p_mean_log_var(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def p_mean_log_var(
+        self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         eps, v = out.chunk(2, dim=1)
         min_log, max_log = self.take("post_log_var", t, x_t), self.take("betas", t, x_t).log()
         frac = (v + 1) / 2
@@ -109,8 +111,12 @@ class Schedule(nn.Module):
         return self.take("post_coef_x0", t, x_t) * x0 + self.take("post_coef_xt", t, x_t) * x_t
 
 
-def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+def normal_kl(
+    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
+) -> torch.Tensor:
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
 
 
 def discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -134,8 +140,15 @@ def discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: tor
 class DiffusionHead(TokenHead):
     """DDPM with a cosine schedule, learned variance (hybrid loss) and respaced sampling."""
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, num_timesteps: int = 1000,
-                 sampling_steps: int = 100):
+    def __init__(
+        self,
+        token_dim: int,
+        cond_dim: int,
+        width: int,
+        depth: int,
+        num_timesteps: int = 1000,
+        sampling_steps: int = 100,
+    ):
         super().__init__(token_dim, cond_dim, width, depth, out_channels=2 * token_dim)
         self.num_timesteps = num_timesteps
         betas = cosine_betas(num_timesteps)
@@ -146,7 +159,9 @@ class DiffusionHead(TokenHead):
     def set_sampling_steps(self, steps: int) -> None:
         device = self.train_schedule.betas.device
         betas = cosine_betas(self.num_timesteps)
-        self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(self.num_timesteps, steps)).to(device)
+        self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(self.num_timesteps, steps)).to(
+            device
+        )
         self.sampling_steps = len(self.sample_schedule.betas)
 
     def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -186,8 +201,16 @@ class DiffusionHead(TokenHead):
 class FlowHead(TokenHead):
     """Rectified flow: linear path from noise (t=0) to data (t=1), velocity target, Euler or Heun."""
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, sampling_steps: int = 50,
-                 sampler: str = "heun", time_shift: float = 1.0):
+    def __init__(
+        self,
+        token_dim: int,
+        cond_dim: int,
+        width: int,
+        depth: int,
+        sampling_steps: int = 50,
+        sampler: str = "heun",
+        time_shift: float = 1.0,
+    ):
         super().__init__(token_dim, cond_dim, width, depth, out_channels=token_dim)
         if sampler not in ("euler", "heun"):
             raise ValueError(f"loss.sampler must be 'euler' or 'heun', got {sampler!r}")

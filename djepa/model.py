@@ -85,23 +85,31 @@ class DJEPA(nn.Module):
         self.token_proj = nn.Linear(token_dim, encoder_width)
         self.encoder_pos = GridPositionalEmbedding(self.grid, encoder_width)
         self.encoder_in_norm = nn.LayerNorm(encoder_width, eps=1e-6)
-        self.encoder = Transformer(encoder_depth, encoder_width, heads, mlp_ratio, attn_drop, proj_drop,
-                                   grad_checkpointing)
+        self.encoder = Transformer(
+            encoder_depth, encoder_width, heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
+        )
 
         self.predictor_embed = nn.Linear(encoder_width, predictor_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_width))
         self.predictor_pos = GridPositionalEmbedding(self.grid, predictor_width)
-        self.predictor = Transformer(predictor_depth, predictor_width, heads, mlp_ratio, attn_drop, proj_drop,
-                                     grad_checkpointing)
+        self.predictor = Transformer(
+            predictor_depth, predictor_width, heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
+        )
         # An MLP projector (hidden 4x encoder width): with it the B/L/H sizes match the paper's counts.
         self.jepa_proj = (
-            nn.Sequential(nn.Linear(predictor_width, 4 * encoder_width), nn.GELU(),
-                          nn.Linear(4 * encoder_width, encoder_width))
-            if jepa else None
+            nn.Sequential(
+                nn.Linear(predictor_width, 4 * encoder_width),
+                nn.GELU(),
+                nn.Linear(4 * encoder_width, encoder_width),
+            )
+            if jepa
+            else None
         )
         self._init_weights()
         # Built after the generic init: the denoiser has its own (zeroed modulation and output).
-        self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head"])
+        self.head = build_head(
+            token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head"]
+        )
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -138,10 +146,10 @@ class DJEPA(nn.Module):
         h = self.predictor_embed(encoded)
         b, _, width = h.shape
         full = self.mask_token.to(h.dtype).expand(b, self.num_tokens, width)
-        full = full.scatter(1, visible[..., None].expand(-1, -1, width), h[:, self.buffer_size:])
+        full = full.scatter(1, visible[..., None].expand(-1, -1, width), h[:, self.buffer_size :])
         full = full + self.predictor_pos().to(h.dtype)
         x = self.predictor(torch.cat([h[:, : self.buffer_size], full], dim=1))
-        return x[:, self.buffer_size:]
+        return x[:, self.buffer_size :]
 
     @torch.no_grad()
     def target_features(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -149,13 +157,18 @@ class DJEPA(nn.Module):
         b, n, _ = tokens.shape
         visible = torch.arange(n, device=tokens.device).expand(b, n)
         emb = self.class_emb(labels)
-        features = self.encode(tokens, visible, emb)[:, self.buffer_size:]
+        features = self.encode(tokens, visible, emb)[:, self.buffer_size :]
         return F.layer_norm(features.float(), features.shape[-1:])
 
     # ------------------------------------------------------------------ training
 
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
-             targets: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        targets: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Per-term losses for tokens [B, N, D] with `mask` [B, N] True where hidden.
 
         `targets` are the EMA model's `target_features`; required when the model has a JEPA loss.
@@ -218,7 +231,9 @@ class DJEPA(nn.Module):
             if not bool(mask.any()):
                 break
             visible = visible_indices(mask)
-            x, vis = (torch.cat([tokens, tokens]), torch.cat([visible, visible])) if guided else (tokens, visible)
+            x, vis = (
+                (torch.cat([tokens, tokens]), torch.cat([visible, visible])) if guided else (tokens, visible)
+            )
             z = self.predict(self.encode(x, vis, cond_emb), vis)
             remaining = int(mask[0].sum())
             mask_len = math.floor(unknown * math.cos(math.pi / 2 * (step + 1) / num_steps))
@@ -229,7 +244,9 @@ class DJEPA(nn.Module):
                 next_mask = mask_from_orders(orders, mask_len)
                 reveal = mask & ~next_mask
             if bool(reveal.any()):
-                step_cfg = 1.0 + (cfg - 1.0) * (unknown - int(next_mask[0].sum())) / unknown if guided else 1.0
+                step_cfg = (
+                    1.0 + (cfg - 1.0) * (unknown - int(next_mask[0].sum())) / unknown if guided else 1.0
+                )
                 cond = torch.cat([z[:b][reveal], z[b:][reveal]]) if guided else z[reveal]
                 tokens[reveal] = self.head.sample(cond.float(), temperature, step_cfg).to(tokens.dtype)
             mask = next_mask
@@ -255,5 +272,3 @@ class DJEPA(nn.Module):
         model = cls(**config)
         model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
         return model.to(device)
-
-

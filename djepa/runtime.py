@@ -15,7 +15,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_bf16_is_fast() -> bool:
     """True where bf16 matmul beats fp32 on this CPU.
 

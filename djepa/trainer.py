@@ -84,7 +84,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     """No decay on biases, norms, embeddings, buffer, mask token and positional tables."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        skip = p.ndim < 2 or any(k in name for k in ("class_emb", "fake_class", "buffer", "mask_token", "pos"))
+        skip = p.ndim < 2 or any(
+            k in name for k in ("class_emb", "fake_class", "buffer", "mask_token", "pos")
+        )
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -100,14 +102,21 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torc
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), num_items)
         perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
-        out.extend(perm[offset: offset + batch_size - len(out)].tolist())
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
     return torch.tensor(out)
 
 
 class Trainer:
-    def __init__(self, model: DJEPA, data: TokenData, cfg: TrainConfig, run_dir: str | Path,
-                 device: torch.device, preview: Callable[[DJEPA, int], None] | None = None,
-                 extra_state: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: DJEPA,
+        data: TokenData,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        device: torch.device,
+        preview: Callable[[DJEPA, int], None] | None = None,
+        extra_state: dict[str, Any] | None = None,
+    ):
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.data = data
@@ -117,8 +126,9 @@ class Trainer:
         self.preview = preview
         self.extra_state = extra_state or {}
         self.dtype = resolve_precision(device, cfg.precision)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.peak_lr,
-                                           betas=(0.9, 0.95))
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.weight_decay), lr=cfg.peak_lr, betas=(0.9, 0.95)
+        )
         self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.keep_checkpoints)
         self.step = 0
         self.skipped = 0
@@ -128,11 +138,18 @@ class Trainer:
 
     def save(self) -> Path:
         opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
-        state = {"model_config": self.model.config, "train": asdict(self.cfg), "optimizer": opt_meta,
-                 "skipped_steps": self.skipped, **self.extra_state}
+        state = {
+            "model_config": self.model.config,
+            "train": asdict(self.cfg),
+            "optimizer": opt_meta,
+            "skipped_steps": self.skipped,
+            **self.extra_state,
+        }
         return self.checkpoints.save(
-            self.step, {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": opt_tensors},
-            state)
+            self.step,
+            {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": opt_tensors},
+            state,
+        )
 
     def resume(self) -> bool:
         found = self.checkpoints.latest_valid()
@@ -142,8 +159,9 @@ class Trainer:
         load = CheckpointManager.load_tensors
         self.model.load_state_dict(load(directory, "model", self.device))
         self.ema.load_state_dict(load(directory, "ema", self.device))
-        self.optimizer.load_state_dict(unflatten_optimizer(load(directory, "optimizer", self.device),
-                                                           state["optimizer"]))
+        self.optimizer.load_state_dict(
+            unflatten_optimizer(load(directory, "optimizer", self.device), state["optimizer"])
+        )
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped_steps", 0))
         tqdm.write(f"resumed from step {self.step} ({directory})")
@@ -218,12 +236,17 @@ class Trainer:
                     if bad_in_a_row >= cfg.max_bad_steps:
                         raise NonFiniteLoss(
                             f"{bad_in_a_row} non-finite losses in a row ending at step {self.step}: {record}; "
-                            "the last good checkpoint is intact")
+                            "the last good checkpoint is intact"
+                        )
                     self.step += 1
                     continue
                 bad_in_a_row = 0
                 self.step += 1
-                record |= {"step": self.step, "step_ms": 1000 * elapsed, "tokens_per_s": tokens_per_step / elapsed}
+                record |= {
+                    "step": self.step,
+                    "step_ms": 1000 * elapsed,
+                    "tokens_per_s": tokens_per_step / elapsed,
+                }
                 last = record
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['step_ms']:.0f}")

@@ -1,0 +1,103 @@
+"""Score a trained run with the modality's classifier: `python -m djepa.benchmarks.evaluate run_dir=DIR`.
+
+Samples `num_samples` items per class from the run's latest checkpoint and reports the classifier's
+accuracy on them, the Fréchet distance on its features and the Inception-style score.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
+from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
+from omegaconf import DictConfig
+
+from djepa.build import build_adapter, class_grid_labels, find_checkpoint, generate, load_ema_model
+from djepa.config import cli_errors, compose_config
+from djepa.model import DJEPA
+from djepa.runtime import resolve_device
+
+
+def classifier_view(modality: str, media: torch.Tensor) -> torch.Tensor:
+    """What the modality's classifier looks at: images as they are."""
+    if modality == "image":
+        return media
+    raise ValueError(f"no classifier view for modality {modality!r}")
+
+
+def modality_classifier(cfg: DictConfig, adapter: Any) -> tuple[ConvClassifier, float, torch.Tensor]:
+    """The cached classifier, its held-out accuracy, and real features for the Fréchet distance."""
+    media, labels = adapter.load_dataset()
+    view = classifier_view(cfg.modality.name, media)
+    path = Path(cfg.home) / "classifiers" / f"{cfg.modality.name}-{adapter.cache_key()}.safetensors"
+    model, heldout = load_or_train_classifier(path, view, labels, adapter.num_classes)
+    _, real_features = model.predict(view)
+    return model, heldout, real_features
+
+
+def score(
+    model: DJEPA,
+    adapter: Any,
+    classifier: ConvClassifier,
+    real_features: torch.Tensor,
+    modality: str,
+    per_class: int,
+    cfg_scale: float,
+    temperature: float,
+    num_steps: int,
+) -> dict[str, float]:
+    labels = class_grid_labels(adapter.num_classes, per_class)
+    start = time.perf_counter()
+    tokens = generate(model, labels, cfg_scale, temperature, num_steps)
+    sample_seconds = time.perf_counter() - start
+    media = adapter.decode_tokens(tokens)
+    logits, feats = classifier.predict(classifier_view(modality, media))
+    return {
+        "accuracy": accuracy(logits, labels),
+        "fd": frechet_distance(real_features, feats),
+        "inception_score": inception_score(logits),
+        "sample_ms_per_item": 1000 * sample_seconds / len(labels),
+        "samples": len(labels),
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    adapter = build_adapter(cfg)
+    directory, state = find_checkpoint(cfg.run_dir, cfg.checkpoint)
+    model = load_ema_model(directory, state, resolve_device(cfg.device))
+    classifier, heldout, real = modality_classifier(cfg, adapter)
+    result = score(
+        model,
+        adapter,
+        classifier,
+        real,
+        cfg.modality.name,
+        cfg.num_samples,
+        cfg.cfg,
+        cfg.temperature,
+        cfg.num_steps,
+    )
+    result |= {
+        "classifier_heldout_accuracy": heldout,
+        "checkpoint": str(directory),
+        "step": state["step"],
+        "note": "classifier metrics; not comparable with published FID/FVD/FAD",
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with cli_errors():
+        run(compose_config(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Wiring from a composed config: adapters by `hydra.utils.instantiate`, the model, generation.
+
+The core never imports a modality: adapters arrive as objects named by `_target_` in the config.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from djepa.checkpoint import CheckpointManager
+from djepa.errors import UsageError
+from djepa.model import DJEPA
+
+
+def build_adapter(cfg: DictConfig) -> Any:
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.modality.adapter, _convert_="all")
+
+
+def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs["jepa"] = bool(kwargs.get("jepa", True)) and float(cfg.loss.jepa_weight) > 0
+    kwargs["head"] = OmegaConf.to_container(cfg.loss.head, resolve=True)
+    return kwargs
+
+
+def build_model(cfg: DictConfig, token_dim: int, grid: tuple[int, ...], num_classes: int) -> DJEPA:
+    try:
+        return DJEPA(token_dim=token_dim, grid=grid, num_classes=num_classes, **model_kwargs(cfg))
+    except TypeError as err:
+        raise UsageError(f"bad model/loss config: {err}") from err
+
+
+def find_checkpoint(run_dir: str | Path, checkpoint: str | None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint to sample from: `checkpoint` if given, else the newest valid one in run_dir."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_dir():
+            raise UsageError(f"checkpoint {path} does not exist")
+        try:
+            return path, CheckpointManager.verify(path)
+        except ValueError as err:
+            raise UsageError(f"checkpoint {path} is corrupt: {err}") from err
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"run_dir {run_dir} does not exist: train first (`train run_dir={run_dir}`)")
+    found = CheckpointManager(run_dir).latest_valid()
+    if found is None:
+        raise UsageError(f"run_dir {run_dir} holds no valid checkpoint under checkpoints/")
+    return found
+
+
+def load_ema_model(directory: Path, state: dict[str, Any], device: torch.device) -> DJEPA:
+    model = DJEPA(**state["model_config"])
+    model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def generate(
+    model: DJEPA,
+    labels: torch.Tensor,
+    cfg_scale: float,
+    temperature: float,
+    num_steps: int,
+    batch_size: int = 50,
+    known_tokens: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Tokens for each label, in batches; CFG, temperature and AR steps as given."""
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    out = []
+    batches = range(0, len(labels), batch_size)
+    for i in tqdm(batches, desc="sampling", leave=False, disable=not progress or len(batches) < 2):
+        sl = slice(i, i + batch_size)
+        out.append(
+            model.sample(
+                labels[sl].to(device),
+                num_steps=num_steps,
+                cfg=cfg_scale,
+                temperature=temperature,
+                known_tokens=None if known_tokens is None else known_tokens[sl],
+                known_mask=None if known_mask is None else known_mask[sl],
+            ).cpu()
+        )
+    return torch.cat(out)
+
+
+def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def grid_rows(num_items: int, per_row: int) -> int:
+    return max(1, math.ceil(num_items / per_row))

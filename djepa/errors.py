@@ -1,0 +1,5 @@
+"""Errors that mean the user asked for something impossible: printed as one line, no traceback."""
+
+
+class UsageError(ValueError):
+    """A bad key, value or path in the command line or config; the message names it."""

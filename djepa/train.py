@@ -1,0 +1,83 @@
+"""`train modality=M run_dir=DIR ...`: cache latents, train D-JEPA, write checkpoints and previews."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from djepa.attention import set_attention_backend
+from djepa.build import build_adapter, build_model, class_grid_labels, generate
+from djepa.config import cli_errors, compose_config, save_config
+from djepa.errors import UsageError
+from djepa.model import DJEPA
+from djepa.runtime import resolve_device, resolve_precision
+from djepa.trainer import TrainConfig, Trainer
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+    settings = OmegaConf.to_container(cfg.train, resolve=True)
+    try:
+        return TrainConfig(
+            **settings, denoise_weight=float(cfg.loss.denoise_weight), jepa_weight=float(cfg.loss.jepa_weight)
+        )
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"bad train config: {err}") from err
+
+
+def write_class_grid(adapter: Any, model: DJEPA, cfg: DictConfig, path: Path, per_class: int) -> Path:
+    """One row per class, `per_class` samples each, decoded and saved as the adapter's preview."""
+    labels = class_grid_labels(adapter.num_classes, per_class)
+    was_training = model.training
+    model.eval()
+    tokens = generate(model, labels, cfg.cfg, cfg.temperature, cfg.num_steps, progress=False)
+    model.train(was_training)
+    return adapter.save_grid(adapter.decode_tokens(tokens), adapter.num_classes, path)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    set_attention_backend(cfg.attention_backend)
+    device = resolve_device(cfg.device)
+    adapter = build_adapter(cfg)
+    data = adapter.token_data()
+    model = build_model(cfg, adapter.token_dim, adapter.token_grid, adapter.num_classes)
+    settings = train_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    per_class = int(cfg.sample.preview_per_class)
+
+    def preview(ema: DJEPA, step: int) -> None:
+        write_class_grid(adapter, ema, cfg, run_dir / "previews" / f"step_{step:07d}", per_class)
+
+    tqdm.write(
+        f"{cfg.modality.name}: {len(data)} items, token grid {adapter.token_grid} x {adapter.token_dim}, "
+        f"{model.num_params() / 1e6:.2f}M params, jepa={model.jepa}, head={model.config['head']['type']}, "
+        f"{device} {str(resolve_precision(device, settings.precision)).replace('torch.', '')}"
+    )
+    trainer = Trainer(
+        model,
+        data,
+        settings,
+        run_dir,
+        device,
+        preview,
+        extra_state={"modality": cfg.modality.name, "class_names": adapter.class_names},
+    )
+    last = trainer.fit()
+    if per_class:
+        grid = write_class_grid(adapter, trainer.ema, cfg, run_dir / "samples", per_class)
+        tqdm.write(f"samples: {grid}")
+    return last
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with cli_errors():
+        run(compose_config(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

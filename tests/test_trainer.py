@@ -1,0 +1,144 @@
+import json
+import math
+import pickle
+
+import pytest
+import torch
+
+from djepa.checkpoint import CheckpointManager
+from djepa.trainer import NonFiniteLoss, TokenData, TrainConfig, Trainer, batch_indices, lr_at
+
+
+def token_data(n=64, grid_tokens=16):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 3
+    mean = torch.randn(3, grid_tokens, 4, generator=g)[labels] + 0.1 * torch.randn(
+        n, grid_tokens, 4, generator=g
+    )
+    return TokenData(mean, torch.full_like(mean, 0.05), labels)
+
+
+def config(**overrides):
+    settings = dict(
+        steps=30,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=5,
+        lr_schedule="cosine",
+        ema_decay=0.99,
+        checkpoint_every=10,
+        log_every=5,
+        precision="fp32",
+        preview_every=0,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_loss_falls_and_metrics_are_written(make_tiny_model, tmp_path):
+    trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=60), tmp_path, torch.device("cpu"))
+    trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 60
+    assert {"loss", "denoise", "jepa", "lr", "step_ms", "tokens_per_s"} <= set(rows[0])
+    assert sum(r["denoise"] for r in rows[-3:]) < sum(r["denoise"] for r in rows[:3])
+    assert len(CheckpointManager(tmp_path).directories()) == 3
+
+
+def test_interrupted_run_resumes_to_identical_weights(make_tiny_model, tmp_path, capsys):
+    straight = Trainer(make_tiny_model((4, 4)), token_data(), config(), tmp_path / "a", torch.device("cpu"))
+    straight.fit()
+
+    def hard_stop(ema, step):
+        raise Stop
+
+    torch.manual_seed(0)
+    first = Trainer(
+        make_tiny_model((4, 4)),
+        token_data(),
+        config(preview_every=15, checkpoint_every=15),
+        tmp_path / "b",
+        torch.device("cpu"),
+        preview=hard_stop,
+    )
+    with pytest.raises(Stop):
+        first.fit()
+    assert first.step == 15
+    torch.manual_seed(123)  # a fresh process: different init, different global RNG
+    second = Trainer(
+        make_tiny_model((4, 4)),
+        token_data(),
+        config(checkpoint_every=15),
+        tmp_path / "b",
+        torch.device("cpu"),
+    )
+    second.fit()
+    assert "resumed from step 15" in capsys.readouterr().err
+    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    for a, b in zip(straight.ema.state_dict().values(), second.ema.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(make_tiny_model, tmp_path):
+    trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=20), tmp_path, torch.device("cpu"))
+    trainer.fit()
+    latest = CheckpointManager(tmp_path).directories()[-1]
+    path = latest / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="corrupt"):
+        directory, state = CheckpointManager(tmp_path).latest_valid()
+    assert state["step"] == 10 and directory != latest
+
+
+def test_pickle_in_a_checkpoint_is_never_executed(make_tiny_model, tmp_path):
+    trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=10), tmp_path, torch.device("cpu"))
+    trainer.fit()
+    directory = CheckpointManager(tmp_path).directories()[-1]
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    payload = directory / "model.safetensors"
+    payload.write_bytes(pickle.dumps({"w": Exploit()}))
+    # even with a forged checksum the loader reads safetensors only, which refuses the payload
+    state = json.loads((directory / "state.json").read_text())
+    state["checksums"]["model.safetensors"] = __import__("djepa.checkpoint").checkpoint.sha256(payload)
+    (directory / "state.json").write_text(json.dumps(state))
+    with pytest.raises(Exception):
+        CheckpointManager.load_tensors(directory, "model")
+    assert not marker.exists()
+
+
+def test_non_finite_losses_stop_the_run_with_a_message(make_tiny_model, tmp_path):
+    data = token_data()
+    data.mean[:] = float("nan")
+    trainer = Trainer(make_tiny_model((4, 4)), data, config(max_bad_steps=3), tmp_path, torch.device("cpu"))
+    with pytest.raises(NonFiniteLoss, match="3 non-finite losses in a row ending at step"):
+        trainer.fit()
+    assert trainer.skipped == 3
+
+
+def test_data_order_is_a_permutation_per_epoch():
+    seen = torch.cat([batch_indices(20, 5, seed=0, step=s) for s in range(4)])
+    assert sorted(seen.tolist()) == list(range(20))
+    assert torch.equal(batch_indices(20, 5, 0, 2), batch_indices(20, 5, 0, 2))
+
+
+def test_lr_warms_up_then_follows_cosine():
+    cfg = config(steps=100, warmup_steps=10, lr=1e-3, min_lr=0.0)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(55, cfg) == pytest.approx(0.5e-3, rel=1e-6)
+    assert math.isclose(lr_at(100, cfg), 0.0, abs_tol=1e-12)
+
+
+def test_bad_train_settings_name_the_key():
+    with pytest.raises(ValueError, match="train.batch_size"):
+        TrainConfig(batch_size=0)
