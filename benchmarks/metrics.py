@@ -19,11 +19,8 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     a, b = real.double().numpy(), fake.double().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = covmean.real
+    offset = np.eye(len(cov_a)) * 1e-6  # keeps the product's square root finite for rank-deficient sets
+    covmean = np.real(linalg.sqrtm((cov_a + offset) @ (cov_b + offset)))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
 

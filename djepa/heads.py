@@ -1,8 +1,8 @@
 """Per-token generative heads: Gaussian diffusion and flow matching behind one interface.
 
 A head sees rows: `loss(target [M, D], cond [M, C]) -> [M]` and
-`sample(cond, temperature, cfg) -> [M, D]`, where with cfg != 1 `cond` holds 2M rows,
-the conditional half first and the unconditional half second.
+`sample(cond, uncond, temperature, cfg) -> [M, D]`; with `uncond` given, classifier-free
+guidance runs both conditions through the network in one batched call.
 """
 
 from __future__ import annotations
@@ -24,14 +24,18 @@ class TokenHead(nn.Module):
     def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def sample(self, cond: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0) -> torch.Tensor:
+    def sample(
+        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, cfg: float = 1.0
+    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cfg: float) -> torch.Tensor:
-        """Network output for M rows; with guidance, both halves in one call, mixed on the first D channels."""
-        if cfg == 1.0 and cond.shape[0] == x.shape[0]:
+    def _guided(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, cfg: float
+    ) -> torch.Tensor:
+        """Output for M rows; with `uncond`, both conditions in one call, mixed on the first D channels."""
+        if uncond is None:
             return self.net(x, t, cond)
-        out = self.net(torch.cat([x, x]), torch.cat([t, t]), cond)
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
         cond_out, uncond_out = out.chunk(2)
         d = self.token_dim
         mixed = uncond_out[:, :d] + cfg * (cond_out[:, :d] - uncond_out[:, :d])
@@ -98,13 +102,30 @@ class Schedule(nn.Module):
         return getattr(self, name)[t].to(like.dtype)[:, None]
 
     def p_mean_log_var(
-        self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+        self,
+        out: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clamp: bool = False,
+        clip_x0: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance of p(x_{t-1} | x_t).
+
+        `clamp` keeps the variance within its bounds; `clip_x0` bounds the predicted clean token.
+        """
         eps, v = out.chunk(2, dim=1)
         min_log, max_log = self.take("post_log_var", t, x_t), self.take("betas", t, x_t).log()
         frac = (v + 1) / 2
+        if clamp:
+            # The net may extrapolate past [beta_tilde, beta]; on a respaced schedule, with its larger
+            # betas, that overshoot compounds over the steps and sampling diverges.
+            frac = frac.clamp(0, 1)
         log_var = frac * max_log + (1 - frac) * min_log
         x0 = self.take("sqrt_recip_ac", t, x_t) * x_t - self.take("sqrt_recipm1_ac", t, x_t) * eps
+        if clip_x0 is not None:
+            # At t=999 of the cosine schedule 1/sqrt(alpha_bar) is ~2e4, so a small eps error becomes
+            # a huge x0; unit-variance latents never lie far outside a few sigma.
+            x0 = x0.clamp(-clip_x0, clip_x0)
         return self.q_posterior_mean(x0, x_t, t), log_var
 
     def q_posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -148,9 +169,11 @@ class DiffusionHead(TokenHead):
         depth: int,
         num_timesteps: int = 1000,
         sampling_steps: int = 100,
+        clip_x0: float | None = 5.0,
     ):
         super().__init__(token_dim, cond_dim, width, depth, out_channels=2 * token_dim)
         self.num_timesteps = num_timesteps
+        self.clip_x0 = clip_x0
         betas = cosine_betas(num_timesteps)
         self.train_schedule = Schedule(betas, list(range(num_timesteps)))
         self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(num_timesteps, sampling_steps))
@@ -182,14 +205,16 @@ class DiffusionHead(TokenHead):
         return mse + vb
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0) -> torch.Tensor:
+    def sample(
+        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, cfg: float = 1.0
+    ) -> torch.Tensor:
         s = self.sample_schedule
-        rows = cond.shape[0] // 2 if cfg != 1.0 else cond.shape[0]
+        rows = cond.shape[0]
         x = torch.randn(rows, self.token_dim, device=cond.device)
         for i in reversed(range(self.sampling_steps)):
             t = torch.full((rows,), i, device=cond.device, dtype=torch.long)
-            out = self._guided(x, s.timestep_map[t].float(), cond, cfg).float()
-            mean, log_var = s.p_mean_log_var(out, x, t)
+            out = self._guided(x, s.timestep_map[t].float(), cond, uncond, cfg).float()
+            mean, log_var = s.p_mean_log_var(out, x, t, clamp=True, clip_x0=self.clip_x0)
             noise = torch.randn_like(x) if i > 0 else torch.zeros_like(x)
             x = mean + torch.exp(0.5 * log_var) * noise * temperature
         return x
@@ -233,16 +258,18 @@ class FlowHead(TokenHead):
         return ((velocity - (target - noise)) ** 2).mean(dim=1)
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, temperature: float = 1.0, cfg: float = 1.0) -> torch.Tensor:
-        rows = cond.shape[0] // 2 if cfg != 1.0 else cond.shape[0]
+    def sample(
+        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, cfg: float = 1.0
+    ) -> torch.Tensor:
+        rows = cond.shape[0]
         x = torch.randn(rows, self.token_dim, device=cond.device) * temperature
         times = self.shift(torch.linspace(0, 1, self.sampling_steps + 1, device=cond.device))
         for i in range(self.sampling_steps):
             t0, t1 = times[i], times[i + 1]
-            v0 = self._guided(x, (t0 * 1000).expand(rows), cond, cfg).float()
+            v0 = self._guided(x, (t0 * 1000).expand(rows), cond, uncond, cfg).float()
             if self.sampler == "heun" and i < self.sampling_steps - 1:
                 x_next = x + (t1 - t0) * v0
-                v1 = self._guided(x_next, (t1 * 1000).expand(rows), cond, cfg).float()
+                v1 = self._guided(x_next, (t1 * 1000).expand(rows), cond, uncond, cfg).float()
                 x = x + (t1 - t0) * 0.5 * (v0 + v1)
             else:
                 x = x + (t1 - t0) * v0

@@ -247,8 +247,10 @@ class DJEPA(nn.Module):
                 step_cfg = (
                     1.0 + (cfg - 1.0) * (unknown - int(next_mask[0].sum())) / unknown if guided else 1.0
                 )
-                cond = torch.cat([z[:b][reveal], z[b:][reveal]]) if guided else z[reveal]
-                tokens[reveal] = self.head.sample(cond.float(), temperature, step_cfg).to(tokens.dtype)
+                uncond = z[b:][reveal].float() if guided else None
+                tokens[reveal] = self.head.sample(z[:b][reveal].float(), uncond, temperature, step_cfg).to(
+                    tokens.dtype
+                )
             mask = next_mask
         return tokens
 

@@ -235,8 +235,8 @@ class Trainer:
                     tqdm.write(f"step {self.step}: non-finite loss {record}, step skipped")
                     if bad_in_a_row >= cfg.max_bad_steps:
                         raise NonFiniteLoss(
-                            f"{bad_in_a_row} non-finite losses in a row ending at step {self.step}: {record}; "
-                            "the last good checkpoint is intact"
+                            f"{bad_in_a_row} non-finite losses in a row ending at step {self.step}: "
+                            f"{record}; the last good checkpoint is intact"
                         )
                     self.step += 1
                     continue

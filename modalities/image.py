@@ -170,7 +170,7 @@ class ImageAdapter(ModalityAdapter):
             canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, k * (w + 2) + 1 : k * (w + 2) + 1 + w] = arr[i]
         img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-        path = Path(path)
+        path = Path(path).with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path)
         return path

@@ -13,7 +13,7 @@ def test_loss_falls_and_samples_have_grid_shape(make_tiny_model, grid, head):
     means = torch.randn(3, n, 4)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for step in range(60):
+    for _ in range(60):
         y = torch.randint(0, 3, (32,))
         tokens = means[y] + 0.1 * torch.randn(32, n, 4)
         mask = training_mask(32, n)

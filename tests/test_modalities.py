@@ -77,4 +77,4 @@ def test_adapter_writes_png_and_grid(tmp_path):
 def test_missing_tokenizer_says_how_to_make_it(tmp_path):
     adapter = ImageAdapter({"path": str(tmp_path / "nowhere")}, [1, 1], str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="train_tokenizer modality=image"):
-        adapter.tokenizer
+        _ = adapter.tokenizer

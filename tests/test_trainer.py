@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from djepa.checkpoint import CheckpointManager
 from djepa.trainer import NonFiniteLoss, TokenData, TrainConfig, Trainer, batch_indices, lr_at
@@ -111,7 +112,7 @@ def test_pickle_in_a_checkpoint_is_never_executed(make_tiny_model, tmp_path):
     state = json.loads((directory / "state.json").read_text())
     state["checksums"]["model.safetensors"] = __import__("djepa.checkpoint").checkpoint.sha256(payload)
     (directory / "state.json").write_text(json.dumps(state))
-    with pytest.raises(Exception):
+    with pytest.raises(SafetensorError):
         CheckpointManager.load_tensors(directory, "model")
     assert not marker.exists()
 
