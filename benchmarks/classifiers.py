@@ -17,7 +17,7 @@ from djepa.checkpoint import atomic_write_json, atomic_write_safetensors
 class ConvClassifier(nn.Module):
     """A few conv blocks over a 2-D input (image, frame or spectrogram) -> penultimate features -> logits."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 32, feature_dim: int = 128):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, feature_dim: int = 128):
         super().__init__()
         self.config = {
             "in_channels": in_channels,
@@ -83,7 +83,7 @@ def train_classifier(
     x: torch.Tensor,
     y: torch.Tensor,
     num_classes: int,
-    steps: int = 600,
+    steps: int = 400,
     batch_size: int = 128,
     holdout: float = 0.1,
     shift: int = 2,

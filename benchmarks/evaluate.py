@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
-from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
 from omegaconf import DictConfig
 
+from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
+from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
 from djepa.build import build_adapter, class_grid_labels, find_checkpoint, generate, load_ema_model
 from djepa.config import cli_errors, compose_config
 from djepa.model import DJEPA

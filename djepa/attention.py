@@ -39,9 +39,7 @@ def resolve_backend(device: torch.device) -> str:
     if key not in _resolved:
         if _forced != "auto":
             if _forced == "xformers" and (key != "cuda" or not _xformers_available()):
-                raise RuntimeError(
-                    "attention.backend=xformers needs CUDA tensors and the `gpu` extra installed"
-                )
+                raise RuntimeError("attention.backend=xformers needs CUDA tensors and the `gpu` extra installed")
             _resolved[key] = _forced
         elif key == "cuda" and _xformers_available():
             _resolved[key] = "xformers"
@@ -64,9 +62,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: floa
     if backend == "xformers":
         import xformers.ops as xops
 
-        out = xops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p
-        )
+        out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p)
         return out.transpose(1, 2)
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)

@@ -139,7 +139,5 @@ class CheckpointManager:
         return None
 
     @staticmethod
-    def load_tensors(
-        directory: Path, group: str, device: str | torch.device = "cpu"
-    ) -> dict[str, torch.Tensor]:
+    def load_tensors(directory: Path, group: str, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         return load_file(str(Path(directory) / f"{group}.safetensors"), device=str(device))

@@ -132,12 +132,8 @@ class Schedule(nn.Module):
         return self.take("post_coef_x0", t, x_t) * x0 + self.take("post_coef_xt", t, x_t) * x_t
 
 
-def normal_kl(
-    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
-) -> torch.Tensor:
-    return 0.5 * (
-        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
-    )
+def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
 def discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
@@ -152,9 +148,7 @@ def discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: tor
     log_cdf_plus = cdf_plus.clamp(min=1e-12).log()
     log_one_minus_cdf_min = (1 - cdf_min).clamp(min=1e-12).log()
     log_delta = (cdf_plus - cdf_min).clamp(min=1e-12).log()
-    log_probs = torch.where(
-        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta)
-    )
+    log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
     return -log_probs
 
 
@@ -182,9 +176,7 @@ class DiffusionHead(TokenHead):
     def set_sampling_steps(self, steps: int) -> None:
         device = self.train_schedule.betas.device
         betas = cosine_betas(self.num_timesteps)
-        self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(self.num_timesteps, steps)).to(
-            device
-        )
+        self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(self.num_timesteps, steps)).to(device)
         self.sampling_steps = len(self.sample_schedule.betas)
 
     def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

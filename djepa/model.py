@@ -107,9 +107,7 @@ class DJEPA(nn.Module):
         )
         self._init_weights()
         # Built after the generic init: the denoiser has its own (zeroed modulation and output).
-        self.head = build_head(
-            token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head"]
-        )
+        self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head"])
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -231,9 +229,7 @@ class DJEPA(nn.Module):
             if not bool(mask.any()):
                 break
             visible = visible_indices(mask)
-            x, vis = (
-                (torch.cat([tokens, tokens]), torch.cat([visible, visible])) if guided else (tokens, visible)
-            )
+            x, vis = (torch.cat([tokens, tokens]), torch.cat([visible, visible])) if guided else (tokens, visible)
             z = self.predict(self.encode(x, vis, cond_emb), vis)
             remaining = int(mask[0].sum())
             mask_len = math.floor(unknown * math.cos(math.pi / 2 * (step + 1) / num_steps))
@@ -244,13 +240,9 @@ class DJEPA(nn.Module):
                 next_mask = mask_from_orders(orders, mask_len)
                 reveal = mask & ~next_mask
             if bool(reveal.any()):
-                step_cfg = (
-                    1.0 + (cfg - 1.0) * (unknown - int(next_mask[0].sum())) / unknown if guided else 1.0
-                )
+                step_cfg = 1.0 + (cfg - 1.0) * (unknown - int(next_mask[0].sum())) / unknown if guided else 1.0
                 uncond = z[b:][reveal].float() if guided else None
-                tokens[reveal] = self.head.sample(z[:b][reveal].float(), uncond, temperature, step_cfg).to(
-                    tokens.dtype
-                )
+                tokens[reveal] = self.head.sample(z[:b][reveal].float(), uncond, temperature, step_cfg).to(tokens.dtype)
             mask = next_mask
         return tokens
 

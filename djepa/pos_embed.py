@@ -42,9 +42,7 @@ class GridPositionalEmbedding(nn.Module):
         super().__init__()
         self.grid = tuple(int(g) for g in grid)
         self.register_buffer("fixed", sincos_grid(self.grid, dim), persistent=False)
-        self.tables = nn.ParameterList(
-            [nn.Parameter(torch.zeros(size, dim)) for size in self.grid] if learned else []
-        )
+        self.tables = nn.ParameterList([nn.Parameter(torch.zeros(size, dim)) for size in self.grid] if learned else [])
         for table in self.tables:
             nn.init.normal_(table, std=0.02)
 
@@ -57,9 +55,7 @@ class GridPositionalEmbedding(nn.Module):
         out = self.fixed if grid == self.grid else sincos_grid(grid, dim).to(self.fixed.device)
         for axis, (size, table) in enumerate(zip(grid, self.tables)):
             if size != table.shape[0]:
-                table = nn.functional.interpolate(
-                    table.T[None], size=size, mode="linear", align_corners=True
-                )[0].T
+                table = nn.functional.interpolate(table.T[None], size=size, mode="linear", align_corners=True)[0].T
             shape = [1] * len(grid) + [dim]
             shape[axis] = size
             out = out + table.view(shape).expand(*grid, dim).reshape(-1, dim)

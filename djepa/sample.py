@@ -23,9 +23,7 @@ def run(cfg: DictConfig) -> list[Path]:
     directory, state = find_checkpoint(cfg.run_dir, cfg.checkpoint)
     trained_on = state.get("modality")
     if trained_on and trained_on != cfg.modality.name:
-        raise UsageError(
-            f"checkpoint {directory} was trained on modality={trained_on}, not {cfg.modality.name}"
-        )
+        raise UsageError(f"checkpoint {directory} was trained on modality={trained_on}, not {cfg.modality.name}")
     class_names = state.get("class_names") or [str(i) for i in range(state["model_config"]["num_classes"])]
     if cfg.num_samples < 1:
         raise UsageError(f"num_samples must be positive, got {cfg.num_samples}")
@@ -55,8 +53,7 @@ def run(cfg: DictConfig) -> list[Path]:
     media = adapter.decode_tokens(tokens)
     out = Path(cfg.out)
     written = [
-        adapter.save(item, out / f"{class_names[int(y)]}_{i:03d}")
-        for i, (item, y) in enumerate(zip(media, labels))
+        adapter.save(item, out / f"{class_names[int(y)]}_{i:03d}") for i, (item, y) in enumerate(zip(media, labels))
     ]
     grid = adapter.save_grid(media, rows, out / "grid")
     tqdm.write(f"wrote {len(written)} files and {grid} from {directory}")

@@ -7,15 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from djepa import distributed
 from djepa.attention import set_attention_backend
 from djepa.build import build_adapter, build_model, class_grid_labels, generate
 from djepa.config import cli_errors, compose_config, save_config
 from djepa.errors import UsageError
 from djepa.model import DJEPA
-from djepa.runtime import resolve_device, resolve_precision
+from djepa.runtime import resolve_precision
 from djepa.trainer import TrainConfig, Trainer
 
 
@@ -41,23 +43,31 @@ def write_class_grid(adapter: Any, model: DJEPA, cfg: DictConfig, path: Path, pe
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     set_attention_backend(cfg.attention_backend)
-    device = resolve_device(cfg.device)
+    device = distributed.init_from_env(cfg.device)
     adapter = build_adapter(cfg)
-    data = adapter.token_data()
+    # Rank 0 encodes and caches the latents; the other ranks then read the cache.
+    if distributed.is_main():
+        data = adapter.token_data()
+    distributed.barrier()
+    if not distributed.is_main():
+        data = adapter.token_data()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, adapter.token_dim, adapter.token_grid, adapter.num_classes)
     settings = train_config(cfg)
     run_dir = Path(cfg.run_dir)
-    save_config(cfg, run_dir / "config.yaml")
+    if distributed.is_main():
+        save_config(cfg, run_dir / "config.yaml")
     per_class = int(cfg.sample.preview_per_class)
 
     def preview(ema: DJEPA, step: int) -> None:
         write_class_grid(adapter, ema, cfg, run_dir / "previews" / f"step_{step:07d}", per_class)
 
-    tqdm.write(
-        f"{cfg.modality.name}: {len(data)} items, token grid {adapter.token_grid} x {adapter.token_dim}, "
-        f"{model.num_params() / 1e6:.2f}M params, jepa={model.jepa}, head={model.config['head']['type']}, "
-        f"{device} {str(resolve_precision(device, settings.precision)).replace('torch.', '')}"
-    )
+    if distributed.is_main():
+        tqdm.write(
+            f"{cfg.modality.name}: {len(data)} items, token grid {adapter.token_grid} x {adapter.token_dim}, "
+            f"{model.num_params() / 1e6:.2f}M params, jepa={model.jepa}, head={model.config['head']['type']}, "
+            f"{device} {str(resolve_precision(device, settings.precision)).replace('torch.', '')}"
+        )
     trainer = Trainer(
         model,
         data,
@@ -68,7 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         extra_state={"modality": cfg.modality.name, "class_names": adapter.class_names},
     )
     last = trainer.fit()
-    if per_class:
+    if per_class and distributed.is_main():
         grid = write_class_grid(adapter, trainer.ema, cfg, run_dir / "samples", per_class)
         tqdm.write(f"samples: {grid}")
     return last
@@ -76,7 +86,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     with cli_errors():
-        run(compose_config(sys.argv[1:] if argv is None else argv))
+        try:
+            run(compose_config(sys.argv[1:] if argv is None else argv))
+        finally:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

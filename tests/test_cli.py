@@ -20,8 +20,7 @@ def trained_run(home, tmp_path_factory):
     common = [f"home={home}"]
     metrics = train_tokenizer.run(
         train_tokenizer.compose_config(
-            common
-            + ["tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "tokenizer.steps=30"]
+            common + ["tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "tokenizer.steps=30"]
         )
     )
     assert metrics["psnr_db"] > 5
@@ -80,9 +79,7 @@ def test_sample_one_class_writes_n_pngs_and_a_grid(trained_run, tmp_path):
 def test_sample_without_class_covers_every_class(trained_run, tmp_path):
     common, run_dir = trained_run
     written = sample.run(
-        sample.compose_config(
-            common + [f"run_dir={run_dir}", "num_samples=1", f"out={tmp_path}", "num_steps=2"]
-        )
+        sample.compose_config(common + [f"run_dir={run_dir}", "num_samples=1", f"out={tmp_path}", "num_steps=2"])
     )
     assert sorted(p.name.split("_")[0] for p in written) == [str(d) for d in range(10)]
 

@@ -1,8 +1,9 @@
 import pytest
 import torch
+from PIL import Image
+
 from djepa.modalities.base import DataError, patchify, unpatchify
 from djepa.modalities.image import ImageAdapter, load_image_folder, load_mnist_digits
-from PIL import Image
 
 
 @pytest.mark.parametrize(

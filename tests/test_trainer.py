@@ -13,9 +13,7 @@ from djepa.trainer import NonFiniteLoss, TokenData, TrainConfig, Trainer, batch_
 def token_data(n=64, grid_tokens=16):
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % 3
-    mean = torch.randn(3, grid_tokens, 4, generator=g)[labels] + 0.1 * torch.randn(
-        n, grid_tokens, 4, generator=g
-    )
+    mean = torch.randn(3, grid_tokens, 4, generator=g)[labels] + 0.1 * torch.randn(n, grid_tokens, 4, generator=g)
     return TokenData(mean, torch.full_like(mean, 0.05), labels)
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from djepa.tokenizers.base import LatentTokenizer, TokenizerNotFound
 
 

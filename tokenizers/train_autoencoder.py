@@ -64,9 +64,7 @@ def train_autoencoder_kl(data: torch.Tensor, out_dir: str | Path, cfg: Autoencod
     held, train = data[perm[:n_hold]], data[perm[n_hold:]]
     vae = build_autoencoder_kl(data.shape[1], data.shape[-1], cfg)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05
-    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="train tokenizer", dynamic_ncols=True)
     for _ in bar:
@@ -85,14 +83,9 @@ def train_autoencoder_kl(data: torch.Tensor, out_dir: str | Path, cfg: Autoencod
     train_seconds = time.perf_counter() - start
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat(
-            [vae.encode(train[i : i + 256]).latent_dist.sample() for i in range(0, len(train), 256)]
-        )
+        latents = torch.cat([vae.encode(train[i : i + 256]).latent_dist.sample() for i in range(0, len(train), 256)])
         recon = torch.cat(
-            [
-                vae.decode(vae.encode(held[i : i + 256]).latent_dist.mean).sample
-                for i in range(0, len(held), 256)
-            ]
+            [vae.decode(vae.encode(held[i : i + 256]).latent_dist.mean).sample for i in range(0, len(held), 256)]
         )
     shift, std = latents.mean().item(), latents.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
