@@ -24,21 +24,22 @@ from djepa.model import DJEPA
 from djepa.runtime import resolve_device
 
 
-def classifier_view(modality: str, media: torch.Tensor) -> torch.Tensor:
-    """What the modality's classifier looks at: images as they are."""
-    if modality == "image":
-        return media
-    raise ValueError(f"no classifier view for modality {modality!r}")
-
-
 def modality_classifier(cfg: DictConfig, adapter: Any) -> tuple[ConvClassifier, float, torch.Tensor]:
     """The cached classifier, its held-out accuracy, and real features for the Fréchet distance."""
-    media, labels = adapter.load_dataset()
-    view = classifier_view(cfg.modality.name, media)
+    x, labels = adapter.classifier_data()
     path = Path(cfg.home) / "classifiers" / f"{cfg.modality.name}-{adapter.cache_key()}.safetensors"
-    model, heldout = load_or_train_classifier(path, view, labels, adapter.num_classes)
-    _, real_features = model.predict(view)
+    model, heldout = load_or_train_classifier(path, x, labels, adapter.num_classes)
+    media, _ = adapter.load_dataset()
+    keep = torch.randperm(len(media), generator=torch.Generator().manual_seed(0))[:2000]
+    _, real_features = classify_media(model, adapter, media[keep])
     return model, heldout, real_features
+
+
+def classify_media(classifier: ConvClassifier, adapter: Any, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-item logits and features; items made of several classifier rows (frames) are averaged."""
+    x, group = adapter.classifier_input(media)
+    logits, feats = classifier.predict(x)
+    return logits.view(-1, group, logits.shape[-1]).mean(1), feats.view(-1, group, feats.shape[-1]).mean(1)
 
 
 def score(
@@ -46,7 +47,6 @@ def score(
     adapter: Any,
     classifier: ConvClassifier,
     real_features: torch.Tensor,
-    modality: str,
     per_class: int,
     cfg_scale: float,
     temperature: float,
@@ -57,7 +57,7 @@ def score(
     tokens = generate(model, labels, cfg_scale, temperature, num_steps)
     sample_seconds = time.perf_counter() - start
     media = adapter.decode_tokens(tokens)
-    logits, feats = classifier.predict(classifier_view(modality, media))
+    logits, feats = classify_media(classifier, adapter, media)
     return {
         "accuracy": accuracy(logits, labels),
         "fd": frechet_distance(real_features, feats),

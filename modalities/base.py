@@ -128,6 +128,19 @@ class ModalityAdapter(ABC):
             [self.tokenizer.decode(latents[i : i + batch_size]).cpu() for i in range(0, len(latents), batch_size)]
         )
 
+    def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real examples and labels to train the benchmark classifier on (the dataset by default)."""
+        return self.load_dataset()
+
+    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """What the classifier sees for decoded media, and how many classifier rows make one item
+        (video: one row per frame, logits averaged per clip)."""
+        return media, 1
+
+    def prime_tokens(self, path: str, cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling."""
+        raise NotImplementedError(f"modality {self.name} has no continuation (prime=...) support")
+
     def encode_media(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and std latents of media items (tokenizers may override for speed)."""
         return self.tokenizer.encode_moments(media)

@@ -76,7 +76,8 @@ def test_interrupted_run_resumes_to_identical_weights(make_tiny_model, tmp_path,
         torch.device("cpu"),
     )
     second.fit()
-    assert "resumed from step 15" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "resumed from step 15" in captured.out + captured.err
     for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
     for a, b in zip(straight.ema.state_dict().values(), second.ema.state_dict().values()):
