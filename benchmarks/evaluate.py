@@ -78,7 +78,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         adapter,
         classifier,
         real,
-        cfg.modality.name,
         cfg.num_samples,
         cfg.cfg,
         cfg.temperature,

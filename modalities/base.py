@@ -14,11 +14,12 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from djepa.checkpoint import atomic_write_json, atomic_write_safetensors
+from djepa.errors import UsageError
 from djepa.tokenizers.base import LatentTokenizer
 from djepa.trainer import TokenData
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A user data source is unusable (missing, empty, no class folders); the message names it."""
 
 

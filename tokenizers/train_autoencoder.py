@@ -64,7 +64,10 @@ def train_autoencoder_kl(data: torch.Tensor, out_dir: str | Path, cfg: Autoencod
     held, train = data[perm[:n_hold]], data[perm[n_hold:]]
     vae = build_autoencoder_kl(data.shape[1], data.shape[-1], cfg)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    warmup = max(1, cfg.steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
+    )
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="train tokenizer", dynamic_ncols=True)
     for _ in bar:
