@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import math
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -71,6 +72,13 @@ class TokenData:
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA, peak resident set size of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -260,7 +268,12 @@ class Trainer:
                         )
                     continue
                 bad_in_a_row = 0
-                record |= {"step": self.step, "step_ms": 1000 * elapsed, "tokens_per_s": tokens_per_step / elapsed}
+                record |= {
+                    "step": self.step,
+                    "step_ms": 1000 * elapsed,
+                    "tokens_per_s": tokens_per_step / elapsed,
+                    "peak_mem_mb": peak_memory_mb(self.device),
+                }
                 last = record
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['step_ms']:.0f}")

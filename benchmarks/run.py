@@ -1,0 +1,166 @@
+"""`benchmark modality=M out=DIR`: D-JEPA against MAR mode and the flow head at equal steps, seeds and data.
+
+Each variant trains in its own process (clean peak-memory figures), checkpoints at every curve point,
+and is scored with the modality's classifier. Writes results.json, summary.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from djepa.benchmarks.evaluate import modality_classifier, score
+from djepa.benchmarks.report import write_plots, write_summary
+from djepa.build import build_adapter, load_ema_model
+from djepa.checkpoint import CheckpointManager
+from djepa.config import cli_errors, compose_config
+from djepa.masking import training_mask
+from djepa.runtime import resolve_device
+
+
+def passthrough_overrides(argv: Sequence[str]) -> list[str]:
+    """Command-line overrides that shape the compared models (not the benchmark's own keys)."""
+    return [a for a in argv if not a.split("=", 1)[0].lstrip("+").startswith(("benchmark.", "out"))]
+
+
+def variant_overrides(cfg: DictConfig, argv: Sequence[str], name: str, run_dir: Path) -> list[str]:
+    bench = cfg.benchmark
+    steps = bench.quick_steps if bench.quick else bench.steps
+    every = max(1, steps // 2) if bench.quick else bench.eval_every
+    quick = ["model=tiny", "loss.head.sampling_steps=5", "num_steps=4"] if bench.quick else []
+    return [
+        *passthrough_overrides(argv),
+        *quick,
+        *bench.variants[name],
+        f"run_dir={run_dir}",
+        f"train.steps={steps}",
+        f"train.checkpoint_every={every}",
+        f"train.keep_checkpoints={steps // every + 1}",
+        "train.preview_every=0",
+        "sample.preview_per_class=0",
+    ]
+
+
+def train_variant(overrides: list[str]) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "djepa.train", *overrides], env=env)
+    if proc.returncode:
+        raise RuntimeError(f"training failed ({proc.returncode}): djepa.train {' '.join(overrides)}")
+
+
+def flops_per_step(model: torch.nn.Module, cfg: DictConfig, token_dim: int) -> float:
+    """Training FLOPs of one step (forward, backward, EMA target pass) by torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b, n = int(cfg.train.batch_size), model.num_tokens
+    tokens, labels = torch.randn(b, n, token_dim), torch.randint(0, model.num_classes, (b,))
+    mask = training_mask(b, n)
+    model = model.cpu().train()
+    with FlopCounterMode(display=False) as counter:
+        targets = model.target_features(tokens, labels) if model.jepa else None
+        losses = model.loss(tokens, labels, mask, targets)
+        sum(losses.values()).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
+def evaluate_variant(cfg: DictConfig, run_dir: Path, adapter: Any, classifier: Any, real: torch.Tensor) -> dict:
+    device = resolve_device(cfg.device)
+    per_class = 2 if cfg.benchmark.quick else cfg.benchmark.eval_per_class
+    curve = []
+    for directory in CheckpointManager(run_dir).directories():
+        state = CheckpointManager.verify(directory)
+        model = load_ema_model(directory, state, device)
+        torch.manual_seed(cfg.seed)
+        point = score(model, adapter, classifier, real, per_class, cfg.cfg, cfg.temperature, cfg.num_steps)
+        curve.append({"step": state["step"], **point})
+        tqdm.write(f"  step {state['step']}: accuracy {point['accuracy']:.3f}, fd {point['fd']:.3f}")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steady = rows[len(rows) // 5 :] or rows  # skip warm-up steps
+    final = curve[-1]
+    return {
+        "fd": final["fd"],
+        "accuracy": final["accuracy"],
+        "inception_score": final["inception_score"],
+        "sample_ms_per_item": final["sample_ms_per_item"],
+        "train_step_ms": sum(r["step_ms"] for r in steady) / len(steady),
+        "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
+        "peak_mem_mb": max(r.get("peak_mem_mb", 0.0) for r in rows),
+        "params": model.num_params(),
+        "flops_per_step": flops_per_step(model, cfg, adapter.token_dim),
+        "steps": final["step"],
+        "curve": curve,
+    }
+
+
+def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = build_adapter(cfg)
+    tokenizer_path = Path(cfg.modality.adapter.tokenizer.path)
+    if not tokenizer_path.exists():
+        tqdm.write(f"no tokenizer at {tokenizer_path}: training it first")
+        adapter.train_tokenizer(OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    classifier, heldout, real = modality_classifier(cfg, adapter)
+    results: dict[str, Any] = {
+        "modality": cfg.modality.name,
+        "git_commit": git_commit(),
+        "machine": machine(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "classifier_heldout_accuracy": heldout,
+        "note": "fd, accuracy and inception_score come from our own small classifier trained on the embedded "
+        "data; they are not comparable with published FID/FVD/FAD",
+        "variants": {},
+    }
+    for name in cfg.benchmark.variants:
+        run_dir = out / name
+        overrides = variant_overrides(cfg, argv, name, run_dir)
+        tqdm.write(f"[{name}] train {' '.join(overrides)}")
+        train_variant(overrides)
+        variant_cfg = compose_config(overrides)
+        results["variants"][name] = evaluate_variant(variant_cfg, run_dir, adapter, classifier, real)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_plots(results, out)
+    write_summary(results, out / "summary.md")
+    tqdm.write(f"wrote {out / 'results.json'}, {out / 'summary.md'} and plots")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with cli_errors():
+        run(compose_config(argv), argv)
+
+
+if __name__ == "__main__":
+    main()
