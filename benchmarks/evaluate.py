@@ -24,11 +24,11 @@ from djepa.model import DJEPA
 from djepa.runtime import resolve_device
 
 
-def modality_classifier(cfg: DictConfig, adapter: Any) -> tuple[ConvClassifier, float, torch.Tensor]:
+def modality_classifier(cfg: DictConfig, adapter: Any, steps: int = 400) -> tuple[ConvClassifier, float, torch.Tensor]:
     """The cached classifier, its held-out accuracy, and real features for the Fréchet distance."""
     x, labels = adapter.classifier_data()
-    path = Path(cfg.home) / "classifiers" / f"{cfg.modality.name}-{adapter.cache_key()}.safetensors"
-    model, heldout = load_or_train_classifier(path, x, labels, adapter.num_classes)
+    path = Path(cfg.home) / "classifiers" / f"{cfg.modality.name}-{adapter.cache_key()}-{steps}steps.safetensors"
+    model, heldout = load_or_train_classifier(path, x, labels, adapter.num_classes, steps=steps)
     media, _ = adapter.load_dataset()
     keep = torch.randperm(len(media), generator=torch.Generator().manual_seed(0))[:2000]
     _, real_features = classify_media(model, adapter, media[keep])

@@ -131,7 +131,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     if not tokenizer_path.exists():
         tqdm.write(f"no tokenizer at {tokenizer_path}: training it first")
         adapter.train_tokenizer(OmegaConf.to_container(cfg.tokenizer, resolve=True))
-    classifier, heldout, real = modality_classifier(cfg, adapter)
+    classifier, heldout, real = modality_classifier(cfg, adapter, 60 if cfg.benchmark.quick else 400)
     results: dict[str, Any] = {
         "modality": cfg.modality.name,
         "git_commit": git_commit(),
