@@ -30,9 +30,39 @@ def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
+POSITIVE_MODEL_KEYS = (
+    "encoder_depth",
+    "encoder_width",
+    "predictor_depth",
+    "predictor_width",
+    "heads",
+    "buffer_size",
+    "denoiser_depth",
+    "denoiser_width",
+    "diffusion_batch_mul",
+    "mlp_ratio",
+)
+
+
+def validate_model_config(kwargs: dict[str, Any]) -> None:
+    """Reject wrong types and non-positive sizes up front, naming the key."""
+    for key in POSITIVE_MODEL_KEYS:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UsageError(f"model.{key} must be a positive number, got {value!r}")
+    for key in ("label_drop", "attn_drop", "proj_drop"):
+        value = kwargs.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise UsageError(f"model.{key} must be in [0, 1), got {value!r}")
+
+
 def build_model(cfg: DictConfig, token_dim: int, grid: tuple[int, ...], num_classes: int) -> DJEPA:
+    kwargs = model_kwargs(cfg)
+    validate_model_config(kwargs)
     try:
-        return DJEPA(token_dim=token_dim, grid=grid, num_classes=num_classes, **model_kwargs(cfg))
+        return DJEPA(token_dim=token_dim, grid=grid, num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise UsageError(f"bad model/loss config: {err}") from err
 

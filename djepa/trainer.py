@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import resource
@@ -47,6 +48,13 @@ class TrainConfig:
     max_bad_steps: int = 5
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ("float" in kind and not (numeric or (value is None and "None" in kind))) or (
+                kind == "int" and not (isinstance(value, int) and not isinstance(value, bool))
+            ):
+                raise ValueError(f"train.{f.name} must be {kind}, got {value!r}")
         for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "max_bad_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")

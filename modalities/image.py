@@ -93,11 +93,13 @@ class ImageAdapter(ModalityAdapter):
         image_size: int = 32,
         channels: int = 1,
         data_dir: str | None = None,
+        flip: bool = False,
         seed: int = 0,
     ):
         super().__init__(tokenizer, patch_size, cache_dir, seed)
         self.image_size = image_size
         self.channels = channels
+        self.flip = flip
         self.data_dir = Path(data_dir) if data_dir else None
         self._class_names: list[str] | None = None
 
@@ -118,9 +120,17 @@ class ImageAdapter(ModalityAdapter):
             "data_dir": str(self.data_dir.resolve()) if self.data_dir else "mnist_5k",
             "size": self.image_size,
             "channels": self.channels,
+            "flip": self.flip,
         }
 
     def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self._load_images()
+        if self.flip:
+            # MAR-style augmentation cached with the latents: mirrored copies as extra items.
+            images, labels = torch.cat([images, images.flip(-1)]), torch.cat([labels, labels])
+        return images, labels
+
+    def _load_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.data_dir is None:
             digits, labels = load_mnist_digits()
             images = to_unit_range(digits)[:, None]

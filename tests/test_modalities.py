@@ -79,3 +79,18 @@ def test_missing_tokenizer_says_how_to_make_it(tmp_path):
     adapter = ImageAdapter({"path": str(tmp_path / "nowhere")}, [1, 1], str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="train_tokenizer modality=image"):
         _ = adapter.tokenizer
+
+
+def test_flip_augmentation_adds_mirrored_copies(tmp_path):
+    write_images(tmp_path / "data")
+    plain = ImageAdapter(
+        {"path": "x"}, [1, 1], str(tmp_path), image_size=16, channels=3, data_dir=str(tmp_path / "data")
+    )
+    flipped = ImageAdapter(
+        {"path": "x"}, [1, 1], str(tmp_path), image_size=16, channels=3, data_dir=str(tmp_path / "data"), flip=True
+    )
+    images, labels = plain.load_dataset()
+    both, both_labels = flipped.load_dataset()
+    assert len(both) == 2 * len(images) and both_labels.tolist() == labels.tolist() * 2
+    assert torch.equal(both[len(images) :], images.flip(-1))
+    assert plain.source_id() != flipped.source_id()  # separate latent caches
