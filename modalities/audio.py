@@ -1,0 +1,509 @@
+"""Audio: spoken digits synthesised by eSpeak NG, or a folder of the user's clips <-> mel (or waveform) latent grids."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from djepa.checkpoint import atomic_write_safetensors
+from djepa.errors import UsageError
+from djepa.modalities.base import DataError, ModalityAdapter
+from djepa.modalities.image import class_folders
+from djepa.tokenizers.base import LatentTokenizer
+from djepa.tokenizers.mel import MelFrontEnd, MelSettings, MelTokenizer, fit_length
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+ESPEAK_RATE = 22050
+SILENT_PEAK = 1e-4
+PEAK = 0.95
+
+# English accents shipped in espeakng-loader's data (lang/gmw), as espeak_SetVoiceByName knows them.
+ESPEAK_ACCENTS = [
+    "en-us",
+    "en",
+    "en-gb-x-rp",
+    "en-029",
+    "en-gb-scotland",
+    "en-us-nyc",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+]
+# Voice variants (voices/!v) that stay intelligible; "" is the accent's own voice.
+ESPEAK_VARIANTS = [
+    "",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "Alex",
+    "Andy",
+    "Annie",
+    "adam",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "boris",
+    "caleb",
+    "david",
+    "ed",
+    "edward",
+    "grandma",
+    "grandpa",
+    "iven",
+    "john",
+    "linda",
+    "max",
+    "michel",
+    "norbert",
+    "paul",
+    "quincy",
+    "rob",
+    "robert",
+    "steph",
+    "travis",
+    "klatt",
+]
+
+
+# ------------------------------------------------------------------------------------------- eSpeak NG
+
+
+class _Espeak:
+    """libespeak-ng from the espeakng-loader wheel, driven through ctypes in synchronous mode (one process-wide)."""
+
+    _instance: _Espeak | None = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        import espeakng_loader
+
+        self.data_path = Path(espeakng_loader.get_data_path())
+        lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetParameter.restype = ctypes.c_int
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        lib.espeak_Synchronize.restype = ctypes.c_int
+        lib.espeak_ng_SetRandSeed.restype = None
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        synchronous = 0x02  # AUDIO_OUTPUT_SYNCHRONOUS: samples arrive through the callback, no audio device
+        rate = lib.espeak_Initialize(synchronous, 0, str(self.data_path).encode(), 0)
+        if rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed ({rate}) with data {self.data_path}")
+        self.sample_rate = rate
+        self._chunks: list[np.ndarray] = []
+        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+        def collect(wav, count, _events) -> int:
+            if count > 0 and wav:
+                self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
+            return 0
+
+        self._callback = callback_type(collect)  # keep a reference: the library calls it later
+        lib.espeak_SetSynthCallback(self._callback)
+        self.lib = lib
+
+    @classmethod
+    def get(cls) -> _Espeak:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def variants(self) -> list[str]:
+        folder = self.data_path / "voices" / "!v"
+        return [v for v in ESPEAK_VARIANTS if not v or (folder / v).is_file()]
+
+    def synth(
+        self, text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50, pitch_range: int = 50, seed: int = 0
+    ) -> np.ndarray:
+        """int16 samples at `self.sample_rate` for `text` in `voice` (accent, optionally `+variant`).
+
+        eSpeak NG draws random numbers for noise and jitter; `seed` makes the output reproducible.
+        """
+        with self._lock:
+            self.lib.espeak_ng_SetRandSeed(int(seed))
+            err = self.lib.espeak_SetVoiceByName(voice.encode())
+            if err != 0:
+                raise ValueError(f"eSpeak NG has no voice {voice!r} (error {err})")
+            self.lib.espeak_SetParameter(1, int(rate), 0)  # espeakRATE, words per minute
+            self.lib.espeak_SetParameter(3, int(pitch), 0)  # espeakPITCH, 0..100
+            self.lib.espeak_SetParameter(4, int(pitch_range), 0)  # espeakRANGE, 0..100
+            self._chunks.clear()
+            data = text.encode() + b"\0"
+            err = self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # POS_CHARACTER, espeakCHARS_AUTO
+            if err != 0:
+                raise RuntimeError(f"espeak_Synth failed ({err}) for {text!r}")
+            self.lib.espeak_Synchronize()
+            samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+            self._chunks.clear()
+        return samples.astype(np.int16)
+
+
+def espeak_voices() -> list[str]:
+    """Every `accent+variant` voice the embedded default draws from."""
+    engine = _Espeak.get()
+    return [a + (f"+{v}" if v else "") for a in ESPEAK_ACCENTS for v in engine.variants()]
+
+
+def trim_silence(audio: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
+    """Drop leading and trailing samples quieter than `threshold` x peak (last axis)."""
+    level = audio.abs().amax(dim=tuple(range(audio.dim() - 1))) if audio.dim() > 1 else audio.abs()
+    loud = torch.nonzero(level > threshold * level.max().clamp_min(1e-12)).flatten()
+    if len(loud) == 0:
+        return audio[..., :0]
+    return audio[..., int(loud[0]) : int(loud[-1]) + 1]
+
+
+def peak_normalize(audio: torch.Tensor, peak: float = PEAK) -> torch.Tensor:
+    return audio * (peak / audio.abs().max().clamp_min(1e-8))
+
+
+def speak(
+    word: str,
+    voice: str = "en-us",
+    rate: int = 175,
+    pitch: int = 50,
+    pitch_range: int = 50,
+    sample_rate: int = 16000,
+    num_samples: int = 16000,
+    seed: int = 0,
+) -> torch.Tensor:
+    """`word` spoken by eSpeak NG: [1, num_samples] at `sample_rate`, silence trimmed, centred, peak-normalised."""
+    import torchaudio.functional as AF
+
+    engine = _Espeak.get()
+    raw = torch.from_numpy(engine.synth(word, voice, rate, pitch, pitch_range, seed).astype(np.float32) / 32768.0)
+    audio = AF.resample(raw[None], engine.sample_rate, sample_rate) if engine.sample_rate != sample_rate else raw[None]
+    audio = trim_silence(audio)
+    if audio.shape[-1] == 0:
+        raise RuntimeError(f"eSpeak NG returned silence for {word!r} in voice {voice!r}")
+    return peak_normalize(fit_length(audio, num_samples, "center"))
+
+
+def digit_schedule(count: int, seed: int) -> list[tuple[int, str, int, int, int, int]]:
+    """(label, voice, rate, pitch, pitch range, noise seed) per clip: balanced (class i % 10), seeded."""
+    voices = espeak_voices()
+    rng = np.random.default_rng(seed)
+    schedule = []
+    for i in range(count):
+        voice = voices[int(rng.integers(len(voices)))]
+        rate, pitch, spread = int(rng.integers(120, 231)), int(rng.integers(15, 86)), int(rng.integers(10, 91))
+        schedule.append((i % len(DIGIT_WORDS), voice, rate, pitch, spread, int(rng.integers(2**31 - 1))))
+    return schedule
+
+
+def synthesize_digits(
+    count: int, seed: int, sample_rate: int = 16000, num_samples: int = 16000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` spoken digits following `digit_schedule(count, seed)`.
+
+    The schedule is deterministic; the samples are so only up to eSpeak NG's internal pitch jitter, whose state
+    persists inside the library across calls, hence `load_spoken_digits` caches the clips on disk.
+    """
+    schedule = digit_schedule(count, seed)
+    audio = torch.empty(count, 1, num_samples)
+    for i, (label, voice, rate, pitch, spread, noise_seed) in enumerate(schedule):
+        audio[i] = speak(DIGIT_WORDS[label], voice, rate, pitch, spread, sample_rate, num_samples, noise_seed)
+    return audio, torch.tensor([item[0] for item in schedule])
+
+
+def load_spoken_digits(
+    cache_dir: Path, count: int, seed: int, sample_rate: int = 16000, num_samples: int = 16000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded default, synthesised once and cached as int16 in `cache_dir`."""
+    suffix = "" if (sample_rate, num_samples) == (16000, 16000) else f"-{sample_rate}hz-{num_samples}"
+    path = Path(cache_dir) / f"audio-digits-{seed}-{count}{suffix}.safetensors"
+    if path.is_file():
+        cached = load_file(str(path))
+        return cached["audio"].float() / 32767.0, cached["labels"].long()
+    start = time.perf_counter()
+    audio, labels = synthesize_digits(count, seed, sample_rate, num_samples)
+    log.info("synthesised %d spoken digits in %.1f s", count, time.perf_counter() - start)
+    pcm = (audio.clamp(-1, 1) * 32767.0).round().to(torch.int16)
+    atomic_write_safetensors(path, {"audio": pcm, "labels": labels})
+    return pcm.float() / 32767.0, labels
+
+
+# ------------------------------------------------------------------------------------------- user folders
+
+
+def read_audio(path: Path, sample_rate: int) -> torch.Tensor:
+    """A file read with soundfile, mixed to mono and resampled: [1, samples]. Raises ValueError when unusable."""
+    import soundfile as sf
+    import torchaudio.functional as AF
+
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, TypeError, ValueError, EOFError) as err:  # sf.LibsndfileError is a RuntimeError
+        raise ValueError(f"unreadable audio: {err}") from err
+    if data.size == 0:
+        raise ValueError("no samples")
+    audio = torch.from_numpy(np.ascontiguousarray(data.T)).mean(0, keepdim=True)
+    if not torch.isfinite(audio).all():
+        raise ValueError("non-finite samples")
+    if audio.abs().max() < SILENT_PEAK:
+        raise ValueError(f"silent (peak below {SILENT_PEAK})")
+    if rate != sample_rate:
+        audio = AF.resample(audio, int(rate), sample_rate)
+    return audio
+
+
+def load_audio_folder(
+    root: Path, sample_rate: int, num_samples: int, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+    """Clips under root/<class>/ as [M, 1, num_samples]; unreadable, empty, silent or non-audio files are skipped."""
+    folders = class_folders(root)
+    clips, labels, skipped = [], [], 0
+    for label, folder in enumerate(folders):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            try:
+                audio = fit_length(read_audio(path, sample_rate), num_samples, "center")
+                if audio.abs().max() < SILENT_PEAK:
+                    raise ValueError("silent after cropping")
+            except ValueError as err:
+                skipped += 1
+                log.warning("skipping %s: %s", path, err)
+                continue
+            clips.append(peak_normalize(audio) if normalize else audio.clamp(-1, 1))
+            labels.append(label)
+    if not clips:
+        raise DataError(f"data_dir {root} holds no readable audio ({skipped} files skipped)")
+    return torch.stack(clips), torch.tensor(labels), [f.name for f in folders], skipped
+
+
+# ------------------------------------------------------------------------------------------- previews
+
+
+def spectrogram_grid(mels: torch.Tensor, rows: int, scale: int = 2) -> np.ndarray:
+    """Normalised log-mels [B, 1, F, T] in [-1, 1] -> an RGB uint8 canvas, low frequencies at the bottom."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["magma"]
+    b, _, f, t = mels.shape
+    cols = -(-b // rows)
+    canvas = np.zeros((rows * (f + 2), cols * (t + 2), 3), dtype=np.uint8)
+    images = (cmap(((mels[:, 0].flip(1).clamp(-1, 1) + 1) / 2).numpy())[..., :3] * 255).round().astype(np.uint8)
+    for i in range(b):
+        r, k = divmod(i, cols)
+        canvas[r * (f + 2) + 1 : r * (f + 2) + 1 + f, k * (t + 2) + 1 : k * (t + 2) + 1 + t] = images[i]
+    return canvas.repeat(scale, 0).repeat(scale, 1)
+
+
+# ------------------------------------------------------------------------------------------- adapter
+
+
+class AudioAdapter(ModalityAdapter):
+    """Clips [1, samples] in [-1, 1]. The default tokenizer (`kind: mel`) works on a log-mel (n_mels, frames) grid;
+    `kind: oobleck` uses a pretrained AutoencoderOobleck on the waveform (1-D grid, 1-D patch_size)."""
+
+    name = "audio"
+    file_suffix = ".wav"
+    train_tokenizer_command = "train_tokenizer modality=audio"
+
+    def __init__(
+        self,
+        tokenizer: dict[str, Any],
+        patch_size: list[int],
+        cache_dir: str,
+        sample_rate: int = 16000,
+        seconds: float = 1.0,
+        data_dir: str | None = None,
+        count: int = 3000,
+        normalize: bool = True,
+        mel: dict[str, Any] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(tokenizer, patch_size, cache_dir, seed)
+        self.sample_rate = int(sample_rate)
+        self.seconds = float(seconds)
+        self.num_samples = round(self.sample_rate * self.seconds)
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.count = int(count)
+        self.normalize = normalize
+        self.kind = str(self.tokenizer_config.get("kind") or "mel")
+        if self.kind not in ("mel", "oobleck"):
+            raise UsageError(f"modality.adapter.tokenizer.kind={self.kind!r}: choose mel or oobleck")
+        self.mel_settings = MelSettings.from_dict(
+            {**(mel or {}), "sample_rate": self.sample_rate, "num_samples": self.num_samples}
+        )
+        self._front_end: MelFrontEnd | None = None
+        self._class_names: list[str] | None = None
+
+    # ---------------------------------------------------------------- data
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            self._class_names = [f.name for f in class_folders(self.data_dir)] if self.data_dir else list(DIGIT_WORDS)
+        return self._class_names
+
+    def source_id(self) -> dict[str, Any]:
+        return {
+            "data_dir": str(self.data_dir.resolve()) if self.data_dir else f"espeak_digits-{self.count}-{self.seed}",
+            "sample_rate": self.sample_rate,
+            "samples": self.num_samples,
+            "normalize": self.normalize,
+        }
+
+    def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.data_dir is None:
+            return load_spoken_digits(self.cache_dir, self.count, self.seed, self.sample_rate, self.num_samples)
+        audio, labels, self._class_names, self.skipped_files = load_audio_folder(
+            self.data_dir, self.sample_rate, self.num_samples, self.normalize
+        )
+        if self.skipped_files:
+            log.warning("%d unusable files skipped in %s", self.skipped_files, self.data_dir)
+        return audio, labels
+
+    # ---------------------------------------------------------------- tokenizer
+
+    @property
+    def front_end(self) -> MelFrontEnd:
+        """The mel front end with its default normalisation: spectrogram previews and the benchmark classifier."""
+        if self._front_end is None:
+            self._front_end = MelFrontEnd(self.mel_settings)
+        return self._front_end
+
+    @property
+    def media_grid(self) -> tuple[int, ...]:
+        if self.kind == "oobleck":
+            return (self.num_samples,)
+        return (self.mel_settings.n_mels, self.mel_settings.frames)
+
+    def build_tokenizer(self) -> LatentTokenizer:
+        cfg = self.tokenizer_config
+        if self.kind == "oobleck":
+            from djepa.tokenizers.oobleck import OobleckTokenizer
+
+            return OobleckTokenizer(cfg["path"], cfg.get("shift"), cfg.get("scale"), sample_rate=self.sample_rate)
+        tok = MelTokenizer(
+            cfg["path"],
+            cfg.get("shift"),
+            cfg.get("scale"),
+            how_to_make=self.train_tokenizer_command,
+            griffin_lim_iters=cfg.get("griffin_lim_iters"),
+        )
+        ours, theirs = asdict(self.mel_settings), asdict(tok.settings)
+        differ = [k for k in ours if k not in ("db_max", "db_range", "griffin_lim_iters") and ours[k] != theirs[k]]
+        if differ:
+            raise UsageError(
+                f"mel tokenizer {cfg['path']} was trained with other mel settings "
+                f"({', '.join(f'{k}={theirs[k]} not {ours[k]}' for k in differ)}); "
+                f"retrain it with `{self.train_tokenizer_command}` or match the settings"
+            )
+        return tok
+
+    def decode_tokens(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        return fit_length(super().decode_tokens(tokens, batch_size), self.num_samples, "start")
+
+    def train_tokenizer(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Fit the mel normalisation and a small AutoencoderKL on the log-mels; save both at tokenizer.path."""
+        from djepa.tokenizers.mel import fit_mel_normalisation, write_mel_settings
+        from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, train_autoencoder_kl
+
+        if self.kind != "mel":
+            raise UsageError(f"tokenizer kind {self.kind!r} is pretrained only; train_tokenizer makes kind=mel")
+        self._tokenizer = None
+        audio = self.load_dataset()[0]
+        raw = MelFrontEnd(self.mel_settings)
+        db = torch.cat([raw.db(audio[i : i + 256]) for i in range(0, len(audio), 256)])
+        fitted = fit_mel_normalisation(db, self.mel_settings)
+        front_end = MelFrontEnd(fitted)
+        mels = torch.cat([front_end(audio[i : i + 256]) for i in range(0, len(audio), 256)])
+        metrics = train_autoencoder_kl(mels, self.tokenizer_config["path"], AutoencoderTrainConfig(**settings))
+        write_mel_settings(self.tokenizer_config["path"], fitted)
+        return {**metrics, "mel_db_max": fitted.db_max, "mel_db_range": fitted.db_range}
+
+    # ---------------------------------------------------------------- files
+
+    def save(self, media: torch.Tensor, path: Path) -> Path:
+        import soundfile as sf
+
+        path = Path(path).with_suffix(self.file_suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        audio = media.detach().float().cpu().reshape(-1, media.shape[-1]).clamp(-1, 1).numpy().T
+        sf.write(str(path), audio, self.sample_rate, subtype="PCM_16")
+        return path
+
+    def save_grid(self, media: torch.Tensor, rows: int, path: Path, scale: int = 2) -> Path:
+        from PIL import Image
+
+        mels = self.front_end(media.detach().float().cpu())
+        path = Path(path).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(spectrogram_grid(mels, max(1, rows), scale)).save(path)
+        return path
+
+    # ---------------------------------------------------------------- benchmark and continuation
+
+    def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        audio, labels = self.load_dataset()
+        return self.classifier_input(audio)[0], labels
+
+    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
+        media = media.detach().float().cpu()
+        return torch.cat([self.front_end(media[i : i + 256]) for i in range(0, len(media), 256)]), 1
+
+    @property
+    def seconds_per_token_column(self) -> float:
+        """Seconds of audio that one step along the token grid's last (time) axis covers."""
+        media_unit = (
+            1.0 / self.sample_rate if self.kind == "oobleck" else self.mel_settings.hop_length / self.sample_rate
+        )
+        columns = self.token_grid[-1]
+        return self.media_grid[-1] / columns * media_unit
+
+    def prime_tokens(self, path: str, cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of a real clip, with the columns covering its first `prime_seconds` marked known."""
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"prime file {file} does not exist")
+        try:
+            audio = read_audio(file, self.sample_rate)
+        except ValueError as err:
+            raise UsageError(f"prime file {file}: {err}") from err
+        audio = fit_length(audio, self.num_samples, "start")
+        if self.normalize:
+            audio = peak_normalize(audio)
+        tokens = self.to_tokens(self.tokenizer.encode(audio[None]).float().cpu())
+        grid = self.token_grid
+        seconds = float(cfg.get("prime_seconds", 0.25) if hasattr(cfg, "get") else cfg.prime_seconds)
+        keep = min(grid[-1] - 1, max(0, math.ceil(seconds / self.seconds_per_token_column - 1e-6)))
+        mask = torch.zeros(grid, dtype=torch.bool)
+        mask[..., :keep] = True
+        return tokens.expand(count, -1, -1).clone(), mask.flatten()[None].expand(count, -1).clone()
