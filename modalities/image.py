@@ -38,6 +38,11 @@ def class_folders(root: Path) -> list[Path]:
     return folders
 
 
+def digit_or_folder_names(data_dir: Path | None) -> list[str]:
+    """Class names: the class subfolders of a user directory, else the ten digits."""
+    return [f.name for f in class_folders(data_dir)] if data_dir else [str(d) for d in range(10)]
+
+
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
@@ -106,9 +111,7 @@ class ImageAdapter(ModalityAdapter):
     @property
     def class_names(self) -> list[str]:
         if self._class_names is None:
-            self._class_names = (
-                [f.name for f in class_folders(self.data_dir)] if self.data_dir else [str(d) for d in range(10)]
-            )
+            self._class_names = digit_or_folder_names(self.data_dir)
         return self._class_names
 
     @property

@@ -18,7 +18,13 @@ from PIL import Image
 
 from djepa.errors import UsageError
 from djepa.modalities.base import DataError, ModalityAdapter
-from djepa.modalities.image import class_folders, load_mnist_digits, to_uint8, to_unit_range
+from djepa.modalities.image import (
+    class_folders,
+    digit_or_folder_names,
+    load_mnist_digits,
+    to_uint8,
+    to_unit_range,
+)
 from djepa.tokenizers.base import LatentTokenizer
 
 log = logging.getLogger(__name__)
@@ -247,9 +253,7 @@ class VideoAdapter(ModalityAdapter):
     @property
     def class_names(self) -> list[str]:
         if self._class_names is None:
-            self._class_names = (
-                [f.name for f in class_folders(self.data_dir)] if self.data_dir else [str(d) for d in range(10)]
-            )
+            self._class_names = digit_or_folder_names(self.data_dir)
         return self._class_names
 
     @property
