@@ -5,7 +5,6 @@ The core never imports a modality: adapters arrive as objects named by `_target_
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +125,3 @@ def generate(
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
-
-
-def grid_rows(num_items: int, per_row: int) -> int:
-    return max(1, math.ceil(num_items / per_row))
