@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     adapter = build_adapter(cfg)
     directory, state = find_checkpoint(cfg.run_dir, cfg.checkpoint)
-    model = load_ema_model(directory, state, resolve_device(cfg.device))
+    model = load_ema_model(directory, state, resolve_device(cfg.device), cfg.loss.head)
     classifier, heldout, real = modality_classifier(cfg, adapter)
     result = score(
         model,

@@ -100,7 +100,7 @@ def evaluate_variant(cfg: DictConfig, run_dir: Path, adapter: Any, classifier: A
     curve = []
     for directory in CheckpointManager(run_dir).directories():
         state = CheckpointManager.verify(directory)
-        model = load_ema_model(directory, state, device)
+        model = load_ema_model(directory, state, device, cfg.loss.head)
         torch.manual_seed(cfg.seed)
         point = score(model, adapter, classifier, real, per_class, cfg.cfg, cfg.temperature, cfg.num_steps)
         curve.append({"step": state["step"], **point})

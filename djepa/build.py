@@ -84,9 +84,14 @@ def find_checkpoint(run_dir: str | Path, checkpoint: str | None) -> tuple[Path, 
     return found
 
 
-def load_ema_model(directory: Path, state: dict[str, Any], device: torch.device) -> DJEPA:
+def load_ema_model(
+    directory: Path, state: dict[str, Any], device: torch.device, head: DictConfig | None = None
+) -> DJEPA:
+    """The checkpoint's EMA model; `head` (the `loss.head` config) may change its sampling steps."""
     model = DJEPA(**state["model_config"])
     model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))
+    if head is not None and head.get("type") == model.config["head"].get("type") and "sampling_steps" in head:
+        model.head.set_sampling_steps(int(head.sampling_steps))
     return model.to(device).eval()
 
 

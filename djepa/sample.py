@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> list[Path]:
             f"{len(class_names)} classes (0..{len(class_names) - 1})"
         )
     adapter = build_adapter(cfg)
-    model = load_ema_model(directory, state, device)
+    model = load_ema_model(directory, state, device, cfg.loss.head)
     if cfg.prompt_class is None:
         labels, rows = class_grid_labels(len(class_names), cfg.num_samples), len(class_names)
     else:

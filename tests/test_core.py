@@ -78,3 +78,19 @@ def test_save_and_load_pretrained_round_trip(make_tiny_model, tmp_path):
     again = DJEPA.from_pretrained(tmp_path / "m")
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_sampling_steps_of_a_checkpoint_follow_the_loss_head_config(make_tiny_model, tmp_path):
+    from omegaconf import OmegaConf
+
+    from djepa.build import load_ema_model
+    from djepa.checkpoint import CheckpointManager
+
+    model = make_tiny_model((4, 4))
+    directory = CheckpointManager(tmp_path).save(1, {"ema": model.state_dict()}, {"model_config": model.config})
+    state = CheckpointManager.verify(directory)
+    assert load_ema_model(directory, state, torch.device("cpu")).head.sampling_steps == 10
+    head = OmegaConf.create({"type": "diffusion", "sampling_steps": 7})
+    assert load_ema_model(directory, state, torch.device("cpu"), head).head.sampling_steps == 7
+    other = OmegaConf.create({"type": "flow", "sampling_steps": 3})  # another head type: left as trained
+    assert load_ema_model(directory, state, torch.device("cpu"), other).head.sampling_steps == 10
