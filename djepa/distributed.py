@@ -6,6 +6,14 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.nn.parallel import DistributedDataParallel
+
+from djepa.denoiser import ResBlock
+from djepa.vit import Block
 
 
 def init_from_env(device_name: str = "auto") -> torch.device:
@@ -37,18 +45,41 @@ def barrier() -> None:
         dist.barrier()
 
 
-def average_gradients(parameters) -> None:
-    """Mean of the gradients over ranks: with equal shards, the gradient of the global batch."""
-    if world_size() == 1:
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+def wrap_for_training(model: nn.Module, parallel: str) -> nn.Module:
+    """The module the training step calls: DDP or FSDP2 under torchrun, the model itself alone.
+
+    FSDP shards every transformer and denoiser block, then the rest at the root, in place: `model`
+    then holds DTensor parameters, so build its optimizer afterwards.
+    """
+    if world_size() == 1 or parallel == "none":
+        return model
+    if parallel == "ddp":
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if parallel == "fsdp":
+        shard_model(model)
+        return model
+    raise ValueError(f"train.parallel must be ddp, fsdp or none, got {parallel!r}")
+
+
+def shard_model(model: nn.Module) -> None:
+    mesh = init_device_mesh(next(model.parameters()).device.type, (world_size(),))
+    for module in model.modules():
+        if isinstance(module, (Block, ResBlock)):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sharded (DTensor) values gathered whole; a collective under FSDP, so every rank must call it."""
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in tensors.items()}
+
+
+def shard_like(full: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
+    """`full` laid out like `template`: scattered over the mesh when the template is a sharded DTensor."""
+    if isinstance(template, DTensor) and tuple(full.shape) == tuple(template.shape):
+        return distribute_tensor(full.to(template.device), template.device_mesh, template.placements)
+    return full
 
 
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:

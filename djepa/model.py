@@ -188,6 +188,18 @@ class DJEPA(nn.Module):
             losses["jepa"] = F.smooth_l1_loss(pred, targets[mask], beta=2.0)
         return losses
 
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor] | torch.Tensor:
+        """The entry DDP, FSDP and torch.compile wrap: `loss`, or with no mask the EMA's `target_features`."""
+        if mask is None:
+            return self.target_features(tokens, labels)
+        return self.loss(tokens, labels, mask, targets)
+
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()

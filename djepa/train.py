@@ -78,9 +78,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         extra_state={"modality": cfg.modality.name, "class_names": adapter.class_names},
     )
     last = trainer.fit()
-    if per_class and distributed.is_main():
-        grid = write_class_grid(adapter, trainer.ema, cfg, run_dir / "samples", per_class)
-        tqdm.write(f"samples: {grid}")
+    if per_class:
+        ema = trainer.sampling_model()  # collective under FSDP
+        if distributed.is_main():
+            grid = write_class_grid(adapter, ema, cfg, run_dir / "samples", per_class)
+            tqdm.write(f"samples: {grid}")
     return last
 
 

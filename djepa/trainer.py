@@ -19,9 +19,11 @@ from tqdm import tqdm
 
 from djepa import distributed
 from djepa.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
+from djepa.denoiser import ResBlock
 from djepa.masking import training_mask
 from djepa.model import DJEPA
 from djepa.runtime import autocast, resolve_precision
+from djepa.vit import Block
 
 
 @dataclass
@@ -46,6 +48,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     preview_every: int = 0
     max_bad_steps: int = 5
+    parallel: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (sharded, for the L and H sizes)
+    compile: bool = False  # torch.compile each transformer and denoiser block
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -55,11 +60,15 @@ class TrainConfig:
                 kind == "int" and not (isinstance(value, int) and not isinstance(value, bool))
             ):
                 raise ValueError(f"train.{f.name} must be {kind}, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise ValueError(f"train.{f.name} must be true or false, got {value!r}")
         for key in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "max_bad_steps"):
             if getattr(self, key) < 1:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.parallel not in ("ddp", "fsdp", "none"):
+            raise ValueError(f"train.parallel must be ddp, fsdp or none, got {self.parallel!r}")
 
     @property
     def peak_lr(self) -> float:
@@ -107,6 +116,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> None:
+    """Regional compilation: each block alone, with dynamic shapes, since visible counts change per step."""
+    for module in model.modules():
+        if isinstance(module, (Block, ResBlock)):
+            module.compile(backend=backend, dynamic=True)
+
+
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63 - 1)
 
@@ -135,6 +151,13 @@ class Trainer:
     ):
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if cfg.compile:
+            compile_blocks(self.model, cfg.compile_backend)
+        self.sharded = cfg.parallel == "fsdp" and distributed.world_size() > 1
+        # What the step calls; under FSDP both models are sharded in place, before the optimizer sees them.
+        self.train_module = distributed.wrap_for_training(self.model, cfg.parallel)
+        if self.sharded:
+            distributed.shard_model(self.ema)
         self.data = data
         self.cfg = cfg
         self.device = device
@@ -159,10 +182,16 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Rank 0 writes; the others wait, so no rank runs ahead of a checkpoint."""
+        opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
+        # Gathering sharded tensors is collective: every rank takes part, rank 0 writes.
+        tensors = {
+            "model": distributed.full_tensors(self.model.state_dict()),
+            "ema": distributed.full_tensors(self.ema.state_dict()),
+            "optimizer": distributed.full_tensors(opt_tensors),
+        }
         if not distributed.is_main():
             distributed.barrier()
             return None
-        opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
         state = {
             "model_config": self.model.config,
             "train": asdict(self.cfg),
@@ -170,11 +199,7 @@ class Trainer:
             "skipped_steps": self.skipped,
             **self.extra_state,
         }
-        path = self.checkpoints.save(
-            self.step,
-            {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": opt_tensors},
-            state,
-        )
+        path = self.checkpoints.save(self.step, tensors, state)
         distributed.barrier()
         return path
 
@@ -184,11 +209,17 @@ class Trainer:
             return False
         directory, state = found
         load = CheckpointManager.load_tensors
-        self.model.load_state_dict(load(directory, "model", self.device))
-        self.ema.load_state_dict(load(directory, "ema", self.device))
-        self.optimizer.load_state_dict(
-            unflatten_optimizer(load(directory, "optimizer", self.device), state["optimizer"])
-        )
+        for module, group in ((self.model, "model"), (self.ema, "ema")):
+            template = module.state_dict()
+            module.load_state_dict(
+                {k: distributed.shard_like(v, template[k]) for k, v in load(directory, group, self.device).items()}
+            )
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        opt_tensors = {
+            name: distributed.shard_like(value, params[int(name.split(".", 1)[0])])
+            for name, value in load(directory, "optimizer", self.device).items()
+        }
+        self.optimizer.load_state_dict(unflatten_optimizer(opt_tensors, state["optimizer"]))
         self.step = int(state["step"])
         self.skipped = int(state.get("skipped_steps", 0))
         tqdm.write(f"resumed from step {self.step} ({directory})")
@@ -220,8 +251,10 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with autocast(self.device, self.dtype):
-            targets = self.ema.target_features(tokens, labels) if self.use_jepa else None
-            losses = self.model.loss(tokens, labels, mask, targets)
+            targets = self.ema(tokens, labels) if self.use_jepa else None
+            if self.sharded and self.use_jepa:
+                self.ema.reshard()  # FSDP keeps a root unsharded after forward, expecting a backward
+            losses = self.train_module(tokens, labels, mask, targets)
         total = cfg.denoise_weight * losses["denoise"]
         if self.use_jepa:
             total = total + cfg.jepa_weight * losses["jepa"]
@@ -233,11 +266,20 @@ class Trainer:
             return record
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        distributed.average_gradients(self.model.parameters())
-        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        record["grad_norm"] = float(distributed.full_tensors({"norm": norm})["norm"])
         self.optimizer.step()
         self.update_ema()
         return record
+
+    def sampling_model(self) -> DJEPA:
+        """The EMA model whole, for sampling on one rank; under FSDP a collective that gathers a copy."""
+        if not self.sharded:
+            return self.ema
+        full = distributed.full_tensors(self.ema.state_dict())
+        model = DJEPA(**self.model.config).to(self.device).eval().requires_grad_(False)
+        model.load_state_dict(full)
+        return model
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -290,7 +332,9 @@ class Trainer:
                     metrics.flush()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
-                if main and self.preview and cfg.preview_every and self.step % cfg.preview_every == 0:
-                    self.preview(self.ema, self.step)
+                if self.preview and cfg.preview_every and self.step % cfg.preview_every == 0:
+                    ema = self.sampling_model()
+                    if main:
+                        self.preview(ema, self.step)
         bar.close()
         return last

@@ -1,4 +1,8 @@
-"""Run by test_distributed under torchrun (or alone): a few tiny training steps, results to JSON."""
+"""Run by test_distributed under torchrun (or alone): a few tiny training steps, results to JSON.
+
+Usage: ddp_worker.py OUT [PARALLEL] [STEPS] — PARALLEL is ddp or fsdp; STEPS < 20 makes a run to resume
+(the lr is constant after warm-up, so 10 + 10 steps must equal 20 straight).
+"""
 
 import hashlib
 import json
@@ -12,7 +16,7 @@ from djepa.model import DJEPA
 from djepa.trainer import TokenData, TrainConfig, Trainer
 
 
-def main(out: Path) -> None:
+def main(out: Path, parallel: str = "ddp", steps: int = 20) -> None:
     device = distributed.init_from_env("cpu")
     torch.manual_seed(0)
     model = DJEPA(
@@ -34,28 +38,35 @@ def main(out: Path) -> None:
     labels = torch.arange(64) % 3
     mean = torch.randn(3, 16, 4, generator=g)[labels] + 0.1 * torch.randn(64, 16, 4, generator=g)
     cfg = TrainConfig(
-        steps=20,
+        steps=steps,
         batch_size=16,
         lr=2e-3,
         warmup_steps=2,
         precision="fp32",
         log_every=1,
-        checkpoint_every=20,
+        checkpoint_every=10,
         ema_decay=0.9,
+        parallel=parallel,
     )
     trainer = Trainer(model, TokenData(mean, None, labels), cfg, out.parent / "run", device)
     trainer.fit()
-    digest = hashlib.sha256(
-        torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()]).numpy().tobytes()
-    ).hexdigest()
+    full = distributed.full_tensors(trainer.model.state_dict())
+    digest = hashlib.sha256(torch.cat([full[k].reshape(-1) for k in sorted(full)]).numpy().tobytes()).hexdigest()
+    sample_model = trainer.sampling_model()
     losses = (
         [json.loads(line)["loss"] for line in (out.parent / "run" / "metrics.jsonl").read_text().splitlines()]
         if distributed.is_main()
         else []
     )
-    Path(f"{out}.rank{distributed.rank()}").write_text(json.dumps({"losses": losses, "params": digest}))
+    result = {
+        "losses": losses,
+        "params": digest,
+        "sharded": type(trainer.model).__name__ != "DJEPA",
+        "sample_shape": list(sample_model.sample(torch.tensor([0, 1]), num_steps=2).shape),
+    }
+    Path(f"{out}.rank{distributed.rank()}").write_text(json.dumps(result))
     distributed.shutdown()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *(sys.argv[2:3] or ["ddp"]), *[int(a) for a in sys.argv[3:4]])

@@ -4,39 +4,50 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def run_worker(out: Path, procs: int) -> None:
+def run_worker(out: Path, procs: int, parallel: str = "ddp", steps: int = 20) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [str(WORKER), str(out), parallel, str(steps)]
     if procs == 1:
-        cmd = [sys.executable, str(WORKER), str(out)]
+        cmd = [sys.executable, *args]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={procs}",
-            "--master_port=29533",
-            str(WORKER),
-            str(out),
-        ]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port=29533", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(procs)]
 
 
-def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path):
-    run_worker(tmp_path / "one" / "r.json", 1)
-    run_worker(tmp_path / "two" / "r.json", 2)
-    single = json.loads((tmp_path / "one" / "r.json.rank0").read_text())
-    rank0 = json.loads((tmp_path / "two" / "r.json.rank0").read_text())
-    rank1 = json.loads((tmp_path / "two" / "r.json.rank1").read_text())
-    # gradients are averaged, so both ranks hold identical weights
-    assert rank0["params"] == rank1["params"]
-    # same global batches and masks; per-row noise draws differ between layouts, so losses agree only
-    # statistically: the first loss within 15 %, the mean of the trajectory within 10 %
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory) -> dict:
+    return run_worker(tmp_path_factory.mktemp("one") / "r.json", 1)[0]
+
+
+def assert_same_trajectory(single: dict, rank0: dict) -> None:
+    # Same global batches and masks; per-row noise draws differ between layouts, so losses agree only
+    # statistically: the first loss within 15 %, the mean of the trajectory within 10 %.
     a, b = single["losses"], rank0["losses"]
     assert len(a) == len(b) == 20
     assert abs(a[0] - b[0]) / a[0] < 0.15
     assert abs(sum(a) - sum(b)) / sum(a) < 0.10
     assert b[-1] < b[0]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_gloo_processes_follow_the_single_process_trajectory(tmp_path, single_process, parallel):
+    rank0, rank1 = run_worker(tmp_path / "r.json", 2, parallel)
+    assert rank0["params"] == rank1["params"]  # gradients are averaged: the same (gathered) weights
+    assert rank0["sharded"] == (parallel == "fsdp")
+    assert rank0["sample_shape"] == [2, 16, 4]  # the gathered EMA samples on one rank
+    assert_same_trajectory(single_process, rank0)
+
+
+def test_fsdp_run_resumes_exactly_from_its_gathered_checkpoint(tmp_path):
+    straight = run_worker(tmp_path / "a" / "r.json", 2, "fsdp")[0]
+    run_worker(tmp_path / "b" / "r.json", 2, "fsdp", steps=10)
+    resumed = run_worker(tmp_path / "b" / "r.json", 2, "fsdp")[0]
+    assert resumed["params"] == straight["params"]
+    assert resumed["losses"][10:] == straight["losses"][10:]

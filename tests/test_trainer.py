@@ -142,3 +142,27 @@ def test_lr_warms_up_then_follows_cosine():
 def test_bad_train_settings_name_the_key():
     with pytest.raises(ValueError, match="train.batch_size"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="train.parallel"):
+        TrainConfig(parallel="zero3")
+    with pytest.raises(ValueError, match="train.compile"):
+        TrainConfig(compile="yes")
+
+
+def test_compile_switch_compiles_each_block_and_trains_the_same(make_tiny_model, tmp_path):
+    # aot_eager traces the blocks through dynamo + AOTAutograd without a C++ build; inductor is the default.
+    runs = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        trainer = Trainer(
+            make_tiny_model((4, 4)),
+            token_data(),
+            config(steps=6, compile=compiled, compile_backend="aot_eager"),
+            tmp_path / str(compiled),
+            torch.device("cpu"),
+        )
+        trainer.fit()
+        runs[compiled] = trainer
+    blocks = [m for m in runs[True].model.modules() if type(m).__name__ in ("Block", "ResBlock")]
+    assert blocks and all(m._compiled_call_impl is not None for m in blocks)
+    for a, b in zip(runs[False].model.parameters(), runs[True].model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
