@@ -1,7 +1,8 @@
 """Score a trained run with the modality's classifier: `python -m djepa.benchmarks.evaluate run_dir=DIR`.
 
 Samples `num_samples` items per class from the run's latest checkpoint and reports the classifier's
-accuracy on them, the Fréchet distance on its features and the Inception-style score.
+accuracy on them, the Fréchet distance on its features and the Inception-style score; with
+`standard_weights=PATH` (a local file, see `standard.py`) also the standard FID or feature-network FD.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
 from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
+from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
 from djepa.build import build_adapter, class_grid_labels, find_checkpoint, generate, load_ema_model
 from djepa.config import cli_errors, compose_config
 from djepa.model import DJEPA
@@ -29,10 +31,23 @@ def modality_classifier(cfg: DictConfig, adapter: Any, steps: int = 400) -> tupl
     x, labels = adapter.classifier_data()
     path = Path(cfg.home) / "classifiers" / f"{cfg.modality.name}-{adapter.cache_key()}-{steps}steps.safetensors"
     model, heldout = load_or_train_classifier(path, x, labels, adapter.num_classes, steps=steps)
-    media, _ = adapter.load_dataset()
-    keep = torch.randperm(len(media), generator=torch.Generator().manual_seed(0))[:2000]
-    _, real_features = classify_media(model, adapter, media[keep])
+    _, real_features = classify_media(model, adapter, real_media(adapter))
     return model, heldout, real_features
+
+
+def real_media(adapter: Any, count: int = 2000) -> torch.Tensor:
+    """The fixed random subset of the dataset that generated samples are compared with."""
+    media, _ = adapter.load_dataset()
+    return media[torch.randperm(len(media), generator=torch.Generator().manual_seed(0))[:count]]
+
+
+def standard_metric(cfg: DictConfig, adapter: Any) -> StandardMetric | None:
+    """The standard metric from the user's local weights file (`standard_weights`), or None when none is given."""
+    weights = cfg.get("standard_weights") or cfg.benchmark.get("standard_weights")
+    if not weights:
+        return None
+    weights = weights_file(weights)  # a wrong path fails before the data loads
+    return StandardMetric(cfg.modality.name, real_media(adapter), weights, resolve_device(cfg.device))
 
 
 def classify_media(classifier: ConvClassifier, adapter: Any, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,6 +66,7 @@ def score(
     cfg_scale: float,
     temperature: float,
     num_steps: int,
+    standard: StandardMetric | None = None,
 ) -> dict[str, float]:
     labels = class_grid_labels(adapter.num_classes, per_class)
     start = time.perf_counter()
@@ -64,6 +80,7 @@ def score(
         "inception_score": inception_score(logits),
         "sample_ms_per_item": 1000 * sample_seconds / len(labels),
         "samples": len(labels),
+        **(standard(media) if standard is not None else {}),
     }
 
 
@@ -72,6 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     adapter = build_adapter(cfg)
     directory, state = find_checkpoint(cfg.run_dir, cfg.checkpoint)
     model = load_ema_model(directory, state, resolve_device(cfg.device), cfg.loss.head)
+    standard = standard_metric(cfg, adapter)
     classifier, heldout, real = modality_classifier(cfg, adapter)
     result = score(
         model,
@@ -82,12 +100,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.cfg,
         cfg.temperature,
         cfg.num_steps,
+        standard,
     )
     result |= {
+        **(SKIPPED if standard is None else {"standard_weights": str(standard.path)}),
         "classifier_heldout_accuracy": heldout,
         "checkpoint": str(directory),
         "step": state["step"],
-        "note": "classifier metrics; not comparable with published FID/FVD/FAD",
+        "note": "accuracy, fd and inception_score are classifier metrics; not comparable with published FID/FVD/FAD",
     }
     print(json.dumps(result, indent=2))
     return result

@@ -64,5 +64,11 @@ def write_summary(results: dict[str, Any], path: Path) -> None:
     for name, v in results["variants"].items():
         points = ", ".join(f"{p['step']}: {p['accuracy']:.2f} / {p['fd']:.2f}" for p in v["curve"])
         lines.append(f"- {name}: {points}")
+    if results.get("standard_metric"):
+        key = results["standard_metric"]
+        values = ", ".join(f"{name} {v[key]:.3f}" for name, v in results["variants"].items())
+        lines += ["", f"Standard metric `{key}` (local weights {results['standard_weights']}), final step: {values}."]
+    elif results.get("standard_metrics"):
+        lines += ["", f"Standard FID/FVD/FAD: {results['standard_metrics']}."]
     lines += ["", results["note"] + ".", ""]
     path.write_text("\n".join(lines))

@@ -1,7 +1,8 @@
 """`benchmark modality=M out=DIR`: D-JEPA against MAR mode and the flow head at equal steps, seeds and data.
 
 Each variant trains in its own process (clean peak-memory figures), checkpoints at every curve point,
-and is scored with the modality's classifier. Writes results.json, summary.md and PNG plots.
+and is scored with the modality's classifier (and, given `standard_weights=PATH`, the final checkpoint with
+the standard FID or feature-network FD). Writes results.json, summary.md and PNG plots.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from djepa.benchmarks.evaluate import modality_classifier, score
+from djepa.benchmarks.evaluate import modality_classifier, score, standard_metric
 from djepa.benchmarks.report import write_plots, write_summary
+from djepa.benchmarks.standard import SKIPPED, StandardMetric
 from djepa.build import build_adapter, load_ema_model
 from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config
@@ -30,7 +32,7 @@ from djepa.runtime import resolve_device
 
 def passthrough_overrides(argv: Sequence[str]) -> list[str]:
     """Command-line overrides that shape the compared models (not the benchmark's own keys)."""
-    return [a for a in argv if not a.split("=", 1)[0].lstrip("+").startswith(("benchmark.", "out"))]
+    return [a for a in argv if not a.split("=", 1)[0].lstrip("+").startswith(("benchmark.", "out", "standard_weights"))]
 
 
 def variant_overrides(cfg: DictConfig, argv: Sequence[str], name: str, run_dir: Path) -> list[str]:
@@ -94,15 +96,24 @@ def git_commit() -> str | None:
         return None
 
 
-def evaluate_variant(cfg: DictConfig, run_dir: Path, adapter: Any, classifier: Any, real: torch.Tensor) -> dict:
+def evaluate_variant(
+    cfg: DictConfig,
+    run_dir: Path,
+    adapter: Any,
+    classifier: Any,
+    real: torch.Tensor,
+    standard: StandardMetric | None = None,
+) -> dict:
     device = resolve_device(cfg.device)
     per_class = 2 if cfg.benchmark.quick else cfg.benchmark.eval_per_class
     curve = []
-    for directory in CheckpointManager(run_dir).directories():
+    directories = CheckpointManager(run_dir).directories()
+    for directory in directories:
         state = CheckpointManager.verify(directory)
         model = load_ema_model(directory, state, device, cfg.loss.head)
         torch.manual_seed(cfg.seed)
-        point = score(model, adapter, classifier, real, per_class, cfg.cfg, cfg.temperature, cfg.num_steps)
+        last = standard if directory == directories[-1] else None  # the standard network is slow: final point only
+        point = score(model, adapter, classifier, real, per_class, cfg.cfg, cfg.temperature, cfg.num_steps, last)
         curve.append({"step": state["step"], **point})
         tqdm.write(f"  step {state['step']}: accuracy {point['accuracy']:.3f}, fd {point['fd']:.3f}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -112,6 +123,7 @@ def evaluate_variant(cfg: DictConfig, run_dir: Path, adapter: Any, classifier: A
         "fd": final["fd"],
         "accuracy": final["accuracy"],
         "inception_score": final["inception_score"],
+        **(SKIPPED if standard is None else {standard.name: final[standard.name]}),
         "sample_ms_per_item": final["sample_ms_per_item"],
         "train_step_ms": sum(r["step_ms"] for r in steady) / len(steady),
         "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
@@ -127,6 +139,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     adapter = build_adapter(cfg)
+    standard = standard_metric(cfg, adapter)  # a bad weights file fails here, before any training
     tokenizer_path = Path(cfg.modality.adapter.tokenizer.path)
     if not tokenizer_path.exists():
         tqdm.write(f"no tokenizer at {tokenizer_path}: training it first")
@@ -140,6 +153,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         "classifier_heldout_accuracy": heldout,
         "note": "fd, accuracy and inception_score come from our own small classifier trained on the embedded "
         "data; they are not comparable with published FID/FVD/FAD",
+        **(SKIPPED if standard is None else {"standard_metric": standard.name, "standard_weights": str(standard.path)}),
         "variants": {},
     }
     for name in cfg.benchmark.variants:
@@ -148,7 +162,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         tqdm.write(f"[{name}] train {' '.join(overrides)}")
         train_variant(overrides)
         variant_cfg = compose_config(overrides)
-        results["variants"][name] = evaluate_variant(variant_cfg, run_dir, adapter, classifier, real)
+        results["variants"][name] = evaluate_variant(variant_cfg, run_dir, adapter, classifier, real, standard)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     write_plots(results, out)
     write_summary(results, out / "summary.md")

@@ -138,6 +138,10 @@ class ModalityAdapter(ABC):
         (video: one row per frame, logits averaged per clip)."""
         return media, 1
 
+    def media_metrics(self, media: torch.Tensor) -> dict[str, float]:
+        """Modality-specific measurements of decoded media beyond the classifier (video: motion)."""
+        return {}
+
     def prime_tokens(self, path: str, cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling."""
         raise NotImplementedError(f"modality {self.name} has no continuation (prime=...) support")

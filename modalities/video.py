@@ -100,6 +100,18 @@ def moving_digits(
     return clips, labels[index]
 
 
+def centroid_travel(clips: torch.Tensor) -> torch.Tensor:
+    """Per clip [N, T, C, H, W] in [-1, 1]: the largest distance in pixels of a frame's ink centroid from the
+    first frame's; a digit that stands still scores about 0."""
+    ink = ((clips.mean(2) + 1) / 2).clamp(0, 1)  # [N, T, H, W], background 0
+    h, w = ink.shape[-2:]
+    ys = torch.arange(h, dtype=ink.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=ink.dtype).view(1, 1, 1, w)
+    mass = ink.sum((-2, -1)).clamp_min(1e-6)
+    centre = torch.stack([(ink * ys).sum((-2, -1)) / mass, (ink * xs).sum((-2, -1)) / mass], -1)  # [N, T, 2]
+    return (centre - centre[:, :1]).norm(dim=-1).amax(1)
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -303,6 +315,11 @@ class VideoAdapter(ModalityAdapter):
     def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Every frame is one classifier row; the logits of a clip's frames are averaged."""
         return media.flatten(0, 1), media.shape[1]
+
+    def media_metrics(self, media: torch.Tensor) -> dict[str, float]:
+        """Motion: how far the ink centroid travels from the first frame (mean pixels, share moving >= 3 px)."""
+        travel = centroid_travel(media)
+        return {"centroid_travel_px": float(travel.mean()), "moving_share": float((travel >= 3).float().mean())}
 
     def tokenizer_training_data(self, max_frames: int = 16000) -> torch.Tensor:
         """Frames [M, C, H, W] of the dataset's clips (evenly thinned to at most `max_frames`)."""

@@ -275,3 +275,13 @@ def test_video_config_composes():
     for key in ("model", "train", "tokenizer", "sample"):
         assert cfg[key] is not None
     assert cfg.sample.preview_per_class >= 1
+
+
+def test_centroid_travel_tells_moving_digits_from_still_ones():
+    from djepa.modalities.video import centroid_travel, moving_digits
+
+    clips, _ = moving_digits(20, 16, 32, 20, seed=0)
+    moving = centroid_travel(clips[:, :, None])
+    still = centroid_travel(clips[:, :1, None].expand(-1, 16, -1, -1, -1))
+    assert moving.min() > 3  # 1-2 px per frame over 16 frames, bounces included
+    assert still.abs().max() < 1e-4
