@@ -80,6 +80,7 @@ def score(
         "inception_score": inception_score(logits),
         "sample_ms_per_item": 1000 * sample_seconds / len(labels),
         "samples": len(labels),
+        **adapter.media_metrics(media),
         **(standard(media) if standard is not None else {}),
     }
 

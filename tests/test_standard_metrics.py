@@ -186,6 +186,9 @@ class StubAdapter:
     def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
         return media, 1
 
+    def media_metrics(self, media: torch.Tensor) -> dict[str, float]:
+        return {}
+
 
 class StubClassifier:
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
