@@ -32,7 +32,8 @@ from djepa.runtime import resolve_device
 
 def passthrough_overrides(argv: Sequence[str]) -> list[str]:
     """Command-line overrides that shape the compared models (not the benchmark's own keys)."""
-    return [a for a in argv if not a.split("=", 1)[0].lstrip("+").startswith(("benchmark.", "out", "standard_weights"))]
+    own = ("benchmark.", "out", "standard_weights")
+    return [a for a in argv if not a.split("=", 1)[0].lstrip("+~").startswith(own)]
 
 
 def variant_overrides(cfg: DictConfig, argv: Sequence[str], name: str, run_dir: Path) -> list[str]:

@@ -174,6 +174,7 @@ def test_config_key_reaches_evaluate_and_stays_out_of_training_overrides(tmp_pat
     with pytest.raises(UsageError, match="gone.pt"):  # before any data is loaded (adapter=None)
         evaluate.standard_metric(compose_config([f"standard_weights={missing}"]), adapter=None)
     argv = ["modality=video", "standard_weights=/w.pt", "benchmark.standard_weights=/w.pt", "train.steps=3"]
+    argv += ["~benchmark.variants", "+benchmark.variants={a:['loss.jepa_weight=2']}"]  # a variant set of one's own
     assert passthrough_overrides(argv) == ["modality=video", "train.steps=3"]
 
 
