@@ -23,7 +23,7 @@ from tqdm import tqdm
 from djepa.benchmarks.evaluate import modality_classifier, score, standard_metric
 from djepa.benchmarks.report import write_plots, write_summary
 from djepa.benchmarks.standard import SKIPPED, StandardMetric
-from djepa.build import build_adapter, load_ema_model
+from djepa.build import build_adapter, ensure_tokenizer, load_ema_model
 from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config
 from djepa.masking import training_mask
@@ -141,10 +141,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     adapter = build_adapter(cfg)
     standard = standard_metric(cfg, adapter)  # a bad weights file fails here, before any training
-    tokenizer_path = Path(cfg.modality.adapter.tokenizer.path)
-    if not tokenizer_path.exists():
-        tqdm.write(f"no tokenizer at {tokenizer_path}: training it first")
-        adapter.train_tokenizer(OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    ensure_tokenizer(cfg, adapter)
     classifier, heldout, real = modality_classifier(cfg, adapter, 60 if cfg.benchmark.quick else 400)
     results: dict[str, Any] = {
         "modality": cfg.modality.name,

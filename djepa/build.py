@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 from djepa.checkpoint import CheckpointManager
 from djepa.errors import UsageError
@@ -130,3 +131,15 @@ def generate(
 
 def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def ensure_tokenizer(cfg: DictConfig, adapter: Any) -> None:
+    """Train the small default tokenizer on first use, so `train modality=M` works on a fresh machine.
+
+    Only at the default location (`home/tokenizers/<modality>`): a missing path the user named stays an error.
+    """
+    path = Path(cfg.modality.adapter.tokenizer.path)
+    if path.exists() or path.resolve() != (Path(cfg.home) / "tokenizers" / cfg.modality.name).resolve():
+        return
+    tqdm.write(f"no tokenizer at {path}: training the default one first (`{adapter.train_tokenizer_command}`)")
+    adapter.train_tokenizer(OmegaConf.to_container(cfg.tokenizer, resolve=True))

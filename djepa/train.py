@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from djepa import distributed
 from djepa.attention import set_attention_backend
-from djepa.build import build_adapter, build_model, class_grid_labels, generate
+from djepa.build import build_adapter, build_model, class_grid_labels, ensure_tokenizer, generate
 from djepa.config import cli_errors, compose_config, save_config
 from djepa.errors import UsageError
 from djepa.model import DJEPA
@@ -45,8 +45,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     set_attention_backend(cfg.attention_backend)
     device = distributed.init_from_env(cfg.device)
     adapter = build_adapter(cfg)
-    # Rank 0 encodes and caches the latents; the other ranks then read the cache.
+    # Rank 0 trains a missing default tokenizer and caches the latents; the other ranks then read them.
     if distributed.is_main():
+        ensure_tokenizer(cfg, adapter)
         data = adapter.token_data()
     distributed.barrier()
     if not distributed.is_main():

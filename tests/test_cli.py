@@ -103,11 +103,40 @@ def test_usage_errors_are_one_line_and_exit_nonzero(trained_run, args, message, 
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
-def test_console_script_reports_missing_tokenizer(tmp_path):
+def test_console_script_reports_a_missing_tokenizer_the_user_named(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "djepa.train", f"home={tmp_path}", f"run_dir={tmp_path}/r"],
+        [
+            sys.executable,
+            "-m",
+            "djepa.train",
+            f"home={tmp_path}",
+            f"run_dir={tmp_path}/r",
+            f"modality.adapter.tokenizer.path={tmp_path}/my-vae",
+        ],
         capture_output=True,
         text=True,
     )
     assert proc.returncode == 2
-    assert "train_tokenizer modality=image" in proc.stderr and "Traceback" not in proc.stderr
+    assert "my-vae" in proc.stderr and "train_tokenizer modality=image" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_makes_the_missing_default_tokenizer_first(tmp_path, capsys):
+    train.run(
+        train.compose_config(
+            [
+                f"home={tmp_path}",
+                f"run_dir={tmp_path}/r",
+                "tokenizer.block_out_channels=[8,8,8]",
+                "tokenizer.norm_num_groups=4",
+                "tokenizer.steps=3",
+                "model=tiny",
+                "train.steps=2",
+                "train.batch_size=8",
+                "sample.preview_per_class=0",
+            ]
+        )
+    )
+    assert (tmp_path / "tokenizers" / "image" / "config.json").exists()
+    assert (tmp_path / "r" / "checkpoints" / "step_0000002").is_dir()
+    assert "training the default one first" in capsys.readouterr().out
