@@ -142,4 +142,6 @@ def ensure_tokenizer(cfg: DictConfig, adapter: Any) -> None:
     if path.exists() or path.resolve() != (Path(cfg.home) / "tokenizers" / cfg.modality.name).resolve():
         return
     tqdm.write(f"no tokenizer at {path}: training the default one first (`{adapter.train_tokenizer_command}`)")
-    adapter.train_tokenizer(OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    metrics = adapter.train_tokenizer(OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+    tqdm.write(f"tokenizer saved to {path}: {summary}")
