@@ -70,9 +70,13 @@ def shard_model(model: nn.Module) -> None:
     fully_shard(model, mesh=mesh)
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) value gathered whole; a collective under FSDP, so every rank must call it."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def full_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sharded (DTensor) values gathered whole; a collective under FSDP, so every rank must call it."""
-    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in tensors.items()}
+    return {k: full_tensor(v) for k, v in tensors.items()}
 
 
 def shard_like(full: torch.Tensor, template: torch.Tensor) -> torch.Tensor:

@@ -267,7 +267,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        record["grad_norm"] = float(distributed.full_tensors({"norm": norm})["norm"])
+        record["grad_norm"] = float(distributed.full_tensor(norm))
         self.optimizer.step()
         self.update_ema()
         return record
