@@ -20,34 +20,49 @@ from omegaconf import DictConfig
 from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
 from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
-from djepa.build import build_adapter, class_grid_labels, find_checkpoint, generate, load_ema_model
+from djepa.build import SamplingSettings, build_adapter, class_grid_labels, find_checkpoint, generate, load_ema_model
 from djepa.config import cli_errors, compose_config
 from djepa.model import DJEPA
 from djepa.runtime import resolve_device
 
 
-def modality_classifier(cfg: DictConfig, adapter: Any, steps: int = 400) -> tuple[ConvClassifier, float, torch.Tensor]:
+class RealMedia:
+    """The fixed random subset of the dataset that generated samples are compared with, loaded once on first use."""
+
+    def __init__(self, adapter: Any, count: int = 2000):
+        self.adapter = adapter
+        self.count = count
+        self._media: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor:
+        if self._media is None:
+            media, _ = self.adapter.load_dataset()
+            order = torch.randperm(len(media), generator=torch.Generator().manual_seed(0))
+            self._media = media[order[: self.count]]
+        return self._media
+
+
+def modality_classifier(
+    cfg: DictConfig, adapter: Any, real: RealMedia, steps: int = 400
+) -> tuple[ConvClassifier, float, torch.Tensor]:
     """The cached classifier, its held-out accuracy, and real features for the Fréchet distance."""
     x, labels = adapter.classifier_data()
     path = Path(cfg.home) / "classifiers" / f"{cfg.modality.name}-{adapter.cache_key()}-{steps}steps.safetensors"
     model, heldout = load_or_train_classifier(path, x, labels, adapter.num_classes, steps=steps)
-    _, real_features = classify_media(model, adapter, real_media(adapter))
+    _, real_features = classify_media(model, adapter, real())
     return model, heldout, real_features
 
 
-def real_media(adapter: Any, count: int = 2000) -> torch.Tensor:
-    """The fixed random subset of the dataset that generated samples are compared with."""
-    media, _ = adapter.load_dataset()
-    return media[torch.randperm(len(media), generator=torch.Generator().manual_seed(0))[:count]]
+def standard_metric(cfg: DictConfig, real: RealMedia) -> StandardMetric | None:
+    """The standard metric from the user's local weights file (`standard_weights`), or None when none is given.
 
-
-def standard_metric(cfg: DictConfig, adapter: Any) -> StandardMetric | None:
-    """The standard metric from the user's local weights file (`standard_weights`), or None when none is given."""
+    A wrong path fails here, before any data is loaded.
+    """
     weights = cfg.get("standard_weights") or cfg.benchmark.get("standard_weights")
     if not weights:
         return None
-    weights = weights_file(weights)  # a wrong path fails before the data loads
-    return StandardMetric(cfg.modality.name, real_media(adapter), weights, resolve_device(cfg.device))
+    weights = weights_file(weights)
+    return StandardMetric(cfg.modality.name, real(), weights, resolve_device(cfg.device))
 
 
 def classify_media(classifier: ConvClassifier, adapter: Any, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,14 +78,12 @@ def score(
     classifier: ConvClassifier,
     real_features: torch.Tensor,
     per_class: int,
-    cfg_scale: float,
-    temperature: float,
-    num_steps: int,
+    settings: SamplingSettings,
     standard: StandardMetric | None = None,
 ) -> dict[str, float]:
     labels = class_grid_labels(adapter.num_classes, per_class)
     start = time.perf_counter()
-    tokens = generate(model, labels, cfg_scale, temperature, num_steps)
+    tokens = generate(model, labels, settings)
     sample_seconds = time.perf_counter() - start
     media = adapter.decode_tokens(tokens)
     logits, feats = classify_media(classifier, adapter, media)
@@ -90,17 +103,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     adapter = build_adapter(cfg)
     directory, state = find_checkpoint(cfg.run_dir, cfg.checkpoint)
     model = load_ema_model(directory, state, resolve_device(cfg.device), cfg.loss.head)
-    standard = standard_metric(cfg, adapter)
-    classifier, heldout, real = modality_classifier(cfg, adapter)
+    real = RealMedia(adapter)
+    standard = standard_metric(cfg, real)
+    classifier, heldout, real_features = modality_classifier(cfg, adapter, real)
     result = score(
         model,
         adapter,
         classifier,
-        real,
+        real_features,
         cfg.num_samples,
-        cfg.cfg,
-        cfg.temperature,
-        cfg.num_steps,
+        SamplingSettings.from_config(cfg),
         standard,
     )
     result |= {

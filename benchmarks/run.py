@@ -20,10 +20,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from djepa.benchmarks.evaluate import modality_classifier, score, standard_metric
+from djepa.benchmarks.evaluate import RealMedia, modality_classifier, score, standard_metric
 from djepa.benchmarks.report import write_plots, write_summary
 from djepa.benchmarks.standard import SKIPPED, StandardMetric
-from djepa.build import build_adapter, ensure_tokenizer, load_ema_model
+from djepa.build import SamplingSettings, build_adapter, ensure_tokenizer, load_ema_model
 from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config
 from djepa.masking import training_mask
@@ -114,7 +114,7 @@ def evaluate_variant(
         model = load_ema_model(directory, state, device, cfg.loss.head)
         torch.manual_seed(cfg.seed)
         last = standard if directory == directories[-1] else None  # the standard network is slow: final point only
-        point = score(model, adapter, classifier, real, per_class, cfg.cfg, cfg.temperature, cfg.num_steps, last)
+        point = score(model, adapter, classifier, real, per_class, SamplingSettings.from_config(cfg), last)
         curve.append({"step": state["step"], **point})
         tqdm.write(f"  step {state['step']}: accuracy {point['accuracy']:.3f}, fd {point['fd']:.3f}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -140,9 +140,10 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     adapter = build_adapter(cfg)
-    standard = standard_metric(cfg, adapter)  # a bad weights file fails here, before any training
+    real_media = RealMedia(adapter)
+    standard = standard_metric(cfg, real_media)  # a bad weights file fails here, before any training
     ensure_tokenizer(cfg, adapter)
-    classifier, heldout, real = modality_classifier(cfg, adapter, 60 if cfg.benchmark.quick else 400)
+    classifier, heldout, real = modality_classifier(cfg, adapter, real_media, 60 if cfg.benchmark.quick else 400)
     results: dict[str, Any] = {
         "modality": cfg.modality.name,
         "git_commit": git_commit(),

@@ -5,6 +5,7 @@ The core never imports a modality: adapters arrive as objects named by `_target_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,21 +97,36 @@ def load_ema_model(
     return model.to(device).eval()
 
 
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How tokens are drawn: guidance scale and schedule, temperature, reveal steps (CLI keys of the same names)."""
+
+    cfg: float = 1.0
+    temperature: float = 1.0
+    num_steps: int = 16
+    cfg_schedule: str = "linear"
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> SamplingSettings:
+        settings = cls(float(cfg.cfg), float(cfg.temperature), int(cfg.num_steps), str(cfg.cfg_schedule))
+        if settings.cfg_schedule not in ("linear", "constant"):
+            raise UsageError(f"cfg_schedule must be linear or constant, got {settings.cfg_schedule!r}")
+        if settings.num_steps < 1:
+            raise UsageError(f"num_steps must be positive, got {settings.num_steps}")
+        return settings
+
+
 @torch.no_grad()
 def generate(
     model: DJEPA,
     labels: torch.Tensor,
-    cfg_scale: float,
-    temperature: float,
-    num_steps: int,
+    settings: SamplingSettings,
     batch_size: int = 50,
     known_tokens: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Tokens for each label, in batches; CFG, temperature and AR steps as given."""
-    from tqdm import tqdm
-
+    """Tokens for each label, in batches."""
     device = next(model.parameters()).device
     out = []
     batches = range(0, len(labels), batch_size)
@@ -119,9 +135,10 @@ def generate(
         out.append(
             model.sample(
                 labels[sl].to(device),
-                num_steps=num_steps,
-                cfg=cfg_scale,
-                temperature=temperature,
+                num_steps=settings.num_steps,
+                cfg=settings.cfg,
+                temperature=settings.temperature,
+                cfg_schedule=settings.cfg_schedule,
                 known_tokens=None if known_tokens is None else known_tokens[sl],
                 known_mask=None if known_mask is None else known_mask[sl],
             ).cpu()

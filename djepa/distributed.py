@@ -12,9 +12,6 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from djepa.denoiser import ResBlock
-from djepa.vit import Block
-
 
 def init_from_env(device_name: str = "auto") -> torch.device:
     """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); the device to use."""
@@ -63,10 +60,10 @@ def wrap_for_training(model: nn.Module, parallel: str) -> nn.Module:
 
 
 def shard_model(model: nn.Module) -> None:
+    """FSDP2: each repeated block, then the root (a DJEPA model)."""
     mesh = init_device_mesh(next(model.parameters()).device.type, (world_size(),))
-    for module in model.modules():
-        if isinstance(module, (Block, ResBlock)):
-            fully_shard(module, mesh=mesh)
+    for block in model.repeated_blocks():
+        fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
 
 

@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from djepa.denoiser import ResBlock
 from djepa.heads import DiffusionHead, FlowHead, TokenHead
 from djepa.masking import mask_from_orders
 from djepa.pos_embed import GridPositionalEmbedding
-from djepa.vit import Transformer
+from djepa.vit import Block, Transformer
 
 HEADS: dict[str, type[TokenHead]] = {"diffusion": DiffusionHead, "flow": FlowHead}
 
@@ -213,12 +214,17 @@ class DJEPA(nn.Module):
         known_tokens: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
         progress: bool = False,
+        cfg_schedule: str = "linear",
     ) -> torch.Tensor:
         """Masked autoregressive sampling: tokens [B, N, D].
 
         `labels` None samples unconditionally. `known_tokens` with `known_mask` [B, N] (True where
         known) stay visible from the start and are never resampled: continuation and inpainting.
+        `cfg_schedule` "linear" ramps the guidance from 1 to `cfg` as tokens are revealed (MAR); "constant"
+        guides every token fully.
         """
+        if cfg_schedule not in ("linear", "constant"):
+            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
         device = self.buffer.device
         b = labels.shape[0] if labels is not None else int(batch or 1)
         n = self.num_tokens
@@ -252,13 +258,18 @@ class DJEPA(nn.Module):
                 next_mask = mask_from_orders(orders, mask_len)
                 reveal = mask & ~next_mask
             if bool(reveal.any()):
-                step_cfg = 1.0 + (cfg - 1.0) * (unknown - int(next_mask[0].sum())) / unknown if guided else 1.0
+                revealed = (unknown - int(next_mask[0].sum())) / unknown if cfg_schedule == "linear" else 1.0
+                step_cfg = 1.0 + (cfg - 1.0) * revealed if guided else 1.0
                 uncond = z[b:][reveal].float() if guided else None
                 tokens[reveal] = self.head.sample(z[:b][reveal].float(), uncond, temperature, step_cfg).to(tokens.dtype)
             mask = next_mask
         return tokens
 
     # ------------------------------------------------------------------ persistence
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The transformer and denoiser blocks: the units FSDP shards and regional compilation compiles."""
+        return [m for m in self.modules() if isinstance(m, (Block, ResBlock))]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -11,7 +11,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from djepa.attention import set_attention_backend
-from djepa.build import build_adapter, class_grid_labels, find_checkpoint, generate, load_ema_model
+from djepa.build import (
+    SamplingSettings,
+    build_adapter,
+    class_grid_labels,
+    find_checkpoint,
+    generate,
+    load_ema_model,
+)
 from djepa.config import cli_errors, compose_config
 from djepa.errors import UsageError
 from djepa.runtime import resolve_device
@@ -32,6 +39,7 @@ def run(cfg: DictConfig) -> list[Path]:
             f"prompt_class={cfg.prompt_class} is out of range: this model has "
             f"{len(class_names)} classes (0..{len(class_names) - 1})"
         )
+    settings = SamplingSettings.from_config(cfg)
     adapter = build_adapter(cfg)
     model = load_ema_model(directory, state, device, cfg.loss.head)
     if cfg.prompt_class is None:
@@ -41,15 +49,7 @@ def run(cfg: DictConfig) -> list[Path]:
     known_tokens = known_mask = None
     if cfg.get("prime"):
         known_tokens, known_mask = adapter.prime_tokens(cfg.prime, cfg, len(labels))
-    tokens = generate(
-        model,
-        labels,
-        cfg.cfg,
-        cfg.temperature,
-        cfg.num_steps,
-        known_tokens=known_tokens,
-        known_mask=known_mask,
-    )
+    tokens = generate(model, labels, settings, known_tokens=known_tokens, known_mask=known_mask)
     media = adapter.decode_tokens(tokens)
     out = Path(cfg.out)
     written = [

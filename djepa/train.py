@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from djepa import distributed
 from djepa.attention import set_attention_backend
-from djepa.build import build_adapter, build_model, class_grid_labels, ensure_tokenizer, generate
+from djepa.build import SamplingSettings, build_adapter, build_model, class_grid_labels, ensure_tokenizer, generate
 from djepa.config import cli_errors, compose_config, save_config
 from djepa.errors import UsageError
 from djepa.model import DJEPA
@@ -36,7 +36,7 @@ def write_class_grid(adapter: Any, model: DJEPA, cfg: DictConfig, path: Path, pe
     labels = class_grid_labels(adapter.num_classes, per_class)
     was_training = model.training
     model.eval()
-    tokens = generate(model, labels, cfg.cfg, cfg.temperature, cfg.num_steps, progress=False)
+    tokens = generate(model, labels, SamplingSettings.from_config(cfg), progress=False)
     model.train(was_training)
     return adapter.save_grid(adapter.decode_tokens(tokens), adapter.num_classes, path)
 

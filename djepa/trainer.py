@@ -19,11 +19,9 @@ from tqdm import tqdm
 
 from djepa import distributed
 from djepa.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
-from djepa.denoiser import ResBlock
 from djepa.masking import training_mask
 from djepa.model import DJEPA
 from djepa.runtime import autocast, resolve_precision
-from djepa.vit import Block
 
 
 @dataclass
@@ -116,11 +114,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def compile_blocks(model: torch.nn.Module, backend: str = "inductor") -> None:
+def compile_blocks(model: DJEPA, backend: str = "inductor") -> None:
     """Regional compilation: each block alone, with dynamic shapes, since visible counts change per step."""
-    for module in model.modules():
-        if isinstance(module, (Block, ResBlock)):
-            module.compile(backend=backend, dynamic=True)
+    for block in model.repeated_blocks():
+        block.compile(backend=backend, dynamic=True)
 
 
 def step_seed(seed: int, step: int) -> int:

@@ -362,15 +362,11 @@ class AudioAdapter(ModalityAdapter):
             {**(mel or {}), "sample_rate": self.sample_rate, "num_samples": self.num_samples}
         )
         self._front_end: MelFrontEnd | None = None
-        self._class_names: list[str] | None = None
 
     # ---------------------------------------------------------------- data
 
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self._class_names = [f.name for f in class_folders(self.data_dir)] if self.data_dir else list(DIGIT_WORDS)
-        return self._class_names
+    def default_class_names(self) -> list[str]:
+        return [f.name for f in class_folders(self.data_dir)] if self.data_dir else list(DIGIT_WORDS)
 
     def source_id(self) -> dict[str, Any]:
         return {

@@ -58,6 +58,7 @@ class ModalityAdapter(ABC):
         self.cache_dir = Path(cache_dir)
         self.seed = seed
         self._tokenizer: LatentTokenizer | None = None
+        self._class_names: list[str] | None = None  # set by load_dataset for user folders
         self.skipped_files = 0
 
     # --------------------------------------------------------------- to implement
@@ -66,9 +67,9 @@ class ModalityAdapter(ABC):
     def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Media tensors [M, ...] and class ids [M]."""
 
-    @property
     @abstractmethod
-    def class_names(self) -> list[str]: ...
+    def default_class_names(self) -> list[str]:
+        """Class names before the dataset is loaded: the embedded default's, or the user folder's subfolders."""
 
     @property
     @abstractmethod
@@ -91,6 +92,12 @@ class ModalityAdapter(ABC):
         """What identifies the dataset, for the latent cache key."""
 
     # --------------------------------------------------------------- shared
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            self._class_names = self.default_class_names()
+        return self._class_names
 
     @property
     def num_classes(self) -> int:

@@ -106,13 +106,9 @@ class ImageAdapter(ModalityAdapter):
         self.channels = channels
         self.flip = flip
         self.data_dir = Path(data_dir) if data_dir else None
-        self._class_names: list[str] | None = None
 
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self._class_names = digit_or_folder_names(self.data_dir)
-        return self._class_names
+    def default_class_names(self) -> list[str]:
+        return digit_or_folder_names(self.data_dir)
 
     @property
     def media_grid(self) -> tuple[int, ...]:

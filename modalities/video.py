@@ -258,15 +258,11 @@ class VideoAdapter(ModalityAdapter):
         self.num_clips = int(num_clips)
         self.digit_size = min(int(digit_size), self.image_size)
         self.fps = int(fps)
-        self._class_names: list[str] | None = None
 
     # --------------------------------------------------------------- data
 
-    @property
-    def class_names(self) -> list[str]:
-        if self._class_names is None:
-            self._class_names = digit_or_folder_names(self.data_dir)
-        return self._class_names
+    def default_class_names(self) -> list[str]:
+        return digit_or_folder_names(self.data_dir)
 
     @property
     def media_grid(self) -> tuple[int, ...]:

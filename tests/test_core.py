@@ -57,6 +57,28 @@ def test_known_tokens_are_kept_when_sampling(make_tiny_model):
     assert not torch.allclose(out[:, 6:], torch.zeros_like(out[:, 6:]))
 
 
+def test_constant_cfg_guides_the_first_tokens_and_linear_does_not(make_tiny_model):
+    model = make_tiny_model((4, 4), head={"type": "flow", "sampling_steps": 3}).eval()
+    with torch.no_grad():  # zero-initialised output layers would make guidance a no-op
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    labels = torch.tensor([0, 1, 2])
+
+    def first_token(cfg: float, schedule: str) -> torch.Tensor:
+        torch.manual_seed(0)  # same reveal order and noise for every call
+        return model.sample(labels, num_steps=16, cfg=cfg, cfg_schedule=schedule)
+
+    # one token per step: the linear ramp guides the first token with 1 + 7/16, the constant one with 8,
+    # so the constant schedule moves the samples further from the unguided ones
+    linear, constant, unguided = first_token(8.0, "linear"), first_token(8.0, "constant"), first_token(1.0, "linear")
+    assert not torch.allclose(linear, constant)
+    gap_linear = (linear - unguided).norm().item()
+    gap_constant = (constant - unguided).norm().item()
+    assert gap_constant > gap_linear > 0
+    with pytest.raises(ValueError, match="cfg_schedule"):
+        model.sample(labels, num_steps=2, cfg=2.0, cfg_schedule="cosine")
+
+
 def test_mar_mode_has_no_jepa_loss(make_tiny_model):
     model = make_tiny_model((4, 4), jepa=False)
     assert model.jepa_proj is None

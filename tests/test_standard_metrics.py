@@ -16,6 +16,7 @@ from djepa.benchmarks.standard import (
     image_fid,
     standard_metrics,
 )
+from djepa.build import SamplingSettings
 from djepa.config import compose_config
 from djepa.errors import UsageError
 
@@ -167,12 +168,13 @@ def test_a_file_that_is_not_an_inception_state_dict_is_a_clear_error(tmp_path):
 def test_config_key_reaches_evaluate_and_stays_out_of_training_overrides(tmp_path):
     default = compose_config([])
     assert default.standard_weights is None and default.benchmark.standard_weights is None
-    assert evaluate.standard_metric(default, adapter=None) is None
+    never_loaded = evaluate.RealMedia(adapter=None)  # loading it would fail: the data must not be touched
+    assert evaluate.standard_metric(default, never_loaded) is None
     assert compose_config(["benchmark.standard_weights=/w.pth"]).standard_weights == "/w.pth"
     assert compose_config(["modality=audio", "standard_weights=/w.pt"]).standard_weights == "/w.pt"
     missing = tmp_path / "gone.pt"
-    with pytest.raises(UsageError, match="gone.pt"):  # before any data is loaded (adapter=None)
-        evaluate.standard_metric(compose_config([f"standard_weights={missing}"]), adapter=None)
+    with pytest.raises(UsageError, match="gone.pt"):  # before any data is loaded
+        evaluate.standard_metric(compose_config([f"standard_weights={missing}"]), never_loaded)
     argv = ["modality=video", "standard_weights=/w.pt", "benchmark.standard_weights=/w.pt", "train.steps=3"]
     argv += ["~benchmark.variants", "+benchmark.variants={a:['loss.jepa_weight=2']}"]  # a variant set of one's own
     assert passthrough_overrides(argv) == ["modality=video", "train.steps=3"]
@@ -205,9 +207,9 @@ def test_score_hands_the_decoded_samples_to_the_standard_metric(monkeypatch):
         return {"fid": 1.5}
 
     real = torch.rand(20, 4)
-    point = evaluate.score(None, StubAdapter(), StubClassifier(), real, 5, 1.0, 1.0, 2, standard)
+    point = evaluate.score(None, StubAdapter(), StubClassifier(), real, 5, SamplingSettings(num_steps=2), standard)
     assert point["fid"] == 1.5 and seen[0].shape == (10, 1, 2, 2)
-    assert "fid" not in evaluate.score(None, StubAdapter(), StubClassifier(), real, 5, 1.0, 1.0, 2)
+    assert "fid" not in evaluate.score(None, StubAdapter(), StubClassifier(), real, 5, SamplingSettings(num_steps=2))
 
 
 def summary_results(**top):

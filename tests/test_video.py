@@ -270,7 +270,7 @@ def test_video_config_composes():
 
     cfg = compose_config(["modality=video", "home=/tmp/djepa-video-test"])
     assert cfg.modality.adapter._target_ == "djepa.modalities.video.VideoAdapter"
-    assert cfg.modality.adapter.frames == 16 and list(cfg.modality.adapter.patch_size) == [8, 2, 2]
+    assert cfg.modality.adapter.frames == 16 and list(cfg.modality.adapter.patch_size) == [2, 4, 4]
     assert cfg.loss.head.type == "flow"  # the video default; image and audio keep the diffusion head
     assert compose_config(["modality=video", "loss=diffusion"]).loss.head.type == "diffusion"
     assert compose_config(["modality=image"]).loss.head.type == "diffusion"
