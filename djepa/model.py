@@ -265,11 +265,11 @@ class DJEPA(nn.Module):
             mask = next_mask
         return tokens
 
-    # ------------------------------------------------------------------ persistence
-
     def repeated_blocks(self) -> list[nn.Module]:
         """The transformer and denoiser blocks: the units FSDP shards and regional compilation compiles."""
         return [m for m in self.modules() if isinstance(m, (Block, ResBlock))]
+
+    # ------------------------------------------------------------------ persistence
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
