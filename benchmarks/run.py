@@ -109,12 +109,13 @@ def evaluate_variant(
     per_class = 2 if cfg.benchmark.quick else cfg.benchmark.eval_per_class
     curve = []
     directories = CheckpointManager(run_dir).directories()
+    settings = SamplingSettings.from_config(cfg)
     for directory in directories:
         state = CheckpointManager.verify(directory)
         model = load_ema_model(directory, state, device, cfg.loss.head)
         torch.manual_seed(cfg.seed)
         last = standard if directory == directories[-1] else None  # the standard network is slow: final point only
-        point = score(model, adapter, classifier, real, per_class, SamplingSettings.from_config(cfg), last)
+        point = score(model, adapter, classifier, real, per_class, settings, last)
         curve.append({"step": state["step"], **point})
         tqdm.write(f"  step {state['step']}: accuracy {point['accuracy']:.3f}, fd {point['fd']:.3f}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from djepa.checkpoint import CheckpointManager
 from djepa.errors import UsageError
-from djepa.model import DJEPA
+from djepa.model import CFG_SCHEDULES, DJEPA
 
 
 def build_adapter(cfg: DictConfig) -> Any:
@@ -109,7 +109,7 @@ class SamplingSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> SamplingSettings:
         settings = cls(float(cfg.cfg), float(cfg.temperature), int(cfg.num_steps), str(cfg.cfg_schedule))
-        if settings.cfg_schedule not in ("linear", "constant"):
+        if settings.cfg_schedule not in CFG_SCHEDULES:
             raise UsageError(f"cfg_schedule must be linear or constant, got {settings.cfg_schedule!r}")
         if settings.num_steps < 1:
             raise UsageError(f"num_steps must be positive, got {settings.num_steps}")

@@ -23,6 +23,7 @@ from djepa.pos_embed import GridPositionalEmbedding
 from djepa.vit import Block, Transformer
 
 HEADS: dict[str, type[TokenHead]] = {"diffusion": DiffusionHead, "flow": FlowHead}
+CFG_SCHEDULES = ("linear", "constant")
 
 
 def build_head(token_dim: int, cond_dim: int, width: int, depth: int, head: dict[str, Any]) -> TokenHead:
@@ -223,8 +224,8 @@ class DJEPA(nn.Module):
         `cfg_schedule` "linear" ramps the guidance from 1 to `cfg` as tokens are revealed (MAR); "constant"
         guides every token fully.
         """
-        if cfg_schedule not in ("linear", "constant"):
-            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+        if cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"cfg_schedule must be linear or constant, got {cfg_schedule!r}")
         device = self.buffer.device
         b = labels.shape[0] if labels is not None else int(batch or 1)
         n = self.num_tokens

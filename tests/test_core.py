@@ -64,13 +64,13 @@ def test_constant_cfg_guides_the_first_tokens_and_linear_does_not(make_tiny_mode
             p.add_(0.2 * torch.randn_like(p))
     labels = torch.tensor([0, 1, 2])
 
-    def first_token(cfg: float, schedule: str) -> torch.Tensor:
+    def draw(cfg: float, schedule: str) -> torch.Tensor:
         torch.manual_seed(0)  # same reveal order and noise for every call
         return model.sample(labels, num_steps=16, cfg=cfg, cfg_schedule=schedule)
 
     # one token per step: the linear ramp guides the first token with 1 + 7/16, the constant one with 8,
     # so the constant schedule moves the samples further from the unguided ones
-    linear, constant, unguided = first_token(8.0, "linear"), first_token(8.0, "constant"), first_token(1.0, "linear")
+    linear, constant, unguided = draw(8.0, "linear"), draw(8.0, "constant"), draw(1.0, "linear")
     assert not torch.allclose(linear, constant)
     gap_linear = (linear - unguided).norm().item()
     gap_constant = (constant - unguided).norm().item()
