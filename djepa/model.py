@@ -43,6 +43,22 @@ def visible_indices(mask: torch.Tensor) -> torch.Tensor:
     return order[:, : int(counts[0]) if counts.numel() else 0]
 
 
+def jepa_projector(predictor_width: int, encoder_width: int) -> nn.Sequential:
+    """Predictor features -> encoder width: an MLP with a LayerNorm on its hidden layer, as the reference.
+
+    Hidden 4x encoder width: with it the B/L/H sizes match the paper's parameter counts.
+    """
+    hidden = 4 * encoder_width
+    proj = nn.Sequential(
+        nn.Linear(predictor_width, hidden), nn.LayerNorm(hidden, eps=1e-6), nn.GELU(), nn.Linear(hidden, encoder_width)
+    )
+    for m in proj:
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return proj
+
+
 class DJEPA(nn.Module):
     def __init__(
         self,
@@ -97,19 +113,12 @@ class DJEPA(nn.Module):
         self.predictor = Transformer(
             predictor_depth, predictor_width, heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
         )
-        # An MLP projector (hidden 4x encoder width): with it the B/L/H sizes match the paper's counts.
-        self.jepa_proj = (
-            nn.Sequential(
-                nn.Linear(predictor_width, 4 * encoder_width),
-                nn.GELU(),
-                nn.Linear(4 * encoder_width, encoder_width),
-            )
-            if jepa
-            else None
-        )
         self._init_weights()
         # Built after the generic init: the denoiser has its own (zeroed modulation and output).
         self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head"])
+        # The JEPA projector comes last, so building it draws nothing from the random stream before the
+        # shared parameters: the same seed gives D-JEPA and MAR mode bit-identical shared weights.
+        self.jepa_proj = jepa_projector(predictor_width, encoder_width) if jepa else None
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -151,14 +160,16 @@ class DJEPA(nn.Module):
         x = self.predictor(torch.cat([h[:, : self.buffer_size], full], dim=1))
         return x[:, self.buffer_size :]
 
+    # The parts the JEPA targets come from: what a teacher EMA has to track.
+    TARGET_MODULES = ("class_emb", "buffer", "token_proj", "encoder_pos", "encoder_in_norm", "encoder")
+
     @torch.no_grad()
     def target_features(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """JEPA targets: the encoder's features of every token, all visible, layer-normed."""
+        """JEPA targets: the encoder's final-norm features of every token, all visible (as the reference)."""
         b, n, _ = tokens.shape
         visible = torch.arange(n, device=tokens.device).expand(b, n)
         emb = self.class_emb(labels)
-        features = self.encode(tokens, visible, emb)[:, self.buffer_size :]
-        return F.layer_norm(features.float(), features.shape[-1:])
+        return self.encode(tokens, visible, emb)[:, self.buffer_size :].float()
 
     # ------------------------------------------------------------------ training
 
@@ -184,10 +195,16 @@ class DJEPA(nn.Module):
         mul = self.diffusion_batch_mul
         losses = {"denoise": self.head.loss(target.repeat(mul, 1), cond.repeat(mul, 1)).mean()}
         if self.jepa:
-            if targets is None:
-                raise ValueError("the JEPA loss needs target features from the EMA model")
             pred = self.jepa_proj(cond).float()
-            losses["jepa"] = F.smooth_l1_loss(pred, targets[mask], beta=2.0)
+            if visible.shape[1] == 0:
+                # No visible token (a quarter of batches at 16 tokens): nothing to predict the targets from,
+                # so the JEPA term is off; zero-weighted, the projector still takes part (DDP needs every
+                # parameter used). The denoiser still learns the first, context-free token here.
+                losses["jepa"] = pred.sum() * 0.0
+            elif targets is None:
+                raise ValueError("the JEPA loss needs target features from the EMA model")
+            else:
+                losses["jepa"] = F.smooth_l1_loss(pred, targets[mask], beta=2.0)
         return losses
 
     def forward(

@@ -35,7 +35,15 @@ class TrainConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.02
     grad_clip: float = 3.0
-    ema_decay: float = 0.9999
+    ema_decay: float = 0.9999  # the sampling EMA, warmed up as min(ema_decay, (1 + step) / (10 + step))
+    # The JEPA teacher. "separate": an EMA of the encoder of its own, its rate ramped linearly from
+    # teacher_ema_start to teacher_ema_end over train.steps (I-JEPA); start = end = 0.9999 is the reference's
+    # constant rate. "sampling_ema": targets from the sampling EMA (fast: the teacher is nearly the student).
+    teacher: str = "separate"
+    teacher_ema_start: float = 0.996
+    teacher_ema_end: float = 1.0
+    teacher_ramp_steps: int = 0  # the ramp's length; 0: train.steps (fix it to resume with more steps exactly)
+    grad_probe_every: int = 50  # every N steps log each loss's gradient norm on the shared trunk; 0: never
     denoise_weight: float = 1.0
     jepa_weight: float = 1.0
     mask_ratio_min: float = 0.7
@@ -65,6 +73,17 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.teacher not in ("separate", "sampling_ema"):
+            raise ValueError(f"train.teacher must be separate or sampling_ema, got {self.teacher!r}")
+        for key in ("ema_decay", "teacher_ema_start", "teacher_ema_end"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ValueError(f"train.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.teacher_ramp_steps < 0:
+            raise ValueError(
+                f"train.teacher_ramp_steps must be 0 (train.steps) or positive, got {self.teacher_ramp_steps}"
+            )
+        if self.grad_probe_every < 0:
+            raise ValueError(f"train.grad_probe_every must be 0 (off) or positive, got {self.grad_probe_every}")
         if self.parallel not in ("ddp", "fsdp", "none"):
             raise ValueError(f"train.parallel must be ddp, fsdp or none, got {self.parallel!r}")
 
@@ -105,13 +124,40 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + (cfg.peak_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+# The reference's no_weight_decay set (models/djepa.py) in our names: the denoising head, the JEPA projector,
+# the token and predictor embeddings, class and fake-class embeddings, buffer, mask token, positional tables.
+NO_DECAY_MODULES = (
+    "head",
+    "jepa_proj",
+    "token_proj",
+    "predictor_embed",
+    "class_emb",
+    "fake_class",
+    "buffer",
+    "mask_token",
+    "encoder_pos",
+    "predictor_pos",
+)
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No decay on biases, norms, embeddings, buffer, mask token and positional tables."""
+    """Weight decay on the transformer blocks' matrices only; none on biases, norms or NO_DECAY_MODULES."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        skip = p.ndim < 2 or any(k in name for k in ("class_emb", "fake_class", "buffer", "mask_token", "pos"))
+        skip = p.ndim < 2 or name.split(".", 1)[0] in NO_DECAY_MODULES
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def teacher_decay(step: int, cfg: TrainConfig) -> float:
+    """The teacher's EMA rate at `step`: linear from teacher_ema_start to teacher_ema_end over train.steps."""
+    progress = min(1.0, step / max(1, cfg.teacher_ramp_steps or cfg.steps))
+    return cfg.teacher_ema_start + (cfg.teacher_ema_end - cfg.teacher_ema_start) * progress
+
+
+def trunk_parameters(model: DJEPA) -> list[torch.nn.Parameter]:
+    """The parameters both losses reach: everything but the denoising head and the JEPA projector."""
+    return [p for n, p in model.named_parameters() if n.split(".", 1)[0] not in ("head", "jepa_proj")]
 
 
 def compile_blocks(model: DJEPA, backend: str = "inductor") -> None:
@@ -148,6 +194,12 @@ class Trainer:
     ):
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.use_jepa = model.jepa and cfg.jepa_weight > 0
+        # The JEPA teacher: the sampling EMA, or an EMA of its own that moves slowly (DESIGN.md section 3).
+        # Copied before any wrapping: FSDP modules cannot be deep-copied.
+        self.teacher = None
+        if self.use_jepa and cfg.teacher == "separate":
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         if cfg.compile:
             compile_blocks(self.model, cfg.compile_backend)
         self.sharded = cfg.parallel == "fsdp" and distributed.world_size() > 1
@@ -155,6 +207,8 @@ class Trainer:
         self.train_module = distributed.wrap_for_training(self.model, cfg.parallel)
         if self.sharded:
             distributed.shard_model(self.ema)
+            if self.teacher is not None:
+                distributed.shard_model(self.teacher)
         self.data = data
         self.cfg = cfg
         self.device = device
@@ -168,7 +222,8 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.keep_checkpoints)
         self.step = 0
         self.skipped = 0
-        self.use_jepa = model.jepa and cfg.jepa_weight > 0
+        self.clipped_since_log = 0
+        self.steps_since_log = 0
         if cfg.batch_size % distributed.world_size():
             raise ValueError(
                 f"train.batch_size={cfg.batch_size} (the global batch) must divide by the "
@@ -186,6 +241,8 @@ class Trainer:
             "ema": distributed.full_tensors(self.ema.state_dict()),
             "optimizer": distributed.full_tensors(opt_tensors),
         }
+        if self.teacher is not None:
+            tensors["teacher"] = distributed.full_tensors(self.teacher.state_dict())
         if not distributed.is_main():
             distributed.barrier()
             return None
@@ -206,7 +263,12 @@ class Trainer:
             return False
         directory, state = found
         load = CheckpointManager.load_tensors
-        for module, group in ((self.model, "model"), (self.ema, "ema")):
+        groups = [(self.model, "model"), (self.ema, "ema")]
+        if self.teacher is not None:
+            # A checkpoint from before the separate teacher starts it from the sampling EMA.
+            has_teacher = (directory / "teacher.safetensors").exists()
+            groups.append((self.teacher, "teacher" if has_teacher else "ema"))
+        for module, group in groups:
             template = module.state_dict()
             module.load_state_dict(
                 {k: distributed.shard_like(v, template[k]) for k, v in load(directory, group, self.device).items()}
@@ -247,27 +309,63 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
+        # With no visible token there is no context to predict targets from: the JEPA term is off for
+        # the batch (DJEPA.loss), and the teacher pass is skipped.
+        has_context = not bool(mask.all())
+        teacher = self.teacher if self.teacher is not None else self.ema
         with autocast(self.device, self.dtype):
-            targets = self.ema(tokens, labels) if self.use_jepa else None
-            if self.sharded and self.use_jepa:
-                self.ema.reshard()  # FSDP keeps a root unsharded after forward, expecting a backward
+            targets = teacher(tokens, labels) if self.use_jepa and has_context else None
+            if self.sharded and targets is not None:
+                teacher.reshard()  # FSDP keeps a root unsharded after forward, expecting a backward
             losses = self.train_module(tokens, labels, mask, targets)
         total = cfg.denoise_weight * losses["denoise"]
         if self.use_jepa:
             total = total + cfg.jepa_weight * losses["jepa"]
         record = distributed.mean_over_ranks({k: v.item() for k, v in losses.items()} | {"loss": total.item()})
         record["lr"] = lr
+        if self.use_jepa:
+            record["jepa_active"] = has_context
         if not math.isfinite(record["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             record["skipped"] = True
             return record
         self.optimizer.zero_grad(set_to_none=True)
+        if self.probe_due() and has_context:
+            record |= self.gradient_probe(losses)
         total.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        record["grad_norm"] = float(distributed.full_tensor(norm))
+        norm = float(distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)))
+        record["grad_norm"] = norm
+        self.clipped_since_log += norm > cfg.grad_clip
+        self.steps_since_log += 1
         self.optimizer.step()
         self.update_ema()
         return record
+
+    def probe_due(self) -> bool:
+        # autograd.grad beside DDP's reducer hooks is not supported: the probe runs in one process only.
+        every = self.cfg.grad_probe_every
+        return self.use_jepa and every > 0 and (self.step + 1) % every == 0 and distributed.world_size() == 1
+
+    def gradient_probe(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Each loss's weighted gradient norm on the shared trunk and the cosine between them.
+
+        Shows how the two terms interfere: a JEPA gradient much larger than the denoiser's, or pointing
+        against it, slows denoising. Two extra backward passes, every grad_probe_every steps.
+        """
+        params = [p for p in trunk_parameters(self.model) if p.requires_grad]
+        weights = {"denoise": self.cfg.denoise_weight, "jepa": self.cfg.jepa_weight}
+        flat = {}
+        for name, weight in weights.items():
+            grads = torch.autograd.grad(weight * losses[name], params, retain_graph=True, allow_unused=True)
+            flat[name] = torch.cat(
+                [(g if g is not None else torch.zeros_like(p)).flatten().float() for g, p in zip(grads, params)]
+            )
+        cos = torch.nn.functional.cosine_similarity(flat["denoise"], flat["jepa"], dim=0)
+        return {
+            "grad_norm_denoise": float(flat["denoise"].norm()),
+            "grad_norm_jepa": float(flat["jepa"].norm()),
+            "grad_cos": float(cos),
+        }
 
     def sampling_model(self) -> DJEPA:
         """The EMA model whole, for sampling on one rank; under FSDP a collective that gathers a copy."""
@@ -281,8 +379,17 @@ class Trainer:
     @torch.no_grad()
     def update_ema(self) -> None:
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema_p, p in zip(self.ema.parameters(), self.model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - decay)
+        online = [p.detach() for p in self.model.parameters()]
+        torch._foreach_lerp_(list(self.ema.parameters()), online, 1 - decay)
+        if self.teacher is not None:
+            # Only what the targets come from; the teacher's head and predictor are never run.
+            pairs = [
+                (t, p.detach())
+                for (name, t), p in zip(self.teacher.named_parameters(), self.model.parameters())
+                if name.split(".", 1)[0] in DJEPA.TARGET_MODULES
+            ]
+            teacher, source = zip(*pairs)
+            torch._foreach_lerp_(list(teacher), list(source), 1 - teacher_decay(self.step, self.cfg))
 
     # ------------------------------------------------------------------ loop
 
@@ -324,9 +431,13 @@ class Trainer:
                 last = record
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['step_ms']:.0f}")
-                if metrics and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    metrics.write(json.dumps(record | {"skipped_steps": self.skipped}) + "\n")
-                    metrics.flush()
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    # How often clipping fired over the steps since the last logged line.
+                    record["clip_fraction"] = self.clipped_since_log / max(1, self.steps_since_log)
+                    self.clipped_since_log = self.steps_since_log = 0
+                    if metrics:
+                        metrics.write(json.dumps(record | {"skipped_steps": self.skipped}) + "\n")
+                        metrics.flush()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
                 if self.preview and cfg.preview_every and self.step % cfg.preview_every == 0:

@@ -46,6 +46,7 @@ def main(out: Path, parallel: str = "ddp", steps: int = 20) -> None:
         log_every=1,
         checkpoint_every=10,
         ema_decay=0.9,
+        teacher_ramp_steps=20,  # the resume test trains 10 steps, then resumes to 20: the same ramp
         parallel=parallel,
     )
     trainer = Trainer(model, TokenData(mean, None, labels), cfg, out.parent / "run", device)

@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +10,27 @@ import pytest
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
+def free_port() -> int:
+    # A fixed port collides with any other torchrun on the machine (a second test session, say).
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_worker(out: Path, procs: int, parallel: str = "ddp", steps: int = 20) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [str(WORKER), str(out), parallel, str(steps)]
     if procs == 1:
         cmd = [sys.executable, *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port=29533", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={procs}",
+            f"--master_port={free_port()}",
+            *args,
+        ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(Path(f"{out}.rank{r}").read_text()) for r in range(procs)]
