@@ -1,8 +1,10 @@
 """`benchmark modality=M out=DIR`: D-JEPA against MAR mode and the flow head at equal steps, seeds and data.
 
-Each variant trains in its own process (clean peak-memory figures), checkpoints at every curve point,
-and is scored with the modality's classifier (and, given `standard_weights=PATH`, the final checkpoint with
-the standard FID or feature-network FD). Writes results.json, summary.md and PNG plots.
+Each variant trains in its own process (clean peak-memory figures), once per seed (`benchmark.seeds=N`),
+checkpoints at every curve point, and is scored with the modality's classifier (and, given
+`standard_weights=PATH`, the final checkpoint with the standard FID or feature-network FD). Curves are the
+mean over seeds with the standard error; "steps to FD x" reads where each mean curve first reaches MAR
+mode's final FD. Writes results.json, summary.md and PNG plots.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from djepa.benchmarks.aggregate import aggregate_seeds, steps_to_reach
 from djepa.benchmarks.evaluate import RealMedia, modality_classifier, score, standard_metric
+from djepa.benchmarks.probes import context_use
 from djepa.benchmarks.report import write_plots, write_summary
 from djepa.benchmarks.standard import SKIPPED, StandardMetric
 from djepa.build import SamplingSettings, build_adapter, ensure_tokenizer, load_ema_model
 from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config
+from djepa.errors import UsageError
 from djepa.masking import training_mask
 from djepa.runtime import resolve_device
 
@@ -36,7 +41,9 @@ def passthrough_overrides(argv: Sequence[str]) -> list[str]:
     return [a for a in argv if not a.split("=", 1)[0].lstrip("+~").startswith(own)]
 
 
-def variant_overrides(cfg: DictConfig, argv: Sequence[str], name: str, run_dir: Path) -> list[str]:
+def variant_overrides(
+    cfg: DictConfig, argv: Sequence[str], name: str, run_dir: Path, seed: int | None = None
+) -> list[str]:
     bench = cfg.benchmark
     steps = bench.quick_steps if bench.quick else bench.steps
     every = max(1, steps // 2) if bench.quick else bench.eval_every
@@ -46,6 +53,7 @@ def variant_overrides(cfg: DictConfig, argv: Sequence[str], name: str, run_dir: 
         *quick,
         *bench.variants[name],
         f"run_dir={run_dir}",
+        *([] if seed is None else [f"seed={seed}"]),
         f"train.steps={steps}",
         f"train.checkpoint_every={every}",
         f"train.keep_checkpoints={steps // every + 1}",
@@ -104,6 +112,7 @@ def evaluate_variant(
     classifier: Any,
     real: torch.Tensor,
     standard: StandardMetric | None = None,
+    probe_tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict:
     device = resolve_device(cfg.device)
     per_class = 2 if cfg.benchmark.quick else cfg.benchmark.eval_per_class
@@ -121,7 +130,9 @@ def evaluate_variant(
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steady = rows[len(rows) // 5 :] or rows  # skip warm-up steps
     final = curve[-1]
+    probe = context_use(model, *probe_tokens) if probe_tokens is not None else {}
     return {
+        **probe,
         "fd": final["fd"],
         "accuracy": final["accuracy"],
         "inception_score": final["inception_score"],
@@ -135,6 +146,24 @@ def evaluate_variant(
         "steps": final["step"],
         "curve": curve,
     }
+
+
+def context_probe_tokens(adapter: Any, seed: int, count: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed subset of the cached token grids (posterior means) for the context-use probe."""
+    data = adapter.token_data()
+    rows = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    return data.mean[rows], data.labels[rows]
+
+
+def add_steps_to_reach(results: dict[str, Any], reference: str = "mar") -> None:
+    """Per variant, the steps its mean FD curve takes to reach the reference variant's final mean FD."""
+    variants = results["variants"]
+    if reference not in variants:
+        return
+    target = variants[reference]["fd"]
+    results["steps_to_reach"] = {"reference": reference, "fd": target}
+    for v in variants.values():
+        v["steps_to_reference_fd"] = steps_to_reach(v["curve"], target)
 
 
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
@@ -156,14 +185,25 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
         **(SKIPPED if standard is None else {"standard_metric": standard.name, "standard_weights": str(standard.path)}),
         "variants": {},
     }
+    seeds = int(cfg.benchmark.get("seeds", 1))
+    if seeds < 1:
+        raise UsageError(f"benchmark.seeds must be at least 1, got {seeds}")
+    probe_tokens = context_probe_tokens(adapter, cfg.seed)
+    results["seeds"] = [int(cfg.seed) + k for k in range(seeds)]
     for name in cfg.benchmark.variants:
-        run_dir = out / name
-        overrides = variant_overrides(cfg, argv, name, run_dir)
-        tqdm.write(f"[{name}] train {' '.join(overrides)}")
-        train_variant(overrides)
-        variant_cfg = compose_config(overrides)
-        results["variants"][name] = evaluate_variant(variant_cfg, run_dir, adapter, classifier, real, standard)
+        per_seed = []
+        for seed in results["seeds"]:
+            # One seed keeps the single-run layout (out/NAME); several get out/NAME/seedS.
+            run_dir = out / name if seeds == 1 else out / name / f"seed{seed}"
+            overrides = variant_overrides(cfg, argv, name, run_dir, None if seeds == 1 else seed)
+            tqdm.write(f"[{name} seed {seed}] train {' '.join(overrides)}")
+            train_variant(overrides)
+            variant_cfg = compose_config(overrides)
+            per_seed.append(evaluate_variant(variant_cfg, run_dir, adapter, classifier, real, standard, probe_tokens))
+        results["variants"][name] = aggregate_seeds(per_seed)
         (out / "results.json").write_text(json.dumps(results, indent=2))
+    add_steps_to_reach(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
     write_plots(results, out)
     write_summary(results, out / "summary.md")
     tqdm.write(f"wrote {out / 'results.json'}, {out / 'summary.md'} and plots")

@@ -44,3 +44,33 @@ def test_quick_benchmark_writes_results_plots_and_summary(tmp_path):
     assert Image.open(out / "quality_curves.png").size[0] > 100
     assert (out / "speed_memory.png").is_file()
     assert results["modality"] == "image"
+
+
+def test_benchmark_with_seeds_gives_standard_errors_and_steps_to_reach(tmp_path):
+    home, out = tmp_path / "home", tmp_path / "bench"
+    argv = [
+        f"home={home}",
+        f"out={out}",
+        "benchmark.quick=true",
+        "benchmark.quick_steps=4",
+        "benchmark.seeds=2",
+        "~benchmark.variants.flow",
+        "tokenizer.block_out_channels=[8,8,8]",
+        "tokenizer.norm_num_groups=4",
+        "tokenizer.steps=10",
+        "train.batch_size=16",
+    ]
+    results = bench.run(bench.compose_config(argv), argv)
+    assert results["seeds"] == [0, 1]
+    for name in ("djepa", "mar"):
+        v = results["variants"][name]
+        assert v["num_seeds"] == 2 and len(v["per_seed"]) == 2
+        assert (out / name / "seed1" / "metrics.jsonl").is_file()
+        assert "fd_se" in v and "fd_se" in v["curve"][-1]
+        assert v["context_use_ratio"] > 0
+        assert "steps_to_reference_fd" in v
+    # The two seeds are different runs.
+    fds = [s["fd"] for s in results["variants"]["djepa"]["per_seed"]]
+    assert fds[0] != fds[1]
+    assert results["variants"]["mar"]["steps_to_reference_fd"] is not None  # MAR reaches its own final FD
+    assert "±" in (out / "summary.md").read_text()
