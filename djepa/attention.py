@@ -19,7 +19,7 @@ _resolved: dict[str, str] = {}
 def set_attention_backend(name: str) -> None:
     """Force a backend (`xformers`, `sdpa`, `math`) or go back to `auto`."""
     if name not in BACKENDS:
-        raise ValueError(f"attention.backend must be one of {BACKENDS}, got {name!r}")
+        raise ValueError(f"attention_backend must be one of {BACKENDS}, got {name!r}")
     global _forced
     _forced = name
     _resolved.clear()
@@ -39,7 +39,7 @@ def resolve_backend(device: torch.device) -> str:
     if key not in _resolved:
         if _forced != "auto":
             if _forced == "xformers" and (key != "cuda" or not _xformers_available()):
-                raise RuntimeError("attention.backend=xformers needs CUDA tensors and the `gpu` extra installed")
+                raise RuntimeError("attention_backend=xformers needs CUDA tensors and the `gpu` extra installed")
             _resolved[key] = _forced
         elif key == "cuda" and _xformers_available():
             _resolved[key] = "xformers"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -123,10 +124,20 @@ class CheckpointManager:
             state = json.loads(state_path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{state_path}: unreadable ({err})") from err
-        for name, expected in state.get("checksums", {}).items():
+        checksums = state.get("checksums") if isinstance(state, dict) else None
+        # A checkpoint always lists its files' checksums last; without them nothing vouches for the files.
+        if not checksums or not isinstance(checksums, dict):
+            raise ValueError(f"{state_path}: no checksums, so the checkpoint cannot be verified")
+        for name, expected in checksums.items():
             path = Path(directory) / name
             if not path.is_file() or sha256(path) != expected:
                 raise ValueError(f"{path}: missing or checksum mismatch")
+            if name.endswith(".safetensors"):
+                try:  # the header only: a file of another format fails here rather than at load time
+                    with safe_open(str(path), framework="pt"):
+                        pass
+                except Exception as err:  # safetensors raises its own SafetensorError, not an OSError
+                    raise ValueError(f"{path}: not a safetensors file ({err})") from err
         return state
 
     def latest_valid(self) -> tuple[Path, dict[str, Any]] | None:

@@ -230,7 +230,7 @@ class FlowHead(TokenHead):
     ):
         super().__init__(token_dim, cond_dim, width, depth, out_channels=token_dim)
         if sampler not in ("euler", "heun"):
-            raise ValueError(f"loss.sampler must be 'euler' or 'heun', got {sampler!r}")
+            raise ValueError(f"loss.head.sampler must be 'euler' or 'heun', got {sampler!r}")
         self.sampling_steps = sampling_steps
         self.sampler = sampler
         self.time_shift = time_shift

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,12 @@ from tqdm import tqdm
 from djepa import distributed
 from djepa.attention import set_attention_backend
 from djepa.build import SamplingSettings, build_adapter, build_model, class_grid_labels, ensure_tokenizer, generate
+from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config, save_config
-from djepa.errors import UsageError
+from djepa.errors import Terminated, UsageError
 from djepa.model import DJEPA
+from djepa.resume_check import check_model_config, check_resume, clean_staging, trim_metrics
+from djepa.run_lock import RunLock, prepare_run_dir
 from djepa.runtime import resolve_precision
 from djepa.trainer import TrainConfig, Trainer
 
@@ -41,9 +46,64 @@ def write_class_grid(adapter: Any, model: DJEPA, cfg: DictConfig, path: Path, pe
     return adapter.save_grid(adapter.decode_tokens(tokens), adapter.num_classes, path)
 
 
+def decide_precision(cfg: DictConfig, device: torch.device, saved: str | None) -> str:
+    """bf16 or fp32 for the whole run: `auto` keeps a resumed run's format, else is decided once here.
+
+    `auto` times bf16 against fp32 at start-up, which can flip under load; deciding once per run and
+    storing the answer in config.yaml keeps a run in one format across resumes.
+    """
+    requested = str(cfg.train.precision)
+    if requested != "auto":
+        return requested
+    if saved in ("bf16", "fp32"):
+        return saved
+    return "bf16" if resolve_precision(device, "auto") == torch.bfloat16 else "fp32"
+
+
+def _same_on_every_rank(value: Any) -> Any:
+    if not torch.distributed.is_initialized():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def prepare(cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[int, dict[str, Any] | None]:
+    """Rank 0, under the run lock, before anything is written: tidy the run_dir and check a resume.
+
+    Returns the step a run resumes from (0 for a new run) and that checkpoint's state.
+    """
+    for path in clean_staging(run_dir):
+        tqdm.write(f"removed {path.name}, left by an interrupted checkpoint write")
+    found = CheckpointManager(run_dir).latest_valid()
+    step, state = (int(found[1]["step"]), found[1]) if found else (0, None)
+    saved = None
+    if state is not None:
+        for change in check_resume(cfg, run_dir, step, state):
+            tqdm.write(f"resuming at step {step} with a changed setting: {change}")
+        saved = state.get("train", {}).get("precision")
+    cfg.train.precision = decide_precision(cfg, device, saved)
+    return step, state
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     set_attention_backend(cfg.attention_backend)
     device = distributed.init_from_env(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    with contextlib.ExitStack() as stack:
+        step, state = 0, None
+        if distributed.is_main():
+            # One writer per run_dir: taken before anything in it is read or written, held to the last sample.
+            lock = stack.enter_context(RunLock(prepare_run_dir(run_dir)))
+            if lock.previous:
+                tqdm.write(f"run_dir {run_dir}: took over the lock left by {lock.previous}, which has ended")
+            step, state = prepare(cfg, device, run_dir)
+        cfg.train.precision = _same_on_every_rank(str(cfg.train.precision))
+        return train(cfg, device, run_dir, step, state)
+
+
+def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state: dict[str, Any] | None) -> dict:
+    settings = train_config(cfg)  # before any work, so a bad value costs nothing
     adapter = build_adapter(cfg)
     # Rank 0 trains a missing default tokenizer and caches the latents; the other ranks then read them.
     if distributed.is_main():
@@ -54,10 +114,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         data = adapter.token_data()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, adapter.token_dim, adapter.token_grid, adapter.num_classes)
-    settings = train_config(cfg)
-    run_dir = Path(cfg.run_dir)
     if distributed.is_main():
+        if state is not None:
+            check_model_config(run_dir, step, state, model.config)
+        # Written only now, after every check: config.yaml never describes a run the checkpoints are not.
         save_config(cfg, run_dir / "config.yaml")
+        dropped = trim_metrics(run_dir / "metrics.jsonl", step)
+        if dropped:
+            tqdm.write(f"metrics.jsonl: dropped {dropped} records past step {step}, which is resumed from")
     per_class = int(cfg.sample.preview_per_class)
 
     def preview(ema: DJEPA, step: int) -> None:
@@ -67,7 +131,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tqdm.write(
             f"{cfg.modality.name}: {len(data)} items, token grid {adapter.token_grid} x {adapter.token_dim}, "
             f"{model.num_params() / 1e6:.2f}M params, jepa={model.jepa}, head={model.config['head']['type']}, "
-            f"{device} {str(resolve_precision(device, settings.precision)).replace('torch.', '')}"
+            f"{device} {settings.precision}"
         )
     trainer = Trainer(
         model,
@@ -78,13 +142,52 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         preview,
         extra_state={"modality": cfg.modality.name, "class_names": adapter.class_names},
     )
-    last = trainer.fit()
+    with stop_between_steps(trainer):
+        last = trainer.fit()
     if per_class:
         ema = trainer.sampling_model()  # collective under FSDP
         if distributed.is_main():
             grid = write_class_grid(adapter, ema, cfg, run_dir / "samples", per_class)
             tqdm.write(f"samples: {grid}")
     return last
+
+
+@contextlib.contextmanager
+def stop_between_steps(trainer: Trainer) -> Iterator[None]:
+    """SIGINT or SIGTERM (what schedulers send before a kill) stops at the next step boundary with a checkpoint.
+
+    The signal only sets a flag; the check runs at the start of a step, where model, EMA, optimizer and
+    step count agree, so the checkpoint resumes exactly. A second signal stops at once. One process only:
+    under torchrun the ranks would reach the boundary at different steps, so the signal stops them at once.
+    """
+    if distributed.world_size() > 1:
+        yield
+        return
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if received:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        received.append(signum)
+        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)")
+
+    step_once = trainer.train_step
+
+    def train_step() -> dict[str, float]:
+        if received:
+            path = trainer.save()
+            tqdm.write(f"saved checkpoint {path} at step {trainer.step}")
+            raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
+        return step_once()
+
+    trainer.train_step = train_step  # type: ignore[method-assign]
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        del trainer.train_step
 
 
 def main(argv: Sequence[str] | None = None) -> None:
