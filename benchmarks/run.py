@@ -65,6 +65,9 @@ def variant_overrides(
 def train_variant(overrides: list[str]) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, "-m", "djepa.train", *overrides], env=env)
+    if proc.returncode == 2:
+        # train refused with its own one-line reason (printed above): a user error, not a crash.
+        raise UsageError(f"training refused: djepa.train {' '.join(overrides)} (the reason is on the line above)")
     if proc.returncode:
         raise RuntimeError(f"training failed ({proc.returncode}): djepa.train {' '.join(overrides)}")
 
