@@ -186,3 +186,59 @@ def test_the_embedded_default_caches_as_before(tmp_path):
     assert len(data) == 5000 and torch.equal(data.labels, labels)
     rows = torch.tensor([0, 1234, 4999])
     assert torch.equal(data.mean[rows], patchify(F.avg_pool2d(images[rows], 2), (2, 2)))
+
+
+class FramePoolTokenizer(PoolTokenizer):
+    """Per-frame pooling for clips [B, T, C, H, W] -> [B, C, T, h, w]."""
+
+    def __init__(self, path):
+        super().__init__(path, channels=1)
+        self.downsample = (1, 2, 2)
+
+    def encode_moments(self, x):
+        b, t = x.shape[:2]
+        mean, std = super().encode_moments(x.flatten(0, 1))
+        return (z.reshape(b, t, *z.shape[1:]).transpose(1, 2) for z in (mean, std))
+
+
+def test_a_clip_added_to_a_video_folder_reaches_the_data(tmp_path):
+    from djepa.modalities.video import VideoAdapter, write_mp4
+
+    data_dir = tmp_path / "data"
+    (data_dir / "jump").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_mp4(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), data_dir / "jump" / "a.mp4")
+    (data_dir / "jump" / "notes.txt").write_text("not a clip")
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"v1")
+
+    def adapter():
+        a = VideoAdapter(
+            {"path": str(weights)}, [1, 2, 2], str(tmp_path / "cache"), frames=4, image_size=8, data_dir=str(data_dir)
+        )
+        a._tokenizer = FramePoolTokenizer(weights)
+        return a
+
+    first = adapter()
+    assert len(first.token_data(batch_size=2, device="cpu", workers=0)) == 1 and first.skipped_files == 1
+    (data_dir / "run").mkdir()
+    write_mp4(rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8), data_dir / "run" / "b.mp4")
+    second = adapter()
+    data = second.token_data(batch_size=2, device="cpu", workers=0)
+    assert second.class_names == ["jump", "run"] and data.labels.tolist() == [0, 1]
+    assert data.mean.shape == (2, 4 * 2 * 2, 4)
+
+
+def test_the_trainer_steps_on_memory_mapped_tokens(tmp_path, make_tiny_model):
+    from djepa.trainer import TrainConfig, Trainer
+
+    data_dir = tmp_path / "data"
+    write_class(data_dir, "a", 4)
+    write_class(data_dir, "b", 4)
+    data = adapter_for(tmp_path, data_dir).token_data(batch_size=4, device="cpu", workers=0)
+    cfg = TrainConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=1, precision="fp32", log_every=1, checkpoint_every=2)
+    trainer = Trainer(
+        make_tiny_model((2, 2), token_dim=12, num_classes=2), data, cfg, tmp_path / "run", torch.device("cpu")
+    )
+    result = trainer.fit()
+    assert trainer.step == 2 and result
