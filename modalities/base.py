@@ -219,7 +219,7 @@ class ModalityAdapter(ABC):
         rank, world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
         dataset = self.media_dataset()
         if workers is None:
-            workers = 0 if isinstance(dataset, MemoryDataset) else min(4, max(0, (os.cpu_count() or 1) - 1))
+            workers = 0 if isinstance(dataset, MemoryDataset) else min(8, max(0, (os.cpu_count() or 1) - 1))
         tokenizer = self.tokenizer.to(device)
         desc = f"caching {self.name} latents"
         if rank == 0:

@@ -242,3 +242,27 @@ def test_the_trainer_steps_on_memory_mapped_tokens(tmp_path, make_tiny_model):
     )
     result = trainer.fit()
     assert trainer.step == 2 and result
+
+
+def test_two_gloo_ranks_each_cache_their_share(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data_dir = tmp_path / "data"
+    write_class(data_dir, "a", 5)
+    write_class(data_dir, "b", 4)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "weights.bin").write_bytes(b"v1")
+    worker = Path(__file__).with_name("cache_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]
+    cmd += [str(worker), str(data_dir), str(tmp_path / "cache"), str(tmp_path / "r")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"r.rank{r}").read_text()) for r in range(2)]
+    assert sorted(r["encoded"] for r in ranks) == [4, 5]  # disjoint shares, every item once
+    assert ranks[0]["items"] == ranks[1]["items"] == 9
+    assert ranks[0]["labels"] == ranks[1]["labels"] == [0] * 5 + [1] * 4
+    assert ranks[0]["sum"] == ranks[1]["sum"]
