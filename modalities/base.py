@@ -197,7 +197,7 @@ class ModalityAdapter(ABC):
         workers: int | None = None,
         shard: bool = False,
     ) -> TokenData:
-        """The dataset's latents as tokens, read memory-mapped from the on-disk cache (built first if missing).
+        """The dataset's latents as tokens, read on demand from the on-disk cache (built first if missing).
 
         Caching runs the tokenizer on `device` (default: this rank's GPU when there is one) in batches read
         through a DataLoader with `workers` processes; an interrupted run resumes. With `shard`, every rank

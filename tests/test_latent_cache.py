@@ -1,4 +1,4 @@
-"""The on-disk latent cache: keyed by what the latents depend on, built lazily and resumably, read memory-mapped."""
+"""The on-disk latent cache: keyed by what the latents depend on, built lazily and resumably, read on demand."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from PIL import Image
 
 from djepa.modalities.base import patchify
 from djepa.modalities.image import ImageAdapter, read_image
-from djepa.modalities.latent_cache import LatentCache, MappedTokens, encode_into_cache
+from djepa.modalities.latent_cache import CachedTokens, LatentCache, encode_into_cache
 from djepa.tokenizers.base import LatentTokenizer
 
 
@@ -142,11 +142,11 @@ def test_an_interrupted_caching_run_resumes_where_it_stopped(tmp_path):
     assert len(data) == 7 and torch.equal(mean, expected)
 
 
-def test_training_reads_rows_from_the_memory_map(tmp_path):
+def test_training_reads_rows_from_the_cache_files(tmp_path):
     data_dir = tmp_path / "data"
     write_class(data_dir, "a", 5)
     data, mean = tokens(adapter_for(tmp_path, data_dir))
-    assert isinstance(data.mean, MappedTokens) and isinstance(data.mean.latents, np.memmap)
+    assert isinstance(data.mean, CachedTokens)
     assert data.mean.shape == (5, 4, 12)  # 4x4 latents of 3 channels in 2x2 patches
     idx = torch.tensor([4, 0, 4])
     assert torch.equal(data.mean[idx], mean[idx]) and torch.equal(data.mean[2], mean[2])
@@ -229,7 +229,7 @@ def test_a_clip_added_to_a_video_folder_reaches_the_data(tmp_path):
     assert data.mean.shape == (2, 4 * 2 * 2, 4)
 
 
-def test_the_trainer_steps_on_memory_mapped_tokens(tmp_path, make_tiny_model):
+def test_the_trainer_steps_on_cached_tokens(tmp_path, make_tiny_model):
     from djepa.trainer import TrainConfig, Trainer
 
     data_dir = tmp_path / "data"
