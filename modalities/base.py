@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 from djepa import distributed
 from djepa.errors import UsageError
 from djepa.modalities.folder import MemoryDataset
+from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
-from djepa.modalities.latent_cache import LatentCache, encode_into_cache
 from djepa.tokenizers.base import LatentTokenizer, weights_hash
 from djepa.trainer import TokenData
 
@@ -235,22 +235,20 @@ class ModalityAdapter(ABC):
         if shard:
             distributed.barrier()
         if rank == 0:
-            # Whatever a rank that started late left (shares are taken from a changing state) is done here.
+            # A safety net: rank 0 encodes anything still pending (nothing, when every share completed).
             encode_into_cache(cache, dataset, cache.pending(), self.encode_media, device, batch_size, workers, desc)
-            state = cache.state()
-            copies = getattr(dataset, "copies", 1)
-            skipped = int((state == 2).sum()) // copies
-            if not (state == 1).any():
-                raise DataError(f"{self.source_id().get('data_dir')} holds no usable items ({skipped} files skipped)")
-            if skipped:
-                log.warning("%d unusable files skipped in %s", skipped, self.source_id().get("data_dir"))
-            cache.finish(
-                {
-                    "source": self.source_id(),
-                    "items": int((state == 1).sum()),
-                    "skipped_files": skipped,
-                    "class_names": self.class_names,
-                }
-            )
+            self._finish_cache(cache, getattr(dataset, "copies", 1))
         if shard:
             distributed.barrier()
+
+    def _finish_cache(self, cache: LatentCache, copies: int) -> None:
+        """Count the skipped files (each bad file is `copies` items), refuse an empty result, mark complete."""
+        state = cache.state()
+        source = self.source_id().get("data_dir")
+        skipped = int((state == UNUSABLE).sum()) // copies
+        if not (state == ENCODED).any():
+            raise DataError(f"{source} holds no usable items ({skipped} files skipped)")
+        if skipped:
+            log.warning("%d unusable files skipped in %s", skipped, source)
+        meta = {"source": self.source_id(), "items": int((state == ENCODED).sum()), "skipped_files": skipped}
+        cache.finish(meta | {"class_names": self.class_names})
