@@ -13,16 +13,53 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 
+class WrongCollectiveDevice(RuntimeError):
+    """A tensor handed to a collective lives on a device its backend cannot reduce (NCCL: CUDA only)."""
+
+
 def init_from_env(device_name: str = "auto") -> torch.device:
     """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); the device to use."""
     cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
     if cuda:
+        # Set the rank's GPU before the group forms, so NCCL's communicator is bound to it from the start.
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu") if device_name == "auto" else torch.device(device_name)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu") if device_name == "auto" else torch.device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if cuda:
+            # device_id tells NCCL the rank's GPU up front (eager init, no guessing in barrier).
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
+    return device
+
+
+def backend_device(backend: str | None = None) -> torch.device:
+    """Where a collective's tensors must live for `backend` (the group's when None): NCCL reduces CUDA
+    tensors of the rank's current GPU only; gloo (and a single process) reduces CPU tensors."""
+    backend = backend if backend is not None else (str(dist.get_backend()) if dist.is_initialized() else "gloo")
+    if backend.lower() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def check_collective_tensor(tensor: torch.Tensor) -> None:
+    """Raise WrongCollectiveDevice when `tensor` cannot go through the group's backend as it is."""
+    want = backend_device()
+    if tensor.device.type != want.type:
+        backend = dist.get_backend() if dist.is_initialized() else "none"
+        raise WrongCollectiveDevice(
+            f"a {tensor.device.type} tensor was handed to a {backend} collective, which needs {want.type} tensors"
+        )
+
+
+def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks in place, after checking its device suits the backend; returns it."""
+    check_collective_tensor(tensor)
+    dist.all_reduce(tensor)
+    return tensor
 
 
 def rank() -> int:
@@ -39,7 +76,11 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        if str(dist.get_backend()).lower() == "nccl":
+            # NCCL's barrier is an all-reduce on a GPU: name the rank's own, not a guessed one.
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
 
 
 def wrap_for_training(model: nn.Module, parallel: str) -> nn.Module:
@@ -87,9 +128,10 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     if world_size() == 1 or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / world_size() for k, v in zip(keys, t.tolist())}
+    # float32 on the backend's device: NCCL takes no CPU tensors (a CPU tensor would fail at step 1).
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float32, device=backend_device())
+    all_reduce(t)
+    return {k: float(v) / world_size() for k, v in zip(keys, t.cpu().tolist())}
 
 
 def shutdown() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import math
 import threading
@@ -14,10 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import Dataset
 
 from djepa.checkpoint import atomic_write_safetensors
 from djepa.errors import UsageError
 from djepa.modalities.base import DataError, ModalityAdapter
+from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
 from djepa.modalities.image import class_folders
 from djepa.tokenizers.base import LatentTokenizer
 from djepa.tokenizers.mel import MelFrontEnd, MelSettings, MelTokenizer, fit_length
@@ -283,27 +286,34 @@ def read_audio(path: Path, sample_rate: int) -> torch.Tensor:
     return audio
 
 
+def read_clip_audio(path: Path, sample_rate: int, num_samples: int, normalize: bool = True) -> torch.Tensor:
+    """One file of a user folder as [1, num_samples]; ValueError when unreadable, empty, silent or not audio."""
+    audio = fit_length(read_audio(path, sample_rate), num_samples, "center")
+    if audio.abs().max() < SILENT_PEAK:
+        raise ValueError("silent after cropping")
+    return peak_normalize(audio) if normalize else audio.clamp(-1, 1)
+
+
+def scan_audio_folder(root: Path) -> FolderScan:
+    return scan_class_folders(class_folders(root), root, skip_hidden=True)
+
+
+def audio_folder_dataset(scan: FolderScan, sample_rate: int, num_samples: int, normalize: bool = True) -> FileDataset:
+    """The clips of a scanned folder, read one by one when asked (DataLoader workers), never all at once."""
+    read = functools.partial(read_clip_audio, sample_rate=sample_rate, num_samples=num_samples, normalize=normalize)
+    return FileDataset(scan.files, scan.labels, read, (ValueError,))
+
+
 def load_audio_folder(
     root: Path, sample_rate: int, num_samples: int, normalize: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
-    """Clips under root/<class>/ as [M, 1, num_samples]; unreadable, empty, silent or non-audio files are skipped."""
-    folders = class_folders(root)
-    clips, labels, skipped = [], [], 0
-    for label, folder in enumerate(folders):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            try:
-                audio = fit_length(read_audio(path, sample_rate), num_samples, "center")
-                if audio.abs().max() < SILENT_PEAK:
-                    raise ValueError("silent after cropping")
-            except ValueError as err:
-                skipped += 1
-                log.warning("skipping %s: %s", path, err)
-                continue
-            clips.append(peak_normalize(audio) if normalize else audio.clamp(-1, 1))
-            labels.append(label)
-    if not clips:
+    """Clips under root/<class>/ as [M, 1, num_samples] in memory (tokenizer training, the benchmark classifier);
+    unreadable, empty, silent or non-audio files are skipped and counted. Latent caching reads lazily instead."""
+    scan = scan_audio_folder(root)
+    clips, labels, skipped = stack_dataset(audio_folder_dataset(scan, sample_rate, num_samples, normalize))
+    if not len(clips):
         raise DataError(f"data_dir {root} holds no readable audio ({skipped} files skipped)")
-    return torch.stack(clips), torch.tensor(labels), [f.name for f in folders], skipped
+    return clips, labels, scan.class_names, skipped
 
 
 # ------------------------------------------------------------------------------------------- previews
@@ -362,19 +372,34 @@ class AudioAdapter(ModalityAdapter):
             {**(mel or {}), "sample_rate": self.sample_rate, "num_samples": self.num_samples}
         )
         self._front_end: MelFrontEnd | None = None
+        self._scan: FolderScan | None = None
 
     # ---------------------------------------------------------------- data
 
     def default_class_names(self) -> list[str]:
-        return [f.name for f in class_folders(self.data_dir)] if self.data_dir else list(DIGIT_WORDS)
+        return self.scan().class_names if self.data_dir else list(DIGIT_WORDS)
+
+    def scan(self) -> FolderScan:
+        """The user folder's files, listed once per adapter so the cache key and the dataset agree."""
+        if self._scan is None:
+            assert self.data_dir is not None
+            self._scan = scan_audio_folder(self.data_dir)
+        return self._scan
+
+    def media_dataset(self) -> Dataset:
+        if self.data_dir is None:
+            return super().media_dataset()
+        return audio_folder_dataset(self.scan(), self.sample_rate, self.num_samples, self.normalize)
 
     def source_id(self) -> dict[str, Any]:
-        return {
+        source = {
             "data_dir": str(self.data_dir.resolve()) if self.data_dir else f"espeak_digits-{self.count}-{self.seed}",
             "sample_rate": self.sample_rate,
             "samples": self.num_samples,
             "normalize": self.normalize,
         }
+        # A user folder's latents depend on its files: added, removed or changed ones give a new cache.
+        return source | {"files": self.scan().fingerprint} if self.data_dir else source
 
     def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.data_dir is None:

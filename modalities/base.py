@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
-from tqdm import tqdm
+from torch.utils.data import Dataset
 
-from djepa.checkpoint import atomic_write_json, atomic_write_safetensors
+from djepa import distributed
 from djepa.errors import UsageError
-from djepa.tokenizers.base import LatentTokenizer
+from djepa.modalities.folder import MemoryDataset
+from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
+from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
+from djepa.tokenizers.base import LatentTokenizer, weights_hash
 from djepa.trainer import TokenData
+
+log = logging.getLogger(__name__)
 
 
 class DataError(UsageError):
@@ -43,6 +49,13 @@ def unpatchify(tokens: torch.Tensor, grid: tuple[int, ...], patch: tuple[int, ..
     x = tokens.reshape([b, *grid, channels, *patch])
     perm = [0, k + 1] + [v for i in range(k) for v in (1 + i, k + 2 + i)]
     return x.permute(perm).reshape([b, channels] + [g * p for g, p in zip(grid, patch)])
+
+
+def encode_device(device: str | torch.device | None) -> torch.device:
+    """Where caching runs the tokenizer: as asked, else this rank's current GPU when there is one, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 class ModalityAdapter(ABC):
@@ -157,36 +170,85 @@ class ModalityAdapter(ABC):
         """Posterior mean and std latents of media items (tokenizers may override for speed)."""
         return self.tokenizer.encode_moments(media)
 
+    def media_dataset(self) -> Dataset:
+        """Items (index, media or None if unusable, label) for latent caching; user folders override this
+        to read files lazily, the embedded defaults are generated in memory."""
+        return MemoryDataset(*self.load_dataset())
+
     def cache_key(self) -> str:
-        tok = getattr(self.tokenizer, "path", None)
-        stamp = None
-        if tok is not None and Path(tok).exists():
-            files = sorted(p for p in Path(tok).rglob("*") if p.is_file())
-            stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+        """Names the latent cache by everything the latents depend on: the source (for a user folder its
+        file list with sizes and mtimes), the adapter settings, the tokenizer settings and its weights."""
         blob = json.dumps(
-            {"source": self.source_id(), "tokenizer": self.tokenizer_config, "stamp": stamp},
+            {
+                "cache_format": LATENT_CACHE_FORMAT,
+                "source": self.source_id(),
+                "tokenizer": self.tokenizer_config,
+                "weights": weights_hash(getattr(self.tokenizer, "path", None)),
+            },
             sort_keys=True,
             default=str,
         )
         return f"{self.name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
-    def token_data(self, batch_size: int = 128) -> TokenData:
-        """Latents of the whole dataset as tokens; the latents are encoded once and cached on disk."""
-        path = self.cache_dir / f"{self.cache_key()}.safetensors"
-        if path.is_file():
-            cached = load_file(str(path))
-        else:
-            media, labels = self.load_dataset()
-            means, stds = [], []
-            for i in tqdm(range(0, len(media), batch_size), desc=f"caching {self.name} latents", leave=False):
-                mean, std = self.encode_media(media[i : i + batch_size])
-                means.append(mean.float().cpu())
-                stds.append(std.float().cpu())
-            cached = {"mean": torch.cat(means), "std": torch.cat(stds), "labels": labels.long()}
-            atomic_write_safetensors(path, cached)
-            atomic_write_json(
-                path.with_suffix(".json"),
-                {"source": self.source_id(), "items": len(labels), "skipped_files": self.skipped_files},
-            )
+    def token_data(
+        self,
+        batch_size: int = 128,
+        device: str | torch.device | None = None,
+        workers: int | None = None,
+        shard: bool = False,
+    ) -> TokenData:
+        """The dataset's latents as tokens, read on demand from the on-disk cache (built first if missing).
+
+        Caching runs the tokenizer on `device` (default: this rank's GPU when there is one) in batches read
+        through a DataLoader with `workers` processes; an interrupted run resumes. With `shard`, every rank
+        must call this together and each encodes its share; without, the caller alone encodes everything.
+        """
+        cache = LatentCache(self.cache_dir / self.cache_key())
+        if not cache.complete:
+            self._build_cache(cache, batch_size, encode_device(device), workers, shard)
+        meta = cache.meta
+        self.skipped_files = int(meta.get("skipped_files", 0))
+        if meta.get("class_names"):
+            self._class_names = list(meta["class_names"])
         # The cache holds latents, not tokens, so another patch size reuses it.
-        return TokenData(self.to_tokens(cached["mean"]), self.to_tokens(cached["std"]), cached["labels"])
+        return cache.token_data(self.to_tokens)
+
+    def _build_cache(
+        self, cache: LatentCache, batch_size: int, device: torch.device, workers: int | None, shard: bool
+    ) -> None:
+        rank, world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
+        dataset = self.media_dataset()
+        if workers is None:
+            workers = 0 if isinstance(dataset, MemoryDataset) else min(8, max(0, (os.cpu_count() or 1) - 1))
+        tokenizer = self.tokenizer.to(device)
+        desc = f"caching {self.name} latents"
+        if rank == 0:
+            resumed = cache.prepare(len(dataset), (tokenizer.latent_channels, *self.latent_grid))
+            if resumed:
+                desc += f" (resuming, {int((cache.state() != 0).sum())} of {len(dataset)} done)"
+        if shard:
+            distributed.barrier()
+        todo = cache.pending(rank, world)
+        if shard:
+            distributed.barrier()  # every rank has its share before any rank writes
+        encode_into_cache(cache, dataset, todo, self.encode_media, device, batch_size, workers, desc, rank == 0)
+        if shard:
+            distributed.barrier()
+        if rank == 0:
+            # A safety net: rank 0 encodes anything still pending (nothing, when every share completed).
+            encode_into_cache(cache, dataset, cache.pending(), self.encode_media, device, batch_size, workers, desc)
+            self._finish_cache(cache, getattr(dataset, "copies", 1))
+        if shard:
+            distributed.barrier()
+
+    def _finish_cache(self, cache: LatentCache, copies: int) -> None:
+        """Count the skipped files (each bad file is `copies` items), refuse an empty result, mark complete."""
+        state = cache.state()
+        source = self.source_id().get("data_dir")
+        skipped = int((state == UNUSABLE).sum()) // copies
+        if not (state == ENCODED).any():
+            raise DataError(f"{source} holds no usable items ({skipped} files skipped)")
+        if skipped:
+            log.warning("%d unusable files skipped in %s", skipped, source)
+        meta = {"source": self.source_id(), "items": int((state == ENCODED).sum()), "skipped_files": skipped}
+        cache.finish(meta | {"class_names": self.class_names})

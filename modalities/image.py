@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 
 from djepa.modalities.base import DataError, ModalityAdapter
+from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
 from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
 from djepa.tokenizers.base import LatentTokenizer
 
@@ -67,22 +70,34 @@ def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     return to_unit_range(t)
 
 
+IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def read_image(path: Path, size: int, channels: int) -> torch.Tensor:
+    """One image file as [channels, size, size] in [-1, 1]; raises one of IMAGE_ERRORS when unreadable."""
+    with Image.open(path) as img:
+        return fit_image(img, size, channels)
+
+
+def image_folder_dataset(scan: FolderScan, size: int, channels: int, flip: bool = False) -> FileDataset:
+    """The images of a scanned folder, read one by one when asked (DataLoader workers), never all at once."""
+    return FileDataset(
+        scan.files, scan.labels, functools.partial(read_image, size=size, channels=channels), IMAGE_ERRORS, flip
+    )
+
+
+def scan_image_folder(root: Path) -> FolderScan:
+    return scan_class_folders(class_folders(root), root, skip_hidden=False)
+
+
 def load_image_folder(root: Path, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
-    """Images under root/<class>/; unreadable files are skipped and counted, never fatal."""
-    folders = class_folders(root)
-    images, labels, skipped = [], [], 0
-    for label, folder in enumerate(folders):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            try:
-                with Image.open(path) as img:
-                    images.append(fit_image(img, size, channels))
-                labels.append(label)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-                skipped += 1
-                log.warning("skipping unreadable image %s: %s", path, err)
-    if not images:
+    """Images under root/<class>/ stacked in memory (small uses: tokenizer training, the benchmark classifier);
+    unreadable files are skipped and counted, never fatal. Latent caching reads the folder lazily instead."""
+    scan = scan_image_folder(root)
+    images, labels, skipped = stack_dataset(image_folder_dataset(scan, size, channels))
+    if not len(images):
         raise DataError(f"data_dir {root} holds no readable images ({skipped} files skipped)")
-    return torch.stack(images), torch.tensor(labels), [f.name for f in folders], skipped
+    return images, labels, scan.class_names, skipped
 
 
 class ImageAdapter(ModalityAdapter):
@@ -106,21 +121,36 @@ class ImageAdapter(ModalityAdapter):
         self.channels = channels
         self.flip = flip
         self.data_dir = Path(data_dir) if data_dir else None
+        self._scan: FolderScan | None = None
 
     def default_class_names(self) -> list[str]:
-        return digit_or_folder_names(self.data_dir)
+        return self.scan().class_names if self.data_dir else digit_or_folder_names(None)
+
+    def scan(self) -> FolderScan:
+        """The user folder's files, listed once per adapter so the cache key and the dataset agree."""
+        if self._scan is None:
+            assert self.data_dir is not None
+            self._scan = scan_image_folder(self.data_dir)
+        return self._scan
+
+    def media_dataset(self) -> Dataset:
+        if self.data_dir is None:
+            return super().media_dataset()
+        return image_folder_dataset(self.scan(), self.image_size, self.channels, self.flip)
 
     @property
     def media_grid(self) -> tuple[int, ...]:
         return (self.image_size, self.image_size)
 
     def source_id(self) -> dict[str, Any]:
-        return {
+        source = {
             "data_dir": str(self.data_dir.resolve()) if self.data_dir else "mnist_5k",
             "size": self.image_size,
             "channels": self.channels,
             "flip": self.flip,
         }
+        # A user folder's latents depend on its files: added, removed or changed ones give a new cache.
+        return source | {"files": self.scan().fingerprint} if self.data_dir else source
 
     def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self._load_images()

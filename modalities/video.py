@@ -15,9 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import Dataset
 
 from djepa.errors import UsageError
 from djepa.modalities.base import DataError, ModalityAdapter
+from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
 from djepa.modalities.image import (
     class_folders,
     digit_or_folder_names,
@@ -175,27 +177,33 @@ def read_clip(path: str | Path, frames: int, stride: int, size: int, channels: i
     raise ClipError("; ".join(errors))
 
 
+def read_video_file(path: Path, frames: int, stride: int, size: int, channels: int) -> torch.Tensor:
+    """A clip [T, C, size, size] from one file of a user folder; ClipError for non-video or unusable files."""
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ClipError(f"not a video file ({', '.join(sorted(VIDEO_SUFFIXES))})")
+    return read_clip(path, frames, stride, size, channels)
+
+
+def scan_video_folder(root: Path) -> FolderScan:
+    return scan_class_folders(class_folders(root), root, skip_hidden=True)
+
+
+def video_folder_dataset(scan: FolderScan, frames: int, stride: int, size: int, channels: int) -> FileDataset:
+    """The clips of a scanned folder, decoded one by one when asked (DataLoader workers), never all at once."""
+    read = functools.partial(read_video_file, frames=frames, stride=stride, size=size, channels=channels)
+    return FileDataset(scan.files, scan.labels, read, (ClipError,))
+
+
 def load_video_folder(
     root: Path, frames: int, stride: int, size: int, channels: int
 ) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
-    """Clips under root/<class>/*.{mp4,avi,webm,mkv,...}; bad, short or non-video files are skipped and counted."""
-    folders = class_folders(root)
-    clips, labels, skipped = [], [], 0
-    for label, folder in enumerate(folders):
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if path.suffix.lower() not in VIDEO_SUFFIXES:
-                skipped += 1
-                log.warning("skipping %s: not a video file (%s)", path, ", ".join(sorted(VIDEO_SUFFIXES)))
-                continue
-            try:
-                clips.append(read_clip(path, frames, stride, size, channels))
-                labels.append(label)
-            except ClipError as err:
-                skipped += 1
-                log.warning("skipping unusable video %s: %s", path, err)
-    if not clips:
+    """Clips under root/<class>/*.{mp4,avi,webm,mkv,...} stacked in memory (tokenizer training, the benchmark
+    classifier); bad, short or non-video files are skipped and counted. Latent caching reads lazily instead."""
+    scan = scan_video_folder(root)
+    clips, labels, skipped = stack_dataset(video_folder_dataset(scan, frames, stride, size, channels))
+    if not len(clips):
         raise DataError(f"data_dir {root} holds no usable clips of {frames} frames ({skipped} files skipped)")
-    return torch.stack(clips), torch.tensor(labels), [f.name for f in folders], skipped
+    return clips, labels, scan.class_names, skipped
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
@@ -258,11 +266,24 @@ class VideoAdapter(ModalityAdapter):
         self.num_clips = int(num_clips)
         self.digit_size = min(int(digit_size), self.image_size)
         self.fps = int(fps)
+        self._scan: FolderScan | None = None
 
     # --------------------------------------------------------------- data
 
     def default_class_names(self) -> list[str]:
-        return digit_or_folder_names(self.data_dir)
+        return self.scan().class_names if self.data_dir else digit_or_folder_names(None)
+
+    def scan(self) -> FolderScan:
+        """The user folder's files, listed once per adapter so the cache key and the dataset agree."""
+        if self._scan is None:
+            assert self.data_dir is not None
+            self._scan = scan_video_folder(self.data_dir)
+        return self._scan
+
+    def media_dataset(self) -> Dataset:
+        if self.data_dir is None:
+            return super().media_dataset()
+        return video_folder_dataset(self.scan(), self.frames, self.frame_stride, self.image_size, self.channels)
 
     @property
     def media_grid(self) -> tuple[int, ...]:
@@ -275,7 +296,12 @@ class VideoAdapter(ModalityAdapter):
             "channels": self.channels,
         }
         if self.data_dir:
-            return source | {"data_dir": str(self.data_dir.resolve()), "stride": self.frame_stride}
+            # The folder's files (paths, sizes, mtimes): added, removed or changed clips give a new cache.
+            return source | {
+                "data_dir": str(self.data_dir.resolve()),
+                "stride": self.frame_stride,
+                "files": self.scan().fingerprint,
+            }
         return source | {
             "data_dir": "moving_mnist_5k",
             "clips": self.num_clips,

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
+from pathlib import Path
 
 import torch
+
+_HASHES: dict[tuple, str] = {}
+
+
+def weights_hash(path: str | Path | None) -> str | None:
+    """sha256 over a tokenizer's files (a folder or one file): names and contents, so retrained or replaced
+    weights give another latent cache. Memoised per (path, sizes, mtimes): a large VAE is read once per process."""
+    if path is None or not Path(path).exists():
+        return None
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    stamp = (str(root.resolve()), *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if stamp not in _HASHES:
+        digest = hashlib.sha256()
+        for p in files:
+            digest.update(f"\0{p.relative_to(root) if root.is_dir() else p.name}\0".encode())
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+        _HASHES[stamp] = digest.hexdigest()
+    return _HASHES[stamp]
 
 
 class TokenizerNotFound(FileNotFoundError):
@@ -30,6 +53,14 @@ class LatentTokenizer(ABC):
     def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
         mean, std = self.encode_moments(x)
         return mean + std * torch.randn_like(std) if sample else mean
+
+    def to(self, device: str | torch.device) -> LatentTokenizer:
+        """Move the networks to `device` (encoding then runs there); tokenizers without weights stay as they are."""
+        for name in ("vae", "frame"):
+            inner = getattr(self, name, None)
+            if inner is not None:
+                inner.to(device)
+        return self
 
     def latent_grid(self, media_grid: tuple[int, ...]) -> tuple[int, ...]:
         """Latent grid for a media grid (image H, W; frames T, H, W; ...)."""

@@ -1,0 +1,134 @@
+"""User folders (root/<class>/<files>): the file list, its fingerprint, and a lazy torch Dataset over it."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """Every candidate file under root/<class>/ in a fixed order, its class id, and the class names."""
+
+    root: Path
+    files: list[Path]
+    labels: list[int]
+    class_names: list[str]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """What the latents depend on in the folder: each file's path, size and mtime (ns), and the classes.
+
+        Adding, removing, replacing or touching a file, or adding/removing a class, changes it; reading
+        the contents is not needed (a stat per file: seconds for a million files)."""
+        digest = hashlib.sha256()
+        digest.update("\0".join(self.class_names).encode())
+        for path, label in zip(self.files, self.labels):
+            stat = path.stat()
+            digest.update(f"\n{path.relative_to(self.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:32]
+
+
+def scan_class_folders(folders: list[Path], root: Path, skip_hidden: bool) -> FolderScan:
+    """The files of each class folder (recursively, sorted), labelled by the folder's position."""
+    files, labels = [], []
+    for label, folder in enumerate(folders):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if skip_hidden and path.name.startswith("."):
+                continue
+            files.append(path)
+            labels.append(label)
+    return FolderScan(root, files, labels, [f.name for f in folders])
+
+
+class FileDataset(Dataset):
+    """Reads one file per item on demand: (index, media or None when the file is unusable, label).
+
+    `read(path)` turns a file into a media tensor and raises one of `errors` for a bad file, which is
+    logged and reported as None, never fatal. With `flip`, items len..2*len-1 are the mirrored copies
+    (last axis), MAR's augmentation cached with the latents.
+    """
+
+    def __init__(
+        self,
+        files: list[Path],
+        labels: list[int],
+        read: Callable[[Path], torch.Tensor],
+        errors: tuple[type[BaseException], ...],
+        flip: bool = False,
+    ):
+        self.files = list(files)
+        self.labels = list(labels)
+        self.read = read
+        self.errors = errors
+        self.copies = 2 if flip else 1
+
+    def __len__(self) -> int:
+        return len(self.files) * self.copies
+
+    def label(self, index: int) -> int:
+        return self.labels[index % len(self.files)]
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int]:
+        path = self.files[index % len(self.files)]
+        try:
+            media = self.read(path)
+        except self.errors as err:
+            log.warning("skipping unusable file %s: %s", path, err)
+            return index, None, self.label(index)
+        if index >= len(self.files):
+            media = media.flip(-1)
+        return index, media, self.label(index)
+
+
+class MemoryDataset(Dataset):
+    """Media already in memory (the embedded defaults): the same items FileDataset gives, none bad."""
+
+    copies = 1
+
+    def __init__(self, media: torch.Tensor, labels: torch.Tensor):
+        self.media = media
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int]:
+        return index, self.media[index], int(self.labels[index])
+
+
+def collate_items(items: list[tuple[int, torch.Tensor | None, int]]) -> dict[str, torch.Tensor]:
+    """A batch: every item's index, label and ok flag, and the media of the usable ones stacked."""
+    good = [m for _, m, _ in items if m is not None]
+    return {
+        "index": torch.tensor([i for i, _, _ in items], dtype=torch.long),
+        "label": torch.tensor([y for _, _, y in items], dtype=torch.long),
+        "ok": torch.tensor([m is not None for _, m, _ in items], dtype=torch.bool),
+        "media": torch.stack(good) if good else torch.empty(0),
+    }
+
+
+def stack_dataset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every usable item in memory, for the small consumers that want tensors (tokenizer training, the
+    benchmark classifier); latent caching never does this. Returns media, labels, skipped count."""
+    media, labels, skipped = [], [], 0
+    for i in range(len(dataset)):
+        _, item, label = dataset[i]
+        if item is None:
+            skipped += 1
+            continue
+        media.append(item)
+        labels.append(label)
+    copies = getattr(dataset, "copies", 1)
+    if not media:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped // copies
+    return torch.stack(media), torch.tensor(labels), skipped // copies
