@@ -105,13 +105,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state: dict[str, Any] | None) -> dict:
     settings = train_config(cfg)  # before any work, so a bad value costs nothing
     adapter = build_adapter(cfg)
-    # Rank 0 trains a missing default tokenizer and caches the latents; the other ranks then read them.
+    # Rank 0 trains a missing default tokenizer; then every rank encodes its own share of the latent cache
+    # on its own device (collective under torchrun) and reads the finished cache.
     if distributed.is_main():
         ensure_tokenizer(cfg, adapter)
-        data = adapter.token_data()
     distributed.barrier()
-    if not distributed.is_main():
-        data = adapter.token_data()
+    data = adapter.token_data(device=device, shard=True)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, adapter.token_dim, adapter.token_grid, adapter.num_classes)
     if distributed.is_main():
