@@ -48,6 +48,8 @@ FREE_ADAPTER_KEYS = {
     "normalize",
     "flip",
 }
+# What a group choice on the command line (`modality=video`, `loss=flow`) is compared by.
+GROUP_IDENTITY = {"modality": "modality.name", "loss": "loss.head.type"}
 # Head keys that only change how the trained denoiser is sampled.
 FREE_HEAD_KEYS = {"sampling_steps", "sampler", "time_shift", "clip_x0"}
 
@@ -93,11 +95,16 @@ def _is_free(key: str) -> bool:
 def apply_overrides(config: DictConfig, overrides: Mapping[str, Any], source: Path) -> DictConfig:
     """The run's config with the allowed overrides applied; one that contradicts training is a UsageError."""
     config = config.copy()
-    # modality.name first, so `modality=video` on an image run names the modality, not its first differing key.
-    leaves = sorted(
-        (leaf for key, value in overrides.items() for leaf in _leaves(key, value)),
-        key=lambda kv: kv[0] != "modality.name",
-    )
+    leaves = []
+    for key, value in overrides.items():
+        # A group choice names a preset, not its values: `modality=video` on a video run trained with another
+        # patch size is no contradiction, so only its identity is compared (`loss=flow`: the head type).
+        identity = GROUP_IDENTITY.get(key)
+        if identity is not None:
+            value = OmegaConf.select(value, identity.split(".", 1)[1]) if OmegaConf.is_config(value) else value
+            leaves.append((identity, value))
+        else:
+            leaves += _leaves(key, value)
     for key, value in leaves:
         if not key.startswith(("modality.", "model.", "loss.head.")):
             continue  # training-only keys (train.*, loss weights, tokenizer training) do not matter here
@@ -231,7 +238,8 @@ class Pipeline:
                 raise UsageError(f"{config_path} is missing: the run's config says how to decode its tokens")
             config = OmegaConf.load(config_path)
             weights = CheckpointManager.load_tensors(directory, "ema")
-            expected_hash = None
+            # Checked when training recorded it (extra_state "tokenizer_sha256"); exports always record it.
+            expected_hash = state.get("tokenizer_sha256")
         config = apply_overrides(config, overrides or {}, path)
         if state.get("modality") and state["modality"] != config.modality.name:
             raise UsageError(f"{path} holds a {state['modality']} model but its config says {config.modality.name}")

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from djepa import Pipeline, sample
 from djepa.cli import dispatch, export
+from djepa.config import compose_config
 from djepa.errors import UsageError
+from djepa.pipeline import apply_overrides
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -99,6 +102,19 @@ def test_sampling_only_overrides_are_allowed(image_run, tmp_path):
         ["model=tiny", "loss.head.sampling_steps=2", "modality.adapter.patch_size=[2,2]"],
     )
     assert [p.name for p in written] == ["0_000.png"]
+
+
+def test_a_modality_group_choice_is_compared_by_name_only(image_run, tmp_path):
+    # A run trained with a non-default image size: `modality=image` (whose preset says 32) is no contradiction.
+    _, run_dir = image_run
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.modality.adapter.image_size = 48
+    with pytest.raises(UsageError, match="image_size=32 contradicts"):
+        apply_overrides(config, {"modality.adapter.image_size": 32}, run_dir)
+    cli = compose_config(["modality=image"])
+    assert apply_overrides(config, {"modality": cli.modality}, run_dir).modality.adapter.image_size == 48
+    with pytest.raises(UsageError, match="modality.name=video contradicts"):
+        apply_overrides(config, {"modality": compose_config(["modality=video"]).modality}, run_dir)
 
 
 def test_export_is_self_describing_and_samples_like_the_run(pipe, image_run, tmp_path):
