@@ -41,7 +41,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sample": (
         "djepa.sample",
         "Sample a trained run (or an `export` folder): one file per item in OUT plus OUT/grid. The model, its\n"
-        "adapter and its sampling defaults come from the run's own config; the same seed gives the same files.",
+        "adapter and its sampling defaults come from the run's own config; the same seed gives the same files.\n"
+        "cfg, temperature, num_steps, cfg_schedule and loss.head.sampling_steps default to the run's values\n"
+        "(shown below: a fresh image run's). Overrides that contradict training (patch, grid, channels) exit 2.",
         (
             "run_dir",
             "checkpoint",

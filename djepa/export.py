@@ -84,7 +84,8 @@ def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | N
         f"| head | {pipe.model.config['head'].get('type')} |",
         f"| tokenizer | `{index['tokenizer']['path']}` (sha256 {index['tokenizer']['sha256'][:16]}…) |",
         f"| sampling defaults | cfg {sampling['cfg']} ({sampling['cfg_schedule']}), temperature "
-        f"{sampling['temperature']}, {sampling['num_steps']} steps |",
+        f"{sampling['temperature']}, {sampling['num_steps']} reveal steps x {sampling['head_sampling_steps']} "
+        "denoising steps |",
     ]
     if training:
         lines.append(f"| training loss | {training['first_loss']:.4g} -> {training['last_loss']:.4g} |")
@@ -105,7 +106,7 @@ def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | N
         "from djepa import Pipeline",
         "",
         'pipe = Pipeline.from_pretrained("THIS_FOLDER")',
-        f"out = pipe(class_labels=[{index['class_names'][0]!r}], num_samples=4, seed=0)",
+        f"out = pipe(class_labels={json.dumps(index['class_names'][:2])}, num_samples=4, seed=0)",
         view.get(index["modality"], "out.media"),
         'out.save("samples/")',
         "```",
@@ -139,6 +140,8 @@ def export_pipeline(
     else:
         tok_ref = str(tok_source.resolve())
     OmegaConf.update(config, "modality.adapter.tokenizer.path", tok_ref)
+    # The latent cache is a training matter; don't carry this machine's path into a folder meant to be shared.
+    OmegaConf.update(config, "modality.adapter.cache_dir", ".djepa/cache")
     OmegaConf.save(config, out / "config.yaml")
     pipe.model.save_pretrained(out / "model")
     adapter_config = OmegaConf.to_container(config.modality.adapter, resolve=True)
@@ -153,6 +156,7 @@ def export_pipeline(
             "temperature": pipe.defaults.temperature,
             "num_steps": pipe.defaults.num_steps,
             "cfg_schedule": pipe.defaults.cfg_schedule,
+            "head_sampling_steps": int(pipe.model.head.sampling_steps),
         },
         "adapter": adapter_config,
         "token_grid": list(pipe.adapter.token_grid),

@@ -195,3 +195,10 @@ def test_console_scripts_answer_help():
         proc = subprocess.run([str(scripts / name), "--help"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"usage: {name}")
+
+
+def test_an_older_checkpoint_loads_with_its_runs_config(image_run):
+    _, run_dir = image_run
+    pipe = Pipeline.from_pretrained(run_dir, device="cpu", checkpoint=run_dir / "checkpoints" / "step_0000006")
+    assert pipe.step == 6 and pipe.defaults.num_steps == 2
+    assert len(pipe(class_labels=[0], seed=0).images) == 1
