@@ -1,68 +1,73 @@
-"""`sample modality=M run_dir=DIR prompt_class=C num_samples=N out=OUT`: files plus a grid."""
+"""`sample run_dir=DIR [prompt_class=C] [num_samples=N] [seed=S] out=OUT`: files plus a grid.
+
+A thin layer over `djepa.Pipeline`: the model, its adapter and its sampling defaults come from the run's (or
+export's) own config; the command line picks classes, count, seed and sampling settings.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from djepa.attention import set_attention_backend
-from djepa.build import (
-    SamplingSettings,
-    build_adapter,
-    class_grid_labels,
-    find_checkpoint,
-    generate,
-    load_ema_model,
-)
 from djepa.config import cli_errors, compose_config
 from djepa.errors import UsageError
-from djepa.runtime import resolve_device
+from djepa.pipeline import Pipeline
+
+SAMPLING_KEYS = ("cfg", "temperature", "num_steps", "cfg_schedule")
 
 
-def run(cfg: DictConfig) -> list[Path]:
+def override_keys(argv: Sequence[str]) -> list[str]:
+    """The config keys the command line sets (`+key=v`, `key=v`; group choices give the group's name)."""
+    return [a.split("=", 1)[0].lstrip("+") for a in argv if "=" in a and not a.startswith("~")]
+
+
+def sampling_overrides(cfg: DictConfig, keys: Sequence[str] | None) -> dict[str, Any]:
+    """Sampling settings the user set; the rest come from the run's defaults. `keys` None: take all of them."""
+    if keys is None:
+        return {k: cfg[k] for k in SAMPLING_KEYS}
+    chosen = {k for k in keys if k in SAMPLING_KEYS}
+    if any(k == "sample" or k.startswith("sample.") for k in keys):
+        chosen.update(SAMPLING_KEYS)  # `sample=video` / `sample.cfg=...` feed the top-level keys
+    return {k: cfg[k] for k in SAMPLING_KEYS if k in chosen}
+
+
+def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
+    """Sample from `cfg.run_dir`. `argv` (the command line) tells which keys the user set, so that the others
+    come from the run's config; without it the composed `cfg`'s sampling settings are used as given."""
     set_attention_backend(cfg.attention_backend)
-    device = resolve_device(cfg.device)
-    directory, state = find_checkpoint(cfg.run_dir, cfg.checkpoint)
-    trained_on = state.get("modality")
-    if trained_on and trained_on != cfg.modality.name:
-        raise UsageError(f"checkpoint {directory} was trained on modality={trained_on}, not {cfg.modality.name}")
-    class_names = state.get("class_names") or [str(i) for i in range(state["model_config"]["num_classes"])]
     if cfg.num_samples < 1:
         raise UsageError(f"num_samples must be positive, got {cfg.num_samples}")
-    if cfg.prompt_class is not None and not 0 <= int(cfg.prompt_class) < len(class_names):
-        raise UsageError(
-            f"prompt_class={cfg.prompt_class} is out of range: this model has "
-            f"{len(class_names)} classes (0..{len(class_names) - 1})"
-        )
-    settings = SamplingSettings.from_config(cfg)
-    adapter = build_adapter(cfg)
-    model = load_ema_model(directory, state, device, cfg.loss.head)
-    if cfg.prompt_class is None:
-        labels, rows = class_grid_labels(len(class_names), cfg.num_samples), len(class_names)
-    else:
-        labels, rows = torch.full((cfg.num_samples,), int(cfg.prompt_class)), 1
-    known_tokens = known_mask = None
-    if cfg.get("prime"):
-        known_tokens, known_mask = adapter.prime_tokens(cfg.prime, cfg, len(labels))
-    tokens = generate(model, labels, settings, known_tokens=known_tokens, known_mask=known_mask)
-    media = adapter.decode_tokens(tokens)
-    out = Path(cfg.out)
-    written = [
-        adapter.save(item, out / f"{class_names[int(y)]}_{i:03d}") for i, (item, y) in enumerate(zip(media, labels))
-    ]
-    grid = adapter.save_grid(media, rows, out / "grid")
-    tqdm.write(f"wrote {len(written)} files and {grid} from {directory}")
+    keys = None if argv is None else override_keys(argv)
+    # Keys that describe the model: checked against the run's own config, never used to rebuild it.
+    model_keys = [k for k in keys or [] if k.split(".")[0] in ("modality", "model", "loss")]
+    overrides = {k: OmegaConf.select(cfg, k) for k in model_keys}
+    pipe = Pipeline.from_pretrained(cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint, overrides=overrides)
+    labels = None if cfg.prompt_class is None else [pipe.class_index(cfg.prompt_class, "prompt_class")]
+    result = pipe(
+        labels,
+        int(cfg.num_samples),
+        seed=int(cfg.seed),
+        prime=cfg.get("prime"),
+        prime_frames=int(cfg.prime_frames),
+        prime_seconds=float(cfg.prime_seconds),
+        progress=True,
+        **sampling_overrides(cfg, keys),
+    )
+    written = result.save(cfg.out)
+    tqdm.write(f"wrote {len(written)} files and {result.grid_path} from {pipe.source} (seed {cfg.seed})")
     return written
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     with cli_errors():
-        run(compose_config(sys.argv[1:] if argv is None else argv))
+        run(compose_config(argv), argv)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,37 @@ def tiny_model(grid, token_dim=4, num_classes=3, head=None, jepa=True, **overrid
 @pytest.fixture
 def make_tiny_model():
     return tiny_model
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory):
+    """A tiny image run trained through the entry points: (common overrides, run_dir). Shared by the CLI and
+    pipeline tests so the tokenizer and model train once per session."""
+    from djepa import train, train_tokenizer
+
+    home = tmp_path_factory.mktemp("home")
+    common = [f"home={home}"]
+    metrics = train_tokenizer.run(
+        train_tokenizer.compose_config(
+            common + ["tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "tokenizer.steps=30"]
+        )
+    )
+    assert metrics["psnr_db"] > 5
+    run_dir = tmp_path_factory.mktemp("run")
+    train.run(
+        train.compose_config(
+            common
+            + [
+                f"run_dir={run_dir}",
+                "model=tiny",
+                "train.steps=12",
+                "train.batch_size=16",
+                "train.checkpoint_every=6",
+                "train.preview_every=6",
+                "sample.preview_per_class=1",
+                "num_steps=2",
+                "loss.head.sampling_steps=3",
+            ]
+        )
+    )
+    return common, run_dir

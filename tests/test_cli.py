@@ -7,41 +7,12 @@ import sys
 import pytest
 from PIL import Image
 
-from djepa import sample, train, train_tokenizer
+from djepa import sample, train
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    return tmp_path_factory.mktemp("home")
-
-
-@pytest.fixture(scope="module")
-def trained_run(home, tmp_path_factory):
-    common = [f"home={home}"]
-    metrics = train_tokenizer.run(
-        train_tokenizer.compose_config(
-            common + ["tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "tokenizer.steps=30"]
-        )
-    )
-    assert metrics["psnr_db"] > 5
-    run_dir = tmp_path_factory.mktemp("run")
-    train.run(
-        train.compose_config(
-            common
-            + [
-                f"run_dir={run_dir}",
-                "model=tiny",
-                "train.steps=12",
-                "train.batch_size=16",
-                "train.checkpoint_every=6",
-                "train.preview_every=6",
-                "sample.preview_per_class=1",
-                "num_steps=2",
-                "loss.head.sampling_steps=3",
-            ]
-        )
-    )
-    return common, run_dir
+def trained_run(image_run):
+    return image_run
 
 
 def test_train_writes_config_metrics_checkpoints_and_previews(trained_run):

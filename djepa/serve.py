@@ -1,0 +1,173 @@
+"""`serve run_dir=DIR [port=7860]`: a Gradio page on localhost over `Pipeline`.
+
+Class dropdown with the model's class names, guidance / temperature / steps / seed controls, Generate shows
+the image grid, a playable video or a playable clip with its spectrogram; video and audio models take an
+uploaded prime for continuation. Mistakes show as one message in the page, never a stack trace.
+Needs the `demo` extra (`pip install -e ".[demo]"`); nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from djepa.config import cli_errors
+from djepa.errors import UsageError
+from djepa.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+SERVE_KEYS = {
+    "run_dir": "a run directory or an `export` folder",
+    "port": "port on 127.0.0.1 (default: 7860)",
+    "host": "address to listen on (default: 127.0.0.1, this machine only)",
+    "device": "auto | cpu | cuda (default: auto)",
+    "checkpoint": "a checkpoint directory instead of the newest (default: null)",
+}
+MAX_SAMPLES = 16
+
+
+def _gradio() -> Any:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no network at any point
+    try:
+        import gradio as gr
+    except ImportError as err:
+        raise UsageError('serve needs gradio: pip install -e ".[demo]"') from err
+    return gr
+
+
+def generate_files(
+    pipe: Pipeline,
+    label: str,
+    num_samples: int,
+    cfg: float,
+    temperature: float,
+    num_steps: int,
+    seed: int,
+    prime: str | None,
+    out: Path,
+) -> tuple[Path, Path]:
+    """Sample and write the files; returns (grid preview, first item's file)."""
+    if not 1 <= int(num_samples) <= MAX_SAMPLES:
+        raise UsageError(f"samples must be between 1 and {MAX_SAMPLES}")
+    if seed is None or int(seed) < 0:
+        raise UsageError(f"seed must be a whole number >= 0, got {seed}")
+    result = pipe(
+        [label],
+        int(num_samples),
+        cfg=float(cfg),
+        temperature=float(temperature),
+        num_steps=int(num_steps),
+        seed=int(seed),
+        prime=prime or None,
+    )
+    written = result.save(out)
+    return Path(result.grid_path), written[0]
+
+
+def build_app(pipe: Pipeline) -> Any:
+    """The Gradio Blocks app for `pipe` (not launched)."""
+    gr = _gradio()
+    lock = threading.Lock()  # one generation at a time: the model is shared
+    workdir = Path(tempfile.mkdtemp(prefix="djepa-serve-"))
+    counter = iter(range(1 << 62))
+    modality = pipe.modality
+    d = pipe.defaults
+
+    def run(label, num_samples, cfg, temperature, num_steps, seed, prime):
+        if label is None or label == "":
+            raise gr.Error("pick a class first")
+        prime_path = prime if isinstance(prime, str) else getattr(prime, "name", None)
+        try:
+            with lock:
+                out = workdir / str(next(counter))
+                settings = (num_samples, cfg, temperature, num_steps, seed)
+                grid, first = generate_files(pipe, label, *settings, prime_path, out)
+        except (UsageError, FileNotFoundError, ValueError) as err:
+            raise gr.Error(str(err).splitlines()[0]) from err
+        except Exception as err:  # the page shows one line; the server log keeps the traceback
+            log.exception("generation failed")
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            raise gr.Error(f"generation failed: {type(err).__name__}: {first_line}") from err
+        # image: the grid; video and audio: the first item, playable, and the grid (frame strips / spectrograms)
+        return str(grid) if modality == "image" else (str(first), str(grid))
+
+    with gr.Blocks(title=f"D-JEPA {modality}") as app:
+        gr.Markdown(f"## D-JEPA {modality} model\n`{pipe.source}` (step {pipe.step}), {len(pipe.class_names)} classes")
+        with gr.Row():
+            with gr.Column(scale=1):
+                label = gr.Dropdown(pipe.class_names, value=pipe.class_names[0], label="class", elem_id="class")
+                num_samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="samples", elem_id="samples")
+                cfg = gr.Slider(1.0, 10.0, value=d.cfg, step=0.1, label="guidance (cfg)", elem_id="cfg")
+                temperature = gr.Slider(0.1, 1.5, value=d.temperature, step=0.05, label="temperature")
+                num_steps = gr.Slider(1, 128, value=d.num_steps, step=1, label="steps", elem_id="steps")
+                seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
+                prime = gr.File(
+                    label="prime: continue this clip (optional)",
+                    file_types=[".mp4", ".avi", ".webm", ".gif"] if modality == "video" else [".wav", ".flac", ".ogg"],
+                    visible=modality != "image",
+                    elem_id="prime",
+                )
+                button = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column(scale=2):
+                if modality == "image":
+                    outputs = [gr.Image(label="samples", type="filepath", elem_id="result")]
+                elif modality == "video":
+                    outputs = [
+                        gr.Video(label="first clip", elem_id="result"),
+                        gr.Image(label="all clips (frame strips)", type="filepath", elem_id="grid"),
+                    ]
+                else:
+                    outputs = [
+                        gr.Audio(label="first clip", type="filepath", elem_id="result"),
+                        gr.Image(label="spectrograms", type="filepath", elem_id="grid"),
+                    ]
+        button.click(run, [label, num_samples, cfg, temperature, num_steps, seed, prime], outputs)
+    return app
+
+
+def parse_args(argv: Sequence[str]) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep or key not in SERVE_KEYS:
+            raise UsageError(f"unknown argument {item!r}: serve takes {', '.join(k + '=' for k in SERVE_KEYS)}")
+        args[key] = value
+    if not args.get("run_dir"):
+        raise UsageError("run_dir= is required: serve run_dir=RUN [port=7860]")
+    if not args.get("port", "7860").isdigit():
+        raise UsageError(f"port must be a number, got {args['port']!r}")
+    return args
+
+
+def launch(pipe: Pipeline, port: int = 7860, host: str = "127.0.0.1", block: bool = True) -> Any:
+    app = build_app(pipe)
+    app.queue().launch(
+        server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block, quiet=True
+    )
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print("usage: serve run_dir=RUN [key=value ...]\n\n" + (__doc__ or "").strip() + "\n\nkeys:")
+        print("\n".join(f"  {k}=  {doc}" for k, doc in SERVE_KEYS.items()))
+        sys.exit(0)
+    with cli_errors():
+        args = parse_args(argv)
+        _gradio()
+        pipe = Pipeline.from_pretrained(args["run_dir"], args.get("device", "auto"), args.get("checkpoint"))
+        port = int(args.get("port", 7860))
+        print(f"serving {pipe.source} on http://{args.get('host', '127.0.0.1')}:{port}")
+        launch(pipe, port, args.get("host", "127.0.0.1"))
+
+
+if __name__ == "__main__":
+    main()
