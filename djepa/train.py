@@ -20,6 +20,7 @@ from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config, save_config
 from djepa.errors import Terminated, UsageError
 from djepa.model import DJEPA
+from djepa.pipeline import tokenizer_hash
 from djepa.resume_check import check_model_config, check_resume, clean_staging, trim_metrics
 from djepa.run_lock import RunLock, prepare_run_dir
 from djepa.runtime import resolve_precision
@@ -139,7 +140,12 @@ def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state
         run_dir,
         device,
         preview,
-        extra_state={"modality": cfg.modality.name, "class_names": adapter.class_names},
+        extra_state={
+            "modality": cfg.modality.name,
+            "class_names": adapter.class_names,
+            # The pipeline refuses to decode with another tokenizer than the one the latents came from.
+            "tokenizer_sha256": tokenizer_hash(cfg.modality.adapter.tokenizer.path),
+        },
     )
     with stop_between_steps(trainer):
         last = trainer.fit()
