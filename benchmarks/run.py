@@ -31,7 +31,7 @@ from djepa.build import SamplingSettings, build_adapter, ensure_tokenizer, load_
 from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config
 from djepa.errors import UsageError
-from djepa.masking import training_mask
+from djepa.nn.masking import training_mask
 from djepa.runtime import resolve_device
 
 

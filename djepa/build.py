@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from djepa.checkpoint import CheckpointManager
 from djepa.errors import UsageError
-from djepa.model import CFG_SCHEDULES, DJEPA
+from djepa.nn.model import CFG_SCHEDULES, DJEPA
 
 
 def build_adapter(cfg: DictConfig) -> Any:

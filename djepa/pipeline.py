@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from djepa.build import SamplingSettings, build_adapter, find_checkpoint, generate
 from djepa.checkpoint import CheckpointManager, sha256
 from djepa.errors import UsageError
-from djepa.model import CFG_SCHEDULES, DJEPA
+from djepa.nn.model import CFG_SCHEDULES, DJEPA
 from djepa.runtime import resolve_device
 
 EXPORT_INDEX = "model_index.json"

@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from djepa import distributed
-from djepa.attention import set_attention_backend
 from djepa.build import SamplingSettings, build_adapter, build_model, class_grid_labels, ensure_tokenizer, generate
 from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config, save_config
 from djepa.errors import Terminated, UsageError
-from djepa.model import DJEPA
+from djepa.nn.attention import set_attention_backend
+from djepa.nn.model import DJEPA
 from djepa.pipeline import tokenizer_hash
 from djepa.resume_check import check_model_config, check_resume, clean_staging, trim_metrics
 from djepa.run_lock import RunLock, prepare_run_dir

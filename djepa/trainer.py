@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from djepa import distributed
 from djepa.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
-from djepa.masking import training_mask
-from djepa.model import DJEPA
+from djepa.nn.masking import training_mask
+from djepa.nn.model import DJEPA
 from djepa.runtime import autocast, resolve_precision
 
 

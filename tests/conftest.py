@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from djepa.model import DJEPA
+from djepa.nn.model import DJEPA
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from djepa import distributed
-from djepa.masking import training_mask
-from djepa.model import DJEPA
+from djepa.nn.masking import training_mask
+from djepa.nn.model import DJEPA
 from djepa.sharded_checkpoint import consolidate_ema, full_state, load_sharded, save_sharded
 
 

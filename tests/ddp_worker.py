@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from djepa import distributed
-from djepa.model import DJEPA
+from djepa.nn.model import DJEPA
 from djepa.trainer import TokenData, TrainConfig, Trainer
 
 

@@ -9,9 +9,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
-from djepa import attention as attn
 from djepa import distributed
 from djepa.modalities.image import ImageAdapter
+from djepa.nn import attention as attn
 from djepa.tokenizers.base import LatentTokenizer
 from djepa.trainer import TokenData, TrainConfig, Trainer
 

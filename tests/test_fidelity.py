@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from djepa.masking import mask_from_orders, random_orders
+from djepa.nn.masking import mask_from_orders, random_orders
 from djepa.trainer import TokenData, TrainConfig, Trainer, param_groups, teacher_decay
 
 

@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from djepa.denoiser import ResBlock
-from djepa.heads import DiffusionHead, FlowHead, TokenHead
-from djepa.masking import mask_from_orders
-from djepa.pos_embed import GridPositionalEmbedding
-from djepa.vit import Block, Transformer
+from djepa.nn.denoiser import ResBlock
+from djepa.nn.heads import DiffusionHead, FlowHead, TokenHead
+from djepa.nn.masking import mask_from_orders
+from djepa.nn.pos_embed import GridPositionalEmbedding
+from djepa.nn.vit import Block, Transformer
 
 HEADS: dict[str, type[TokenHead]] = {"diffusion": DiffusionHead, "flow": FlowHead}
 CFG_SCHEDULES = ("linear", "constant")
