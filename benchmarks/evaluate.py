@@ -22,8 +22,8 @@ from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
 from djepa.build import SamplingSettings, build_adapter, class_grid_labels, find_checkpoint, generate, load_ema_model
 from djepa.config import cli_errors, compose_config
+from djepa.engine.runtime import resolve_device
 from djepa.nn.model import DJEPA
-from djepa.runtime import resolve_device
 
 
 class RealMedia:

@@ -28,11 +28,11 @@ from djepa.benchmarks.probes import context_use
 from djepa.benchmarks.report import write_plots, write_summary
 from djepa.benchmarks.standard import SKIPPED, StandardMetric
 from djepa.build import SamplingSettings, build_adapter, ensure_tokenizer, load_ema_model
-from djepa.checkpoint import CheckpointManager
 from djepa.config import cli_errors, compose_config
+from djepa.engine.checkpoint import CheckpointManager
+from djepa.engine.runtime import resolve_device
 from djepa.errors import UsageError
 from djepa.nn.masking import training_mask
-from djepa.runtime import resolve_device
 
 
 def passthrough_overrides(argv: Sequence[str]) -> list[str]:

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from djepa.checkpoint import CheckpointManager
+from djepa.engine.checkpoint import CheckpointManager
 from djepa.errors import UsageError
 from djepa.nn.model import CFG_SCHEDULES, DJEPA
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from djepa.checkpoint import atomic_write_json
 from djepa.config import cli_errors
 from djepa.errors import UsageError
+from djepa.io import atomic_write_json
 from djepa.pipeline import EXPORT_INDEX, Pipeline, tokenizer_hash
 
 FORMAT_VERSION = 1

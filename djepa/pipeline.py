@@ -24,10 +24,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from djepa.build import SamplingSettings, build_adapter, find_checkpoint, generate
-from djepa.checkpoint import CheckpointManager, sha256
+from djepa.engine.checkpoint import CheckpointManager
+from djepa.engine.runtime import resolve_device
 from djepa.errors import UsageError
+from djepa.io import sha256
 from djepa.nn.model import CFG_SCHEDULES, DJEPA
-from djepa.runtime import resolve_device
 
 EXPORT_INDEX = "model_index.json"
 

@@ -106,7 +106,7 @@ def test_sampling_steps_of_a_checkpoint_follow_the_loss_head_config(make_tiny_mo
     from omegaconf import OmegaConf
 
     from djepa.build import load_ema_model
-    from djepa.checkpoint import CheckpointManager
+    from djepa.engine.checkpoint import CheckpointManager
 
     model = make_tiny_model((4, 4))
     directory = CheckpointManager(tmp_path).save(1, {"ema": model.state_dict()}, {"model_config": model.config})

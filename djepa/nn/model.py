@@ -293,7 +293,7 @@ class DJEPA(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, directory: str | Path) -> None:
-        from djepa.checkpoint import atomic_write_json, atomic_write_safetensors
+        from djepa.io import atomic_write_json, atomic_write_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
