@@ -105,8 +105,8 @@ def test_save_and_load_pretrained_round_trip(make_tiny_model, tmp_path):
 def test_sampling_steps_of_a_checkpoint_follow_the_loss_head_config(make_tiny_model, tmp_path):
     from omegaconf import OmegaConf
 
-    from djepa.build import load_ema_model
     from djepa.engine.checkpoint import CheckpointManager
+    from djepa.engine.loading import load_ema_model
 
     model = make_tiny_model((4, 4))
     directory = CheckpointManager(tmp_path).save(1, {"ema": model.state_dict()}, {"model_config": model.config})

@@ -16,9 +16,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from djepa import sample, train, train_tokenizer
-from djepa.checks import resolve_prompt_class
-from djepa.config import cli_errors
+from djepa.cli import sample, train, train_tokenizer
+from djepa.cli.checks import resolve_prompt_class
+from djepa.cli.config import cli_errors
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.engine.resume_check import check_model_config, config_changes, trim_metrics
 from djepa.engine.run_lock import RunLock
