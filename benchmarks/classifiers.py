@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from djepa.checkpoint import atomic_write_json, atomic_write_safetensors
+from djepa.io import atomic_write_json, atomic_write_safetensors
 
 
 class ConvClassifier(nn.Module):

@@ -20,10 +20,12 @@ from omegaconf import DictConfig
 from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
 from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
-from djepa.build import SamplingSettings, build_adapter, class_grid_labels, find_checkpoint, generate, load_ema_model
-from djepa.config import cli_errors, compose_config
-from djepa.model import DJEPA
-from djepa.runtime import resolve_device
+from djepa.cli.config import cli_errors, compose_config
+from djepa.engine.adapter import build_adapter
+from djepa.engine.loading import find_checkpoint, load_ema_model
+from djepa.engine.runtime import resolve_device
+from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
+from djepa.nn.model import DJEPA
 
 
 class RealMedia:

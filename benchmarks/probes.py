@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from djepa.masking import mask_from_orders, random_orders
-from djepa.model import DJEPA, visible_indices
+from djepa.nn.masking import mask_from_orders, random_orders
+from djepa.nn.model import DJEPA, visible_indices
 
 
 def same_class_derangement(labels: torch.Tensor) -> torch.Tensor:

@@ -27,12 +27,14 @@ from djepa.benchmarks.evaluate import RealMedia, modality_classifier, score, sta
 from djepa.benchmarks.probes import context_use
 from djepa.benchmarks.report import write_plots, write_summary
 from djepa.benchmarks.standard import SKIPPED, StandardMetric
-from djepa.build import SamplingSettings, build_adapter, ensure_tokenizer, load_ema_model
-from djepa.checkpoint import CheckpointManager
-from djepa.config import cli_errors, compose_config
+from djepa.cli.config import cli_errors, compose_config
+from djepa.engine.adapter import build_adapter, ensure_tokenizer
+from djepa.engine.checkpoint import CheckpointManager
+from djepa.engine.loading import load_ema_model
+from djepa.engine.runtime import resolve_device
+from djepa.engine.sampling import SamplingSettings
 from djepa.errors import UsageError
-from djepa.masking import training_mask
-from djepa.runtime import resolve_device
+from djepa.nn.masking import training_mask
 
 
 def passthrough_overrides(argv: Sequence[str]) -> list[str]:
@@ -64,12 +66,12 @@ def variant_overrides(
 
 def train_variant(overrides: list[str]) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "djepa.train", *overrides], env=env)
+    proc = subprocess.run([sys.executable, "-m", "djepa.cli.train", *overrides], env=env)
     if proc.returncode == 2:
         # train refused with its own one-line reason (printed above): a user error, not a crash.
-        raise UsageError(f"training refused: djepa.train {' '.join(overrides)} (the reason is on the line above)")
+        raise UsageError(f"training refused: djepa.cli.train {' '.join(overrides)} (the reason is on the line above)")
     if proc.returncode:
-        raise RuntimeError(f"training failed ({proc.returncode}): djepa.train {' '.join(overrides)}")
+        raise RuntimeError(f"training failed ({proc.returncode}): djepa.cli.train {' '.join(overrides)}")
 
 
 def flops_per_step(model: torch.nn.Module, cfg: DictConfig, token_dim: int) -> float:

@@ -14,7 +14,7 @@ __all__ = ["Generation", "Pipeline"]
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so `import djepa.config` (every console script) does not pay for torch and the model first.
+    # Lazy, so `import djepa.cli.config` (every console script) does not pay for torch and the model first.
     if name in __all__:
         from djepa import pipeline
 

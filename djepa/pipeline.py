@@ -23,11 +23,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from djepa.build import SamplingSettings, build_adapter, find_checkpoint, generate
-from djepa.checkpoint import CheckpointManager, sha256
+from djepa.engine.adapter import build_adapter
+from djepa.engine.checkpoint import CheckpointManager
+from djepa.engine.loading import find_checkpoint
+from djepa.engine.runtime import resolve_device
+from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
-from djepa.model import CFG_SCHEDULES, DJEPA
-from djepa.runtime import resolve_device
+from djepa.io import sha256
+from djepa.nn.model import CFG_SCHEDULES, DJEPA
 
 EXPORT_INDEX = "model_index.json"
 

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
-from djepa.checkpoint import atomic_write_safetensors
 from djepa.errors import UsageError
+from djepa.io import atomic_write_safetensors
 from djepa.modalities.base import DataError, ModalityAdapter
 from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
 from djepa.modalities.image import class_folders

@@ -14,13 +14,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from djepa import distributed
+from djepa.engine import distributed
+from djepa.engine.data import TokenData
 from djepa.errors import UsageError
 from djepa.modalities.folder import MemoryDataset
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
 from djepa.tokenizers.base import LatentTokenizer, weights_hash
-from djepa.trainer import TokenData
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from djepa.checkpoint import atomic_write_json
+from djepa.engine.data import TokenData
+from djepa.io import atomic_write_json
 from djepa.modalities.folder import collate_items
-from djepa.trainer import TokenData
 
 PENDING, ENCODED, UNUSABLE = 0, 1, 2
 FORMAT = 1

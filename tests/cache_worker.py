@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from djepa import distributed
+from djepa.engine import distributed
 from djepa.modalities.image import ImageAdapter
 from djepa.tokenizers.base import LatentTokenizer
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from djepa.model import DJEPA
+from djepa.nn.model import DJEPA
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,7 @@ def make_tiny_model():
 def image_run(tmp_path_factory):
     """A tiny image run trained through the entry points: (common overrides, run_dir). Shared by the CLI and
     pipeline tests so the tokenizer and model train once per session."""
-    from djepa import train, train_tokenizer
+    from djepa.cli import train, train_tokenizer
 
     home = tmp_path_factory.mktemp("home")
     common = [f"home={home}"]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from djepa import distributed
-from djepa.masking import training_mask
-from djepa.model import DJEPA
-from djepa.sharded_checkpoint import consolidate_ema, full_state, load_sharded, save_sharded
+from djepa.engine import distributed
+from djepa.engine.sharded_checkpoint import consolidate_ema, full_state, load_sharded, save_sharded
+from djepa.nn.masking import training_mask
+from djepa.nn.model import DJEPA
 
 
 def build(seed: int):

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from djepa import distributed
-from djepa.model import DJEPA
-from djepa.trainer import TokenData, TrainConfig, Trainer
+from djepa.engine import distributed
+from djepa.engine.data import TokenData
+from djepa.engine.trainer import TrainConfig, Trainer
+from djepa.nn.model import DJEPA
 
 
 def main(out: Path, parallel: str = "ddp", steps: int = 20) -> None:

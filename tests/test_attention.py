@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from djepa import attention as attn
+from djepa.nn import attention as attn
 
 
 @pytest.fixture(autouse=True)

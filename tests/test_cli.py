@@ -7,7 +7,7 @@ import sys
 import pytest
 from PIL import Image
 
-from djepa import sample, train
+from djepa.cli import sample, train
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_console_script_reports_a_missing_tokenizer_the_user_named(tmp_path):
         [
             sys.executable,
             "-m",
-            "djepa.train",
+            "djepa.cli.train",
             f"home={tmp_path}",
             f"run_dir={tmp_path}/r",
             f"modality.adapter.tokenizer.path={tmp_path}/my-vae",

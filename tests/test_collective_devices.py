@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from djepa import distributed
+from djepa.engine import distributed
 
 
 @pytest.fixture

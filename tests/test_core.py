@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from djepa.masking import mask_from_orders, random_orders, sample_mask_ratio, training_mask
+from djepa.nn.masking import mask_from_orders, random_orders, sample_mask_ratio, training_mask
 
 
 @pytest.mark.parametrize("grid", [(12,), (4, 4), (2, 3, 3)])
@@ -93,7 +93,7 @@ def test_jepa_loss_needs_targets(make_tiny_model):
 
 
 def test_save_and_load_pretrained_round_trip(make_tiny_model, tmp_path):
-    from djepa.model import DJEPA
+    from djepa.nn.model import DJEPA
 
     model = make_tiny_model((3, 5))
     model.save_pretrained(tmp_path / "m")
@@ -105,8 +105,8 @@ def test_save_and_load_pretrained_round_trip(make_tiny_model, tmp_path):
 def test_sampling_steps_of_a_checkpoint_follow_the_loss_head_config(make_tiny_model, tmp_path):
     from omegaconf import OmegaConf
 
-    from djepa.build import load_ema_model
-    from djepa.checkpoint import CheckpointManager
+    from djepa.engine.checkpoint import CheckpointManager
+    from djepa.engine.loading import load_ema_model
 
     model = make_tiny_model((4, 4))
     directory = CheckpointManager(tmp_path).save(1, {"ema": model.state_dict()}, {"model_config": model.config})

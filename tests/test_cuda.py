@@ -9,11 +9,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
-from djepa import attention as attn
-from djepa import distributed
+from djepa.engine import distributed
+from djepa.engine.data import TokenData
+from djepa.engine.trainer import TrainConfig, Trainer
 from djepa.modalities.image import ImageAdapter
+from djepa.nn import attention as attn
 from djepa.tokenizers.base import LatentTokenizer
-from djepa.trainer import TokenData, TrainConfig, Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

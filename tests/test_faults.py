@@ -16,13 +16,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from djepa import sample, train, train_tokenizer
-from djepa.checkpoint import CheckpointManager
-from djepa.checks import resolve_prompt_class
-from djepa.config import cli_errors
+from djepa.cli import sample, train, train_tokenizer
+from djepa.cli.checks import resolve_prompt_class
+from djepa.cli.config import cli_errors
+from djepa.engine.checkpoint import CheckpointManager
+from djepa.engine.resume_check import check_model_config, config_changes, trim_metrics
+from djepa.engine.run_lock import RunLock
 from djepa.errors import Terminated, UsageError
-from djepa.resume_check import check_model_config, config_changes, trim_metrics
-from djepa.run_lock import RunLock
 
 
 def one_line_error(capsys, run, argv, code=2) -> str:
@@ -49,7 +49,7 @@ def test_a_second_train_on_a_locked_run_dir_refuses_naming_the_holder(tmp_path, 
 HOLD = textwrap.dedent(
     """
     import os, sys
-    from djepa.run_lock import RunLock
+    from djepa.engine.run_lock import RunLock
     lock = RunLock(sys.argv[1]).acquire()
     print("held", flush=True)
     if sys.argv[2] == "die":
@@ -174,7 +174,7 @@ def test_a_checkpoint_without_checksums_is_invalid_and_skipped(tmp_path):
 
 
 def test_a_pickle_renamed_safetensors_with_a_forged_checksum_falls_back(tmp_path):
-    from djepa.checkpoint import sha256
+    from djepa.io import sha256
 
     manager = CheckpointManager(tmp_path, keep=5)
     _save(manager, 1)

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from djepa.masking import mask_from_orders, random_orders
-from djepa.trainer import TokenData, TrainConfig, Trainer, param_groups, teacher_decay
+from djepa.engine.data import TokenData
+from djepa.engine.trainer import TrainConfig, Trainer, param_groups, teacher_decay
+from djepa.nn.masking import mask_from_orders, random_orders
 
 
 def token_data(n=64, grid_tokens=16):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from djepa.heads import DiffusionHead, FlowHead, Schedule, cosine_betas, spaced_timesteps
+from djepa.nn.heads import DiffusionHead, FlowHead, Schedule, cosine_betas, spaced_timesteps
 
 
 def fit_clusters(head, steps=300):

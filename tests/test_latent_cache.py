@@ -230,7 +230,7 @@ def test_a_clip_added_to_a_video_folder_reaches_the_data(tmp_path):
 
 
 def test_the_trainer_steps_on_cached_tokens(tmp_path, make_tiny_model):
-    from djepa.trainer import TrainConfig, Trainer
+    from djepa.engine.trainer import TrainConfig, Trainer
 
     data_dir = tmp_path / "data"
     write_class(data_dir, "a", 4)

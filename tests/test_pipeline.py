@@ -11,9 +11,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from djepa import Pipeline, sample
-from djepa.cli import dispatch, export
-from djepa.config import compose_config
+from djepa import Pipeline
+from djepa.cli import sample
+from djepa.cli.config import compose_config
+from djepa.cli.scripts import dispatch, export
 from djepa.errors import UsageError
 from djepa.pipeline import apply_overrides
 

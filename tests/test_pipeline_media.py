@@ -7,7 +7,7 @@ import soundfile as sf
 from conftest import tiny_model
 from omegaconf import OmegaConf
 
-from djepa.build import SamplingSettings
+from djepa.engine.sampling import SamplingSettings
 from djepa.modalities.audio import AudioAdapter, speak
 from djepa.modalities.video import VideoAdapter
 from djepa.pipeline import Pipeline
@@ -97,7 +97,7 @@ def test_audio_pipeline_gives_waveforms_with_sample_rate_and_seeded_wavs(audio_p
 
 def test_the_web_demo_builds_for_video_and_audio_and_writes_playable_files(video_pipe, audio_pipe, tmp_path):
     pytest.importorskip("gradio")
-    from djepa.serve import build_app, generate_files
+    from djepa.cli.serve import build_app, generate_files
 
     for pipe, label, suffix in ((video_pipe, "3", ".mp4"), (audio_pipe, "one", ".wav")):
         build_app(pipe)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from djepa.pos_embed import GridPositionalEmbedding, sincos_grid
+from djepa.nn.pos_embed import GridPositionalEmbedding, sincos_grid
 
 
 @pytest.mark.parametrize("grid", [(10,), (4, 6), (2, 3, 5)])

@@ -23,8 +23,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(image_run):
+    from djepa.cli.serve import launch
     from djepa.pipeline import Pipeline
-    from djepa.serve import launch
 
     pipe = Pipeline.from_pretrained(image_run[1], device="cpu")
     port = free_port()
@@ -104,7 +104,7 @@ def test_a_mistake_shows_one_message_in_the_page_not_a_traceback(server, browser
 
 
 def test_serve_arguments_are_checked():
-    from djepa.serve import parse_args
+    from djepa.cli.serve import parse_args
 
     with pytest.raises(UsageError, match="run_dir= is required"):
         parse_args(["port=1"])
@@ -114,7 +114,7 @@ def test_serve_arguments_are_checked():
 
 
 def test_serve_help_exits_zero(capsys):
-    from djepa.serve import main
+    from djepa.cli.serve import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -2,9 +2,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from djepa.build import model_kwargs
-from djepa.config import compose_config
-from djepa.model import DJEPA
+from djepa.cli.config import compose_config
+from djepa.engine.model_config import model_kwargs
+from djepa.nn.model import DJEPA
 
 PAPER = {"djepa_b": 212.0e6, "djepa_l": 687.4e6, "djepa_h": 1427e6}
 

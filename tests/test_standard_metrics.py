@@ -16,8 +16,8 @@ from djepa.benchmarks.standard import (
     image_fid,
     standard_metrics,
 )
-from djepa.build import SamplingSettings
-from djepa.config import compose_config
+from djepa.cli.config import compose_config
+from djepa.engine.sampling import SamplingSettings
 from djepa.errors import UsageError
 
 

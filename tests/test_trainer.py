@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from djepa.checkpoint import CheckpointManager
-from djepa.trainer import NonFiniteLoss, TokenData, TrainConfig, Trainer, batch_indices, lr_at
+from djepa.engine.checkpoint import CheckpointManager
+from djepa.engine.data import TokenData
+from djepa.engine.trainer import NonFiniteLoss, TrainConfig, Trainer, batch_indices, lr_at
 
 
 def token_data(n=64, grid_tokens=16):
@@ -109,7 +110,7 @@ def test_pickle_in_a_checkpoint_is_never_executed(make_tiny_model, tmp_path):
     payload.write_bytes(pickle.dumps({"w": Exploit()}))
     # even with a forged checksum the loader reads safetensors only, which refuses the payload
     state = json.loads((directory / "state.json").read_text())
-    state["checksums"]["model.safetensors"] = __import__("djepa.checkpoint").checkpoint.sha256(payload)
+    state["checksums"]["model.safetensors"] = __import__("djepa.io").io.sha256(payload)
     (directory / "state.json").write_text(json.dumps(state))
     with pytest.raises(SafetensorError):
         CheckpointManager.load_tensors(directory, "model")

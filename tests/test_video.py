@@ -266,7 +266,7 @@ def test_missing_tokenizers_say_what_to_do(tmp_path):
 
 
 def test_video_config_composes():
-    from djepa.config import compose_config
+    from djepa.cli.config import compose_config
 
     cfg = compose_config(["modality=video", "home=/tmp/djepa-video-test"])
     assert cfg.modality.adapter._target_ == "djepa.modalities.video.VideoAdapter"

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from djepa import distributed
+from djepa.engine import distributed
 
 STATE_FILE = "state.json"
 

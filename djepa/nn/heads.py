@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from djepa.denoiser import DenoiserMLP
+from djepa.nn.denoiser import DenoiserMLP
 
 
 class TokenHead(nn.Module):

@@ -13,12 +13,12 @@ from importlib import resources
 
 from omegaconf import OmegaConf
 
-from djepa.config import cli_errors, compose_config
+from djepa.cli.config import cli_errors, compose_config
 
 # (module with main(argv), what it does, main keys shown with their defaults)
 COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "train": (
-        "djepa.train",
+        "djepa.cli.train",
         "Train D-JEPA on a modality's data: trains the default tokenizer first if it is missing, caches latents,\n"
         "writes RUN/config.yaml, metrics.jsonl, checkpoints/, previews/ and samples; re-running resumes.",
         (
@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ),
     ),
     "sample": (
-        "djepa.sample",
+        "djepa.cli.sample",
         "Sample a trained run (or an `export` folder): one file per item in OUT plus OUT/grid. The model, its\n"
         "adapter and its sampling defaults come from the run's own config; the same seed gives the same files.\n"
         "cfg, temperature, num_steps, cfg_schedule and loss.head.sampling_steps default to the run's values\n"
@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ),
     ),
     "train_tokenizer": (
-        "djepa.train_tokenizer",
+        "djepa.cli.train_tokenizer",
         "Train the modality's small default AutoencoderKL tokenizer and save it at modality.adapter.tokenizer.path.",
         ("modality", "home", "modality.adapter.tokenizer.path", "tokenizer.steps", "tokenizer.batch_size"),
     ),
@@ -122,7 +122,7 @@ def dispatch(name: str, argv: Sequence[str] | None = None) -> None:
 
 
 def export(argv: Sequence[str] | None = None) -> None:
-    from djepa import export as command
+    from djepa.cli import export as command
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:

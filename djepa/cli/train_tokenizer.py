@@ -9,8 +9,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from djepa.build import build_adapter
-from djepa.config import cli_errors, compose_config
+from djepa.cli.config import cli_errors, compose_config
+from djepa.engine.adapter import build_adapter
 from djepa.errors import UsageError
 
 

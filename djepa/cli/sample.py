@@ -14,9 +14,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from djepa.attention import set_attention_backend
-from djepa.config import cli_errors, compose_config
+from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
+from djepa.nn.attention import set_attention_backend
 from djepa.pipeline import Pipeline
 
 SAMPLING_KEYS = ("cfg", "temperature", "num_steps", "cfg_schedule")

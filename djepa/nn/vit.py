@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from djepa.attention import attention
+from djepa.nn.attention import attention
 
 
 class SelfAttention(nn.Module):

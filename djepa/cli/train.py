@@ -13,18 +13,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from djepa import distributed
-from djepa.attention import set_attention_backend
-from djepa.build import SamplingSettings, build_adapter, build_model, class_grid_labels, ensure_tokenizer, generate
-from djepa.checkpoint import CheckpointManager
-from djepa.config import cli_errors, compose_config, save_config
+from djepa.cli.config import cli_errors, compose_config, save_config
+from djepa.engine import distributed
+from djepa.engine.adapter import build_adapter, ensure_tokenizer
+from djepa.engine.checkpoint import CheckpointManager
+from djepa.engine.model_config import build_model
+from djepa.engine.resume_check import check_model_config, check_resume, clean_staging, trim_metrics
+from djepa.engine.run_lock import RunLock, prepare_run_dir
+from djepa.engine.runtime import resolve_precision
+from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
+from djepa.engine.trainer import TrainConfig, Trainer
 from djepa.errors import Terminated, UsageError
-from djepa.model import DJEPA
+from djepa.nn.attention import set_attention_backend
+from djepa.nn.model import DJEPA
 from djepa.pipeline import tokenizer_hash
-from djepa.resume_check import check_model_config, check_resume, clean_staging, trim_metrics
-from djepa.run_lock import RunLock, prepare_run_dir
-from djepa.runtime import resolve_precision
-from djepa.trainer import TrainConfig, Trainer
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:

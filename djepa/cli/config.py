@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from djepa.checks import validate, validate_overrides
+from djepa.cli.checks import validate, validate_overrides
 from djepa.errors import Terminated, UsageError
 
 MODALITIES = ("image", "video", "audio")

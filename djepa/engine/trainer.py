@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from djepa import distributed
-from djepa.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
-from djepa.masking import training_mask
-from djepa.model import DJEPA
-from djepa.runtime import autocast, resolve_precision
+from djepa.engine import distributed
+from djepa.engine.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
+from djepa.engine.data import TokenData
+from djepa.engine.runtime import autocast, resolve_precision
+from djepa.nn.masking import training_mask
+from djepa.nn.model import DJEPA
 
 
 @dataclass
@@ -90,18 +91,6 @@ class TrainConfig:
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
-
-
-@dataclass
-class TokenData:
-    """Cached latents as tokens: posterior mean and std [M, N, D] (std may be None) and labels [M]."""
-
-    mean: torch.Tensor
-    std: torch.Tensor | None
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.mean.shape[0]
 
 
 class NonFiniteLoss(RuntimeError):

@@ -19,8 +19,8 @@ from djepa.errors import UsageError
 
 MAX_SAMPLES = 100_000  # one call writes one file per sample; more is a typo, not a plan
 PRECISIONS = ("auto", "bf16", "fp32")
-ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")  # djepa.attention.BACKENDS, without importing torch
-HEAD_TYPES = ("diffusion", "flow")  # djepa.model.HEADS
+ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")  # djepa.nn.attention.BACKENDS, without importing torch
+HEAD_TYPES = ("diffusion", "flow")  # djepa.nn.model.HEADS
 FLOW_SAMPLERS = ("euler", "heun")
 # cfg_schedule is checked by SamplingSettings.from_config, with the message tests/test_cli.py expects.
 _MISSING = object()

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from djepa.config import cli_errors
+from djepa.cli.config import cli_errors
 from djepa.errors import UsageError
 from djepa.pipeline import Pipeline
 

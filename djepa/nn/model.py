@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from djepa.denoiser import ResBlock
-from djepa.heads import DiffusionHead, FlowHead, TokenHead
-from djepa.masking import mask_from_orders
-from djepa.pos_embed import GridPositionalEmbedding
-from djepa.vit import Block, Transformer
+from djepa.nn.denoiser import ResBlock
+from djepa.nn.heads import DiffusionHead, FlowHead, TokenHead
+from djepa.nn.masking import mask_from_orders
+from djepa.nn.pos_embed import GridPositionalEmbedding
+from djepa.nn.vit import Block, Transformer
 
 HEADS: dict[str, type[TokenHead]] = {"diffusion": DiffusionHead, "flow": FlowHead}
 CFG_SCHEDULES = ("linear", "constant")
@@ -293,7 +293,7 @@ class DJEPA(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, directory: str | Path) -> None:
-        from djepa.checkpoint import atomic_write_json, atomic_write_safetensors
+        from djepa.io import atomic_write_json, atomic_write_safetensors
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,65 @@
+"""Generation: the sampling settings (guidance, temperature, steps, schedule) and drawing tokens in batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from djepa.errors import UsageError
+from djepa.nn.model import CFG_SCHEDULES, DJEPA
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How tokens are drawn: guidance scale and schedule, temperature, reveal steps (CLI keys of the same names)."""
+
+    cfg: float = 1.0
+    temperature: float = 1.0
+    num_steps: int = 16
+    cfg_schedule: str = "linear"
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> SamplingSettings:
+        settings = cls(float(cfg.cfg), float(cfg.temperature), int(cfg.num_steps), str(cfg.cfg_schedule))
+        if settings.cfg_schedule not in CFG_SCHEDULES:
+            raise UsageError(f"cfg_schedule must be linear or constant, got {settings.cfg_schedule!r}")
+        if settings.num_steps < 1:
+            raise UsageError(f"num_steps must be positive, got {settings.num_steps}")
+        return settings
+
+
+@torch.no_grad()
+def generate(
+    model: DJEPA,
+    labels: torch.Tensor,
+    settings: SamplingSettings,
+    batch_size: int = 50,
+    known_tokens: torch.Tensor | None = None,
+    known_mask: torch.Tensor | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Tokens for each label, in batches."""
+    device = next(model.parameters()).device
+    out = []
+    batches = range(0, len(labels), batch_size)
+    for i in tqdm(batches, desc="sampling", leave=False, disable=not progress or len(batches) < 2):
+        sl = slice(i, i + batch_size)
+        out.append(
+            model.sample(
+                labels[sl].to(device),
+                num_steps=settings.num_steps,
+                cfg=settings.cfg,
+                temperature=settings.temperature,
+                cfg_schedule=settings.cfg_schedule,
+                known_tokens=None if known_tokens is None else known_tokens[sl],
+                known_mask=None if known_mask is None else known_mask[sl],
+            ).cpu()
+        )
+    return torch.cat(out)
+
+
+def class_grid_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    return torch.arange(num_classes).repeat_interleave(per_class)

@@ -1,0 +1,188 @@
+"""The package layout: dependencies point down only, and the top-level folders shadow nothing installed.
+
+Layers, lowest first: djepa.errors and djepa.io; djepa.nn (the network); djepa.engine (training, checkpoints,
+sampling); djepa.pipeline and djepa.export (the public API); djepa.cli (the commands). modalities and tokenizers
+sit beside the core, which never imports them.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# folder in the repository -> the package name it installs as (pyproject.toml's package-dir)
+PACKAGES = {"djepa": "djepa", "modalities": "djepa.modalities", "tokenizers": "djepa.tokenizers"}
+
+CORE_NEVER = ("djepa.modalities", "djepa.tokenizers", "djepa.benchmarks", "modalities", "tokenizers", "benchmarks")
+# module prefix -> what modules under it must never import (prefix match on dotted names)
+RULES = {
+    "djepa.errors": ("djepa",),
+    "djepa.io": ("djepa",),
+    "djepa.nn": ("djepa.engine", "djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),
+    "djepa.engine": ("djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),
+    "djepa.pipeline": ("djepa.cli", *CORE_NEVER),
+    "djepa.export": ("djepa.cli", *CORE_NEVER),
+    "djepa.cli": CORE_NEVER,
+    "djepa.modalities": ("djepa.cli", "djepa.pipeline", "djepa.export", "djepa.benchmarks"),
+    "djepa.tokenizers": ("djepa.cli", "djepa.pipeline", "djepa.export", "djepa.benchmarks", "djepa.modalities"),
+}
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of the core, the adapters and the tokenizers, by the dotted name it installs as."""
+    found = {}
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def imported_names(module: str, path: Path) -> set[str]:
+    """Dotted names a module imports anywhere in its body (lazy imports inside functions included).
+
+    `from a.b import c` gives `a.b.c` (c may be a submodule); relative imports are resolved against `module`.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = module.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def forbidden(module: str, names: set[str]) -> list[str]:
+    """The names among `names` that the rules forbid `module` to import."""
+    return sorted(
+        name
+        for prefix, never in RULES.items()
+        if under(module, prefix)
+        for name in names
+        if any(under(name, bad) for bad in never) and not under(name, prefix)
+    )
+
+
+def violations() -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for module, path in module_files().items()
+        for name in forbidden(module, imported_names(module, path))
+    ]
+
+
+def test_the_layout_check_sees_every_layer_and_their_imports():
+    modules = module_files()
+    for prefix in RULES:
+        assert any(under(m, prefix) for m in modules), f"no module under {prefix}: the layout check is stale"
+    # it reads real imports, lazy ones too: the trainer uses the model, the model's save uses djepa.io lazily
+    assert "djepa.nn.model.DJEPA" in imported_names("djepa.engine.trainer", modules["djepa.engine.trainer"])
+    assert "djepa.io.atomic_write_json" in imported_names("djepa.nn.model", modules["djepa.nn.model"])
+    # and it flags what points up or sideways
+    assert forbidden("djepa.nn.vit", {"djepa.engine.checkpoint.CheckpointManager", "torch.nn"}) == [
+        "djepa.engine.checkpoint.CheckpointManager"
+    ]
+    assert forbidden("djepa.engine.trainer", {"djepa.cli.config.cli_errors", "djepa.nn.model.DJEPA"}) == [
+        "djepa.cli.config.cli_errors"
+    ]
+    assert forbidden("djepa.pipeline", {"djepa.modalities.image.ImageAdapter", "djepa.export.x"}) == [
+        "djepa.modalities.image.ImageAdapter"
+    ]
+    assert forbidden("djepa.modalities.base", {"djepa.cli.config.cli_errors"}) == ["djepa.cli.config.cli_errors"]
+    assert forbidden("djepa.cli.train", {"djepa.engine.trainer.Trainer", "djepa.pipeline.tokenizer_hash"}) == []
+
+
+def test_dependencies_point_down_only():
+    assert violations() == []
+
+
+def test_a_relative_import_resolves_to_the_module_it_names(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from ..cli import config\nfrom . import vit\n")
+    assert imported_names("djepa.nn.m", path) == {"djepa.cli.config", "djepa.nn.vit"}
+
+
+def _import_from_repo_root(code: str, pythonpath: str | None = None) -> dict:
+    """Run `code` as `python -c` with the repository root as the working directory (sys.path[0] = '')."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+IMPORT_TOKENIZERS = """
+import json, sys
+try:
+    import tokenizers
+except ModuleNotFoundError as err:
+    result = {"file": None, "error": str(err)}
+else:
+    result = {"file": tokenizers.__file__, "mark": getattr(tokenizers, "MARK", None)}
+import djepa.tokenizers.base  # ours is still there under its installed name
+result["ours"] = sys.modules["djepa.tokenizers"].__file__
+print(json.dumps(result))
+"""
+
+
+def _is_ours(file: str | None) -> bool:
+    return file is not None and Path(file).resolve().is_relative_to(ROOT / "tokenizers")
+
+
+def test_the_tokenizers_folder_does_not_shadow_hugging_face_tokenizers_from_the_repo_root():
+    result = _import_from_repo_root(IMPORT_TOKENIZERS)
+    assert not _is_ours(result["file"]), f"`import tokenizers` from the repo root found our folder: {result}"
+    assert _is_ours(result["ours"])
+    try:
+        dist = importlib.metadata.distribution("tokenizers")
+    except importlib.metadata.PackageNotFoundError:
+        # Hugging Face tokenizers is not installed: the import fails as for any missing module.
+        assert result["file"] is None and "No module named 'tokenizers'" in result["error"]
+    else:
+        assert result["file"] is not None and Path(result["file"]).resolve().is_relative_to(
+            Path(dist.locate_file("")).resolve()
+        )
+
+
+def test_importing_tokenizers_from_the_repo_root_hands_over_to_an_installed_package(tmp_path):
+    # A stand-in for Hugging Face's package, later on sys.path than the repository root (as site-packages is).
+    fake = tmp_path / "tokenizers"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("from .sub import MARK\n")  # a relative import: its package must be in place
+    (fake / "sub.py").write_text("MARK = 'installed'\n")
+    result = _import_from_repo_root(IMPORT_TOKENIZERS, pythonpath=str(tmp_path))
+    assert result["mark"] == "installed"
+    assert Path(result["file"]).resolve() == (fake / "__init__.py").resolve()
+    assert _is_ours(result["ours"])
+
+
+def test_transformers_imports_from_the_repo_root_when_installed():
+    for name in ("transformers", "tokenizers"):
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.skip(f"{name} is not installed; the tests above check the tokenizers import itself")
+    code = "import json, transformers; from transformers import PreTrainedTokenizerFast; print(json.dumps({}))"
+    assert _import_from_repo_root(code) == {}
