@@ -219,10 +219,14 @@ def test_trim_metrics_drops_records_past_the_checkpoint_and_torn_lines(tmp_path)
 
 
 class FakeTrainer:
+    """What the signal handling sees of a Trainer: its step-boundary hook, step and save."""
+
     def __init__(self):
-        self.step, self.saved = 7, []
+        self.step, self.saved, self.before_step = 7, [], None
 
     def train_step(self):
+        if self.before_step is not None:
+            self.before_step()  # Trainer.fit calls it at every step boundary
         return {"loss": 1.0}
 
     def save(self):
@@ -241,6 +245,7 @@ def test_sigterm_saves_at_the_next_step_boundary_and_exits_143(capsys):
     assert exit_info.value.code == 143 and trainer.saved == [7]
     assert "saved checkpoint step_7 at step 7" in capsys.readouterr().out
     signal.signal(signal.SIGTERM, previous)
+    assert trainer.before_step is None  # the hook is removed with the handlers
     assert isinstance(Terminated(), KeyboardInterrupt)
 
 

@@ -178,23 +178,20 @@ def stop_between_steps(trainer: Trainer) -> Iterator[None]:
         received.append(signum)
         tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop at once)")
 
-    step_once = trainer.train_step
-
-    def train_step() -> dict[str, float]:
+    def before_step() -> None:
         if received:
             path = trainer.save()
             tqdm.write(f"saved checkpoint {path} at step {trainer.step}")
             raise Terminated() if received[0] == signal.SIGTERM else KeyboardInterrupt()
-        return step_once()
 
-    trainer.train_step = train_step  # type: ignore[method-assign]
+    trainer.before_step = before_step
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        del trainer.train_step
+        trainer.before_step = None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -212,6 +212,8 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.clipped_since_log = 0
+        # Called at every step boundary (the command line's signal handling saves and stops there).
+        self.before_step: Callable[[], None] | None = None
         self.steps_since_log = 0
         if cfg.batch_size % distributed.world_size():
             raise ValueError(
@@ -396,6 +398,8 @@ class Trainer:
         with contextlib.ExitStack() as stack:
             metrics = stack.enter_context(open(self.run_dir / "metrics.jsonl", "a")) if main else None
             while self.step < cfg.steps:
+                if self.before_step is not None:
+                    self.before_step()  # at a step boundary model, EMA, optimizer and step agree
                 start = time.perf_counter()
                 record = self.train_step()
                 elapsed = time.perf_counter() - start
