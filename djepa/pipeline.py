@@ -30,7 +30,7 @@ from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
 from djepa.io import sha256
-from djepa.nn.model import CFG_SCHEDULES, DJEPA
+from djepa.nn.model import DJEPA
 
 EXPORT_INDEX = "model_index.json"
 
@@ -332,17 +332,12 @@ class Pipeline:
     ) -> SamplingSettings:
         """The run's sampling defaults with the given values replacing them."""
         d = self.defaults
-        settings = SamplingSettings(
+        return SamplingSettings(  # validated on construction
             float(d.cfg if cfg is None else cfg),
             float(d.temperature if temperature is None else temperature),
             int(d.num_steps if num_steps is None else num_steps),
             str(d.cfg_schedule if cfg_schedule is None else cfg_schedule),
         )
-        if settings.cfg_schedule not in CFG_SCHEDULES:
-            raise UsageError(f"cfg_schedule must be linear or constant, got {settings.cfg_schedule!r}")
-        if settings.num_steps < 1:
-            raise UsageError(f"num_steps must be positive, got {settings.num_steps}")
-        return settings
 
     @torch.no_grad()
     def __call__(

@@ -21,14 +21,15 @@ class SamplingSettings:
     num_steps: int = 16
     cfg_schedule: str = "linear"
 
+    def __post_init__(self) -> None:
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise UsageError(f"cfg_schedule must be linear or constant, got {self.cfg_schedule!r}")
+        if self.num_steps < 1:
+            raise UsageError(f"num_steps must be positive, got {self.num_steps}")
+
     @classmethod
     def from_config(cls, cfg: DictConfig) -> SamplingSettings:
-        settings = cls(float(cfg.cfg), float(cfg.temperature), int(cfg.num_steps), str(cfg.cfg_schedule))
-        if settings.cfg_schedule not in CFG_SCHEDULES:
-            raise UsageError(f"cfg_schedule must be linear or constant, got {settings.cfg_schedule!r}")
-        if settings.num_steps < 1:
-            raise UsageError(f"num_steps must be positive, got {settings.num_steps}")
-        return settings
+        return cls(float(cfg.cfg), float(cfg.temperature), int(cfg.num_steps), str(cfg.cfg_schedule))
 
 
 @torch.no_grad()
