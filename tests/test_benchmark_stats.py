@@ -68,3 +68,25 @@ def test_context_probe_is_deterministic_and_sees_context(make_tiny_model):
     assert first["context_use_ratio"] == pytest.approx(
         first["denoise_loss_shuffled_context"] / first["denoise_loss_true_context"]
     )
+
+
+def test_combine_merges_benchmark_outputs_and_recomputes_steps_to_reach(tmp_path):
+    import json
+
+    from djepa.benchmarks.combine import combine
+    from djepa.errors import UsageError
+
+    def write(folder, variants):
+        folder.mkdir()
+        data = {"modality": "image", "variants": variants, "classifier_heldout_accuracy": 0.99, "note": "n"}
+        (folder / "results.json").write_text(json.dumps(data))
+        return folder
+
+    a = write(tmp_path / "a", {"mar": aggregate_seeds([seed_result([8.0, 4.0])])})
+    b = write(tmp_path / "b", {"djepa": aggregate_seeds([seed_result([6.0, 2.0])])})
+    merged = combine([a, b])
+    assert set(merged["variants"]) == {"mar", "djepa"}
+    assert merged["steps_to_reach"]["fd"] == 4.0
+    assert merged["variants"]["djepa"]["steps_to_reference_fd"] == pytest.approx(150.0)
+    with pytest.raises(UsageError, match="more than one source"):
+        combine([a, a])
