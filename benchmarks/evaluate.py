@@ -2,7 +2,8 @@
 
 Samples `num_samples` items per class from the run's latest checkpoint and reports the classifier's
 accuracy on them, the Fréchet distance on its features and the Inception-style score; with
-`standard_weights=PATH` (a local file, see `standard.py`) also the standard FID or feature-network FD.
+`standard_weights=PATH` (a local file, see `standard.py`) also the standard FID or feature-network FD; with
+`roundtrip=true` also the classifier's accuracy on real items and on their tokenizer round trips (`roundtrip.py`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 
 from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
 from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
+from djepa.benchmarks.roundtrip import heldout_media, roundtrip_scores
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.adapter import build_adapter
@@ -44,13 +46,20 @@ class RealMedia:
         return self._media
 
 
+def load_classifier(cfg: DictConfig, adapter: Any, steps: int = 400) -> tuple[ConvClassifier, float]:
+    """The modality's classifier (trained on first use, then cached under home) and its held-out accuracy."""
+    tag = getattr(adapter, "classifier_tag", lambda: "")()  # e.g. the image adapter's colour-blind classifier
+    name = f"{cfg.modality.name}-{adapter.cache_key()}{tag}-{steps}steps.safetensors"
+    path = Path(cfg.home) / "classifiers" / name
+    x, labels = adapter.classifier_data()
+    return load_or_train_classifier(path, x, labels, adapter.num_classes, steps=steps)
+
+
 def modality_classifier(
     cfg: DictConfig, adapter: Any, real: RealMedia, steps: int = 400
 ) -> tuple[ConvClassifier, float, torch.Tensor]:
     """The cached classifier, its held-out accuracy, and real features for the Fréchet distance."""
-    x, labels = adapter.classifier_data()
-    path = Path(cfg.home) / "classifiers" / f"{cfg.modality.name}-{adapter.cache_key()}-{steps}steps.safetensors"
-    model, heldout = load_or_train_classifier(path, x, labels, adapter.num_classes, steps=steps)
+    model, heldout = load_classifier(cfg, adapter, steps)
     _, real_features = classify_media(model, adapter, real())
     return model, heldout, real_features
 
@@ -117,6 +126,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         SamplingSettings.from_config(cfg),
         standard,
     )
+    if cfg.roundtrip:
+        media, labels = heldout_media(cfg, adapter)
+        result |= roundtrip_scores(lambda m: classify_media(classifier, adapter, m)[0], adapter, media, labels)
     result |= {
         **(SKIPPED if standard is None else {"standard_weights": str(standard.path)}),
         "classifier_heldout_accuracy": heldout,

@@ -14,11 +14,18 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from djepa.modalities.base import DataError, ModalityAdapter
+from djepa.modalities.colour_blind import colour_blind
 from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
 from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
 from djepa.tokenizers.base import LatentTokenizer
 
 log = logging.getLogger(__name__)
+
+# Written by `python -m djepa.benchmarks.rgb_digits` beside the class folders of each split: a folder that
+# holds it is coloured MNIST digits, so the benchmark classifier is trained on the grey digits instead.
+RGB_DIGITS_MARKER = "rgb_digits.json"
+CLASSIFIER_SOURCES = ("auto", "digits", "data")
+DIGIT_NAMES = [str(d) for d in range(10)]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -29,6 +36,19 @@ def load_mnist_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
     pixels, labels = mnist_data()
     return torch.from_numpy(pixels.astype(np.uint8)).view(-1, 28, 28), torch.from_numpy(labels.astype(np.int64))
+
+
+def mnist_images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded digits as [M, 1, size, size] in [-1, 1]: padded with ground when size = 28 + 2k, else resized."""
+    digits, labels = load_mnist_digits()
+    images = to_unit_range(digits)[:, None]
+    if size != 28:
+        pad = (size - 28) // 2
+        if pad >= 0 and size == 28 + 2 * pad:
+            images = F.pad(images, (pad, pad, pad, pad), value=-1.0)
+        else:
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True)
+    return images, labels
 
 
 def class_folders(root: Path) -> list[Path]:
@@ -43,7 +63,7 @@ def class_folders(root: Path) -> list[Path]:
 
 def digit_or_folder_names(data_dir: Path | None) -> list[str]:
     """Class names: the class subfolders of a user directory, else the ten digits."""
-    return [f.name for f in class_folders(data_dir)] if data_dir else [str(d) for d in range(10)]
+    return [f.name for f in class_folders(data_dir)] if data_dir else list(DIGIT_NAMES)
 
 
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
@@ -115,12 +135,18 @@ class ImageAdapter(ModalityAdapter):
         data_dir: str | None = None,
         flip: bool = False,
         seed: int = 0,
+        classifier: str = "auto",
     ):
         super().__init__(tokenizer, patch_size, cache_dir, seed)
         self.image_size = image_size
         self.channels = channels
         self.flip = flip
         self.data_dir = Path(data_dir) if data_dir else None
+        if classifier not in CLASSIFIER_SOURCES:
+            raise DataError(
+                f"modality.adapter.classifier={classifier!r}: choose one of {', '.join(CLASSIFIER_SOURCES)}"
+            )
+        self.classifier = classifier
         self._scan: FolderScan | None = None
 
     def default_class_names(self) -> list[str]:
@@ -161,14 +187,7 @@ class ImageAdapter(ModalityAdapter):
 
     def _load_images(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.data_dir is None:
-            digits, labels = load_mnist_digits()
-            images = to_unit_range(digits)[:, None]
-            if self.image_size != 28:
-                pad = (self.image_size - 28) // 2
-                if pad >= 0 and self.image_size == 28 + 2 * pad:
-                    images = F.pad(images, (pad, pad, pad, pad), value=-1.0)
-                else:
-                    images = F.interpolate(images, size=self.image_size, mode="bilinear", antialias=True)
+            images, labels = mnist_images(self.image_size)
             if self.channels == 3:
                 images = images.expand(-1, 3, -1, -1).contiguous()
             return images, labels
@@ -178,6 +197,46 @@ class ImageAdapter(ModalityAdapter):
         if self.skipped_files:
             log.warning("%d unreadable files skipped in %s", self.skipped_files, self.data_dir)
         return images, labels
+
+    # ---------------------------------------------------------------- benchmark classifier
+
+    @property
+    def classifier_source(self) -> str:
+        """What the benchmark classifier trains on: "digits" (the embedded grey digits) or "data" (this folder).
+
+        auto: the digits for the embedded default and for folders written by rgb_digits (the marker file),
+        the folder's own images otherwise (a user's classes are not digits)."""
+        if self.classifier != "auto":
+            return self.classifier
+        if self.data_dir is None or (self.data_dir / RGB_DIGITS_MARKER).is_file():
+            return "digits"
+        return "data"
+
+    @property
+    def colour_blind(self) -> bool:
+        """RGB media (and coloured digits in any channel count) are classified through `colour_blind`, so
+        colour cannot carry the class; grey media keep the classifier path the grey results were measured on."""
+        return self.channels == 3 or (self.data_dir is not None and (self.data_dir / RGB_DIGITS_MARKER).is_file())
+
+    def classifier_tag(self) -> str:
+        """Part of the cached classifier's file name: a colour-blind classifier is another network."""
+        return f"-colourblind-{self.classifier_source}" if self.colour_blind else ""
+
+    def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.colour_blind:
+            return super().classifier_data()
+        if self.classifier_source == "digits":
+            if self.class_names != DIGIT_NAMES:
+                raise DataError(
+                    f"classifier=digits needs the class folders 0..9, {self.data_dir} has {self.class_names}"
+                )
+            images, labels = mnist_images(self.image_size)
+        else:
+            images, labels = self.load_dataset()
+        return colour_blind(images), labels
+
+    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return (colour_blind(media) if self.colour_blind else media), 1
 
     def build_tokenizer(self) -> LatentTokenizer:
         return AutoencoderKLTokenizer(

@@ -63,6 +63,10 @@ def integer(low: int, high: int | None = None):
     return check
 
 
+def boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
 def one_of(choices: Sequence[str], hints: dict[str, str] | None = None):
     def check(value: Any) -> str | None:
         if value in choices:
@@ -116,6 +120,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "temperature": number(0.0, low_open=True),
     "num_steps": integer(1),
     "num_samples": integer(1, MAX_SAMPLES),
+    "roundtrip": boolean,
+    "roundtrip_count": integer(1),
     "prompt_class": prompt_class,
     "out": output_folder,
     "checkpoint": checkpoint_folder,

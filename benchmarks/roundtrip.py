@@ -1,0 +1,89 @@
+"""The tokenizer's ceiling: the classifier's accuracy on real items and on their encode -> decode round trips.
+
+A generator draws tokens and the tokenizer decodes them, so samples can at best be as recognisable as round
+trips of real items. PSNR alone does not tell whether the shape survived (a blurred digit on the right colour
+scores well), the classifier does. Run it on held-out items the tokenizer never saw:
+
+    python -m djepa.benchmarks.roundtrip modality=image modality.adapter.channels=3 \
+        modality.adapter.data_dir=DIR/train roundtrip_data=DIR/heldout
+
+`evaluate ... roundtrip=true` adds the same numbers to a run's scores.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from djepa.benchmarks.metrics import accuracy
+from djepa.cli.config import cli_errors, compose_config
+from djepa.engine.adapter import build_adapter
+from djepa.modalities.base import DataError
+from djepa.tokenizers.train_autoencoder import psnr
+
+
+@torch.no_grad()
+def round_trip(adapter: Any, media: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Media -> posterior-mean latents -> tokens -> media: the path a sample's tokens take back to pixels."""
+    out = []
+    for i in range(0, len(media), batch_size):
+        mean, _ = adapter.encode_media(media[i : i + batch_size])
+        out.append(adapter.decode_tokens(adapter.to_tokens(mean.float().cpu())))
+    return torch.cat(out)
+
+
+def roundtrip_scores(classify: Any, adapter: Any, media: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """`classify(media) -> logits` on real items and on their round trips; the gap is what the tokenizer loses."""
+    rebuilt = round_trip(adapter, media)
+    return {
+        "roundtrip_real_accuracy": accuracy(classify(media), labels),
+        "roundtrip_accuracy": accuracy(classify(rebuilt), labels),
+        "roundtrip_psnr_db": psnr(media, rebuilt),
+        "roundtrip_items": len(media),
+    }
+
+
+def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `roundtrip_count` items, a fixed random subset: from `roundtrip_data` (a folder laid out as the
+    training one; its classes are matched to the run's by name), else from the adapter's own dataset."""
+    if cfg.roundtrip_data:
+        other = cfg.copy()
+        other.modality.adapter.data_dir = cfg.roundtrip_data
+        source = build_adapter(other)
+        media, labels = source.load_dataset()
+        unknown = sorted(set(source.class_names) - set(adapter.class_names))
+        if unknown:
+            raise DataError(f"roundtrip_data {cfg.roundtrip_data} has classes the run does not: {unknown}")
+        remap = torch.tensor([adapter.class_names.index(n) for n in source.class_names])
+        labels = remap[labels]
+    else:
+        media, labels = adapter.load_dataset()
+    order = torch.randperm(len(media), generator=torch.Generator().manual_seed(0))[: cfg.roundtrip_count]
+    return media[order], labels[order]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from djepa.benchmarks.evaluate import classify_media, load_classifier
+
+    torch.manual_seed(cfg.seed)
+    adapter = build_adapter(cfg)
+    classifier, heldout = load_classifier(cfg, adapter, 60 if cfg.benchmark.quick else 400)
+    media, labels = heldout_media(cfg, adapter)
+    result = roundtrip_scores(lambda m: classify_media(classifier, adapter, m)[0], adapter, media, labels)
+    result |= {"classifier_heldout_accuracy": heldout, "roundtrip_data": cfg.roundtrip_data or "the training data"}
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with cli_errors():
+        run(compose_config(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    main()
