@@ -92,8 +92,8 @@ def write_summary(results: dict[str, Any], path: Path) -> None:
             "",
             f"Steps to reference FD: where the variant's mean FD curve first reaches {reach['reference']}'s final "
             f"mean FD ({reach['fd']:.3f}), interpolated between checkpoints. Context use: the denoising loss with "
-            "each row's context over the loss with another same-class row's context (half the tokens visible); "
-            "higher means the prediction rests more on the visible tokens.",
+            "another same-class row's context over the loss with the row's own context (half the tokens visible, "
+            "final checkpoint); higher means the prediction rests more on the visible tokens.",
         ]
     lines += ["", "Quality curves (accuracy / FD at each checkpoint, mean over seeds):", ""]
     for name, v in results["variants"].items():
