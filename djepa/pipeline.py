@@ -264,6 +264,13 @@ class Pipeline:
                     f"tokenizer {config.modality.adapter.tokenizer.path} is not the one this model was exported "
                     f"with (sha256 {found[:12]}… != {expected_hash[:12]}…)"
                 )
+        try:
+            _ = adapter.tokenizer  # load it now, before any sampling work, so a bad file fails first
+        except (OSError, ValueError, RuntimeError) as err:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(
+                f"tokenizer {config.modality.adapter.tokenizer.path} cannot be loaded: {first_line}"
+            ) from err
         if tuple(adapter.token_grid) != tuple(model.grid) or adapter.token_dim != model.token_dim:
             raise UsageError(
                 f"the tokenizer at {config.modality.adapter.tokenizer.path} gives tokens {adapter.token_grid} x "

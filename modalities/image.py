@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,10 @@ def class_folders(root: Path) -> list[Path]:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"data_dir {root} has no class subfolders (expected {root}/<class>/<files>)")
+    for folder in folders:
+        # A class with no items would be a label the model is asked for but never sees: refuse it.
+        if next((p for p in folder.rglob("*") if p.is_file()), None) is None:
+            raise DataError(f"class folder {folder} is empty: add files to it or remove it")
     return folders
 
 
@@ -90,13 +95,24 @@ def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     return to_unit_range(t)
 
 
-IMAGE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
+# A decompression bomb (a small file that decodes to hundreds of megapixels) is an unusable file too.
+IMAGE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
 
 
 def read_image(path: Path, size: int, channels: int) -> torch.Tensor:
     """One image file as [channels, size, size] in [-1, 1]; raises one of IMAGE_ERRORS when unreadable."""
-    with Image.open(path) as img:
-        return fit_image(img, size, channels)
+    with warnings.catch_warnings():
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse those files as well.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            return fit_image(img, size, channels)
 
 
 def image_folder_dataset(scan: FolderScan, size: int, channels: int, flip: bool = False) -> FileDataset:

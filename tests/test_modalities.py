@@ -94,3 +94,22 @@ def test_flip_augmentation_adds_mirrored_copies(tmp_path):
     assert len(both) == 2 * len(images) and both_labels.tolist() == labels.tolist() * 2
     assert torch.equal(both[len(images) :], images.flip(-1))
     assert plain.source_id() != flipped.source_id()  # separate latent caches
+
+
+def test_decompression_bomb_is_skipped_and_counted(tmp_path, monkeypatch):
+    from PIL import Image
+
+    write_images(tmp_path)
+    # A real bomb is a 15000x15000 PNG; lowering PIL's limit makes any image over it one, cheaply.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1300)  # the good images have at most 42 x 30 = 1260 px
+    Image.new("L", (60, 60)).save(tmp_path / "cat" / "bomb.png")  # 3600 px: over twice the limit -> error
+    Image.new("L", (45, 45)).save(tmp_path / "dog" / "big.png")  # 2025 px: between the limit and twice -> warning
+    images, labels, _, skipped = load_image_folder(tmp_path, 16, 3)
+    assert skipped == 2 and labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    write_images(tmp_path)
+    (tmp_path / "eel").mkdir()
+    with pytest.raises(DataError, match="class folder .*eel is empty"):
+        load_image_folder(tmp_path, 16, 3)

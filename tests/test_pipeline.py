@@ -203,3 +203,21 @@ def test_an_older_checkpoint_loads_with_its_runs_config(image_run):
     pipe = Pipeline.from_pretrained(run_dir, device="cpu", checkpoint=run_dir / "checkpoints" / "step_0000006")
     assert pipe.step == 6 and pipe.defaults.num_steps == 2
     assert len(pipe(class_labels=[0], seed=0).images) == 1
+
+
+def test_a_tokenizer_that_cannot_load_is_one_line_before_any_sampling(image_run, tmp_path):
+    import shutil
+
+    from djepa.errors import UsageError
+    from djepa.pipeline import Pipeline
+
+    common, run_dir = image_run
+    home = Path(common[0].split("=", 1)[1])
+    bad = tmp_path / "bad_tokenizer"
+    shutil.copytree(home / "tokenizers" / "image", bad)
+    for weights in bad.glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")  # e.g. a pickle renamed .safetensors
+    # The run recorded its tokenizer's sha256, so the swap is caught by the hash, before loading or sampling.
+    with pytest.raises(UsageError, match="is not the one this model was|cannot be loaded") as info:
+        Pipeline.from_pretrained(run_dir, device="cpu", overrides={"modality.adapter.tokenizer.path": str(bad)})
+    assert "\n" not in str(info.value)
