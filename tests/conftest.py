@@ -70,3 +70,13 @@ def image_run(tmp_path_factory):
         )
     )
     return common, run_dir
+
+
+def free_port() -> int:
+    """A free localhost port for a torchrun rendezvous: a fixed one collides with any other torchrun on the
+    machine (a second test session, a benchmark)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

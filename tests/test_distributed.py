@@ -1,20 +1,13 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
-
-
-def free_port() -> int:
-    # A fixed port collides with any other torchrun on the machine (a second test session, say).
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_worker(out: Path, procs: int, parallel: str = "ddp", steps: int = 20) -> list[dict]:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import free_port
 from PIL import Image
 
 from djepa.modalities.base import patchify
@@ -257,7 +258,7 @@ def test_two_gloo_ranks_each_cache_their_share(tmp_path):
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "weights.bin").write_bytes(b"v1")
     worker = Path(__file__).with_name("cache_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     cmd += [str(worker), str(data_dir), str(tmp_path / "cache"), str(tmp_path / "r")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

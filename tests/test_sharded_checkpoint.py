@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import free_port
 from safetensors.torch import load_file
 
 WORKER = Path(__file__).with_name("dcp_worker.py")
@@ -15,7 +16,7 @@ def run(tmp_path: Path, procs: int, *actions: str) -> dict:
     out = tmp_path / f"out{procs}-{len(actions)}"
     cmd = [sys.executable]
     if procs > 1:
-        cmd += ["-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--master_port=29547"]
+        cmd += ["-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={free_port()}"]
     cmd += [str(WORKER), *actions, str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -136,4 +136,7 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
 
 def shutdown() -> None:
     if dist.is_initialized():
+        # Every rank reaches the end before any tears the group down: a rank destroying the group while
+        # another still has collective work in flight was seen to abort ("terminate called ...") under load.
+        barrier()
         dist.destroy_process_group()
