@@ -212,9 +212,21 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.clipped_since_log = 0
+        self.steps_since_log = 0
         # Called at every step boundary (the command line's signal handling saves and stops there).
         self.before_step: Callable[[], None] | None = None
-        self.steps_since_log = 0
+        # The EMA pairs, listed once after any sharding (FSDP replaces the parameters; loading a checkpoint
+        # copies into them in place). The teacher tracks only what the targets come from.
+        online = [p.detach() for p in self.model.parameters()]
+        self.ema_pairs = (list(self.ema.parameters()), online)
+        self.teacher_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        if self.teacher is not None:
+            tracked = [
+                (t, p)
+                for (name, t), p in zip(self.teacher.named_parameters(), online)
+                if name.split(".", 1)[0] in DJEPA.TARGET_MODULES
+            ]
+            self.teacher_pairs = ([t for t, _ in tracked], [p for _, p in tracked])
         if cfg.batch_size % distributed.world_size():
             raise ValueError(
                 f"train.batch_size={cfg.batch_size} (the global batch) must divide by the "
@@ -370,17 +382,9 @@ class Trainer:
     @torch.no_grad()
     def update_ema(self) -> None:
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        online = [p.detach() for p in self.model.parameters()]
-        torch._foreach_lerp_(list(self.ema.parameters()), online, 1 - decay)
-        if self.teacher is not None:
-            # Only what the targets come from; the teacher's head and predictor are never run.
-            pairs = [
-                (t, p.detach())
-                for (name, t), p in zip(self.teacher.named_parameters(), self.model.parameters())
-                if name.split(".", 1)[0] in DJEPA.TARGET_MODULES
-            ]
-            teacher, source = zip(*pairs)
-            torch._foreach_lerp_(list(teacher), list(source), 1 - teacher_decay(self.step, self.cfg))
+        torch._foreach_lerp_(*self.ema_pairs, 1 - decay)
+        if self.teacher_pairs is not None:
+            torch._foreach_lerp_(*self.teacher_pairs, 1 - teacher_decay(self.step, self.cfg))
 
     # ------------------------------------------------------------------ loop
 
