@@ -61,3 +61,11 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def tree_sha256(path: Path) -> str:
+    """sha256 of one file, or over a folder's files (relative names and contents): a tokenizer's identity."""
+    if path.is_file():
+        return sha256(path)
+    digest = [f"{p.relative_to(path).as_posix()}:{sha256(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
+    return hashlib.sha256("\n".join(digest).encode()).hexdigest()

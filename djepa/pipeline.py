@@ -29,7 +29,7 @@ from djepa.engine.loading import find_checkpoint
 from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
-from djepa.io import sha256
+from djepa.io import tree_sha256
 from djepa.nn.model import DJEPA
 
 EXPORT_INDEX = "model_index.json"
@@ -60,14 +60,9 @@ FREE_HEAD_KEYS = {"sampling_steps", "sampler", "time_shift", "clip_x0"}
 def tokenizer_hash(path: str | Path) -> str:
     """sha256 over a tokenizer directory's files (relative names and contents), or of a single file."""
     path = Path(path)
-    if path.is_file():
-        return sha256(path)
-    if not path.is_dir():
+    if not path.exists():
         raise UsageError(f"tokenizer {path} does not exist")
-    digest = [f"{p.relative_to(path).as_posix()}:{sha256(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
-    import hashlib
-
-    return hashlib.sha256("\n".join(digest).encode()).hexdigest()
+    return tree_sha256(path)
 
 
 def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:

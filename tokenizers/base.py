@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
+
+from djepa.io import tree_sha256
 
 _HASHES: dict[tuple, str] = {}
 
@@ -20,13 +21,7 @@ def weights_hash(path: str | Path | None) -> str | None:
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     stamp = (str(root.resolve()), *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     if stamp not in _HASHES:
-        digest = hashlib.sha256()
-        for p in files:
-            digest.update(f"\0{p.relative_to(root) if root.is_dir() else p.name}\0".encode())
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-        _HASHES[stamp] = digest.hexdigest()
+        _HASHES[stamp] = tree_sha256(root)  # the same identity the pipeline checks exports and runs by
     return _HASHES[stamp]
 
 
