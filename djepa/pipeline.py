@@ -30,6 +30,7 @@ from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
 from djepa.io import tree_sha256
+from djepa.legacy import upgrade_config, upgrade_head, upgrade_model_config
 from djepa.nn.model import DJEPA
 
 EXPORT_INDEX = "model_index.json"
@@ -52,7 +53,7 @@ FREE_ADAPTER_KEYS = {
     "flip",
 }
 # What a group choice on the command line (`modality=video`, `loss=flow`) is compared by.
-GROUP_IDENTITY = {"modality": "modality.name", "loss": "loss.head.type"}
+GROUP_IDENTITY = {"modality": "modality.name", "loss": "loss.head._target_"}
 # Head keys that only change how the trained denoiser is sampled.
 FREE_HEAD_KEYS = {"sampling_steps", "sampler", "time_shift", "clip_x0"}
 
@@ -96,7 +97,7 @@ def apply_overrides(config: DictConfig, overrides: Mapping[str, Any], source: Pa
     leaves = []
     for key, value in overrides.items():
         # A group choice names a preset, not its values: `modality=video` on a video run trained with another
-        # patch size is no contradiction, so only its identity is compared (`loss=flow`: the head type).
+        # patch size is no contradiction, so only its identity is compared (`loss=flow`: the head class).
         identity = GROUP_IDENTITY.get(key)
         if identity is not None:
             value = OmegaConf.select(value, identity.split(".", 1)[1]) if OmegaConf.is_config(value) else value
@@ -238,13 +239,13 @@ class Pipeline:
             weights = CheckpointManager.load_tensors(directory, "ema")
             # Checked when training recorded it (extra_state "tokenizer_sha256"); exports always record it.
             expected_hash = state.get("tokenizer_sha256")
-        config = apply_overrides(config, overrides or {}, path)
+        config = apply_overrides(upgrade_config(config), overrides or {}, path)
         if state.get("modality") and state["modality"] != config.modality.name:
             raise UsageError(f"{path} holds a {state['modality']} model but its config says {config.modality.name}")
-        model_config = dict(state["model_config"])
+        model_config = upgrade_model_config(state["model_config"])
         # Sampling-only head settings may change; the denoiser's weights are the same.
         head = OmegaConf.to_container(config.loss.head, resolve=True) if "loss" in config else {}
-        if head.get("type") == model_config["head"].get("type"):
+        if upgrade_head(head).get("_target_") == model_config["head"]["_target_"]:
             model_config["head"] = {
                 **model_config["head"],
                 **{k: v for k, v in head.items() if k in FREE_HEAD_KEYS and k in model_config["head"]},

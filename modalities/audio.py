@@ -338,12 +338,13 @@ def spectrogram_grid(mels: torch.Tensor, rows: int, scale: int = 2) -> np.ndarra
 
 
 class AudioAdapter(ModalityAdapter):
-    """Clips [1, samples] in [-1, 1]. The default tokenizer (`kind: mel`) works on a log-mel (n_mels, frames) grid;
-    `kind: oobleck` uses a pretrained AutoencoderOobleck on the waveform (1-D grid, 1-D patch_size)."""
+    """Clips [1, samples] in [-1, 1]. The default tokenizer (MelTokenizer) works on a log-mel (n_mels, frames) grid;
+    any other (e.g. OobleckTokenizer, a pretrained AutoencoderOobleck) on the waveform (1-D grid, 1-D patch_size)."""
 
     name = "audio"
     file_suffix = ".wav"
     train_tokenizer_command = "train_tokenizer modality=audio"
+    default_tokenizer = "djepa.tokenizers.mel.MelTokenizer"
 
     def __init__(
         self,
@@ -365,9 +366,6 @@ class AudioAdapter(ModalityAdapter):
         self.data_dir = Path(data_dir) if data_dir else None
         self.count = int(count)
         self.normalize = normalize
-        self.kind = str(self.tokenizer_config.get("kind") or "mel")
-        if self.kind not in ("mel", "oobleck"):
-            raise UsageError(f"modality.adapter.tokenizer.kind={self.kind!r}: choose mel or oobleck")
         self.mel_settings = MelSettings.from_dict(
             {**(mel or {}), "sample_rate": self.sample_rate, "num_samples": self.num_samples}
         )
@@ -421,33 +419,31 @@ class AudioAdapter(ModalityAdapter):
         return self._front_end
 
     @property
+    def on_mels(self) -> bool:
+        """Whether the tokenizer works on this adapter's log-mels; any other works on the waveform."""
+        return issubclass(self.tokenizer_class, MelTokenizer)
+
+    @property
     def media_grid(self) -> tuple[int, ...]:
-        if self.kind == "oobleck":
+        if not self.on_mels:
             return (self.num_samples,)
         return (self.mel_settings.n_mels, self.mel_settings.frames)
 
-    def build_tokenizer(self) -> LatentTokenizer:
-        cfg = self.tokenizer_config
-        if self.kind == "oobleck":
-            from djepa.tokenizers.oobleck import OobleckTokenizer
+    def tokenizer_context(self) -> dict[str, Any]:
+        return super().tokenizer_context() | {"sample_rate": self.sample_rate}
 
-            return OobleckTokenizer(cfg["path"], cfg.get("shift"), cfg.get("scale"), sample_rate=self.sample_rate)
-        tok = MelTokenizer(
-            cfg["path"],
-            cfg.get("shift"),
-            cfg.get("scale"),
-            how_to_make=self.train_tokenizer_command,
-            griffin_lim_iters=cfg.get("griffin_lim_iters"),
-        )
-        ours, theirs = asdict(self.mel_settings), asdict(tok.settings)
+    def check_tokenizer(self, tokenizer: LatentTokenizer) -> None:
+        """A mel tokenizer must have been trained on this adapter's mel front end (its mel.json)."""
+        if not isinstance(tokenizer, MelTokenizer):
+            return
+        ours, theirs = asdict(self.mel_settings), asdict(tokenizer.settings)
         differ = [k for k in ours if k not in ("db_max", "db_range", "griffin_lim_iters") and ours[k] != theirs[k]]
         if differ:
             raise UsageError(
-                f"mel tokenizer {cfg['path']} was trained with other mel settings "
+                f"mel tokenizer {tokenizer.path} was trained with other mel settings "
                 f"({', '.join(f'{k}={theirs[k]} not {ours[k]}' for k in differ)}); "
                 f"retrain it with `{self.train_tokenizer_command}` or match the settings"
             )
-        return tok
 
     def decode_tokens(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         return fit_length(super().decode_tokens(tokens, batch_size), self.num_samples, "start")
@@ -457,8 +453,7 @@ class AudioAdapter(ModalityAdapter):
         from djepa.tokenizers.mel import fit_mel_normalisation, write_mel_settings
         from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, train_autoencoder_kl
 
-        if self.kind != "mel":
-            raise UsageError(f"tokenizer kind {self.kind!r} is pretrained only; train_tokenizer makes kind=mel")
+        self.require_default_tokenizer()
         self._tokenizer = None
         audio = self.load_dataset()[0]
         raw = MelFrontEnd(self.mel_settings)
@@ -503,9 +498,7 @@ class AudioAdapter(ModalityAdapter):
     @property
     def seconds_per_token_column(self) -> float:
         """Seconds of audio that one step along the token grid's last (time) axis covers."""
-        media_unit = (
-            1.0 / self.sample_rate if self.kind == "oobleck" else self.mel_settings.hop_length / self.sample_rate
-        )
+        media_unit = self.mel_settings.hop_length / self.sample_rate if self.on_mels else 1.0 / self.sample_rate
         columns = self.token_grid[-1]
         return self.media_grid[-1] / columns * media_unit
 

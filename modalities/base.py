@@ -17,9 +17,11 @@ from torch.utils.data import Dataset
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
 from djepa.errors import UsageError
+from djepa.legacy import upgrade_tokenizer
 from djepa.modalities.folder import MemoryDataset
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
+from djepa.plugins import build, plugin_class
 from djepa.tokenizers.base import LatentTokenizer, weights_hash
 
 log = logging.getLogger(__name__)
@@ -64,9 +66,11 @@ class ModalityAdapter(ABC):
     name: str
     file_suffix: str
     train_tokenizer_command: str
+    # The tokenizer of a config that names none (image configs before `_target_`); `train_tokenizer` makes it.
+    default_tokenizer: str
 
     def __init__(self, tokenizer: dict[str, Any], patch_size: list[int], cache_dir: str, seed: int = 0):
-        self.tokenizer_config = dict(tokenizer)
+        self.tokenizer_config = upgrade_tokenizer(tokenizer, self.default_tokenizer)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.cache_dir = Path(cache_dir)
         self.seed = seed
@@ -89,8 +93,34 @@ class ModalityAdapter(ABC):
     def media_grid(self) -> tuple[int, ...]:
         """The media axes the tokenizer downsamples (H, W for images)."""
 
-    @abstractmethod
-    def build_tokenizer(self) -> LatentTokenizer: ...
+    def tokenizer_context(self) -> dict[str, Any]:
+        """What this adapter offers every tokenizer's constructor; each takes the arguments it names."""
+        return {"how_to_make": self.train_tokenizer_command}
+
+    def check_tokenizer(self, tokenizer: LatentTokenizer) -> None:
+        """Refuse a tokenizer that does not fit this adapter's settings (one-line UsageError); all fit by default."""
+        return None
+
+    @property
+    def tokenizer_class(self) -> type:
+        """The configured tokenizer's class, without loading it (its weights may not exist yet)."""
+        return plugin_class(self.tokenizer_config, "modality.adapter.tokenizer", LatentTokenizer)
+
+    def build_tokenizer(self) -> LatentTokenizer:
+        """The tokenizer `modality.adapter.tokenizer._target_` names, built from that entry (djepa.plugins)."""
+        where = "modality.adapter.tokenizer"
+        tokenizer = build(self.tokenizer_config, where, LatentTokenizer, self.tokenizer_context())
+        self.check_tokenizer(tokenizer)
+        return tokenizer
+
+    def require_default_tokenizer(self) -> None:
+        """`train_tokenizer` makes the default tokenizer only; any other is pretrained."""
+        if self.tokenizer_class is not plugin_class({"_target_": self.default_tokenizer}, "default tokenizer"):
+            raise UsageError(
+                f"train_tokenizer trains {self.default_tokenizer.rsplit('.', 1)[-1]}; "
+                f"modality.adapter.tokenizer._target_={self.tokenizer_config['_target_']} is a pretrained model: "
+                "point modality.adapter.tokenizer.path at its local save_pretrained directory"
+            )
 
     @abstractmethod
     def save(self, media: torch.Tensor, path: Path) -> Path:

@@ -17,8 +17,6 @@ from torch.utils.data import Dataset
 from djepa.modalities.base import DataError, ModalityAdapter
 from djepa.modalities.colour_blind import colour_blind
 from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
-from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
-from djepa.tokenizers.base import LatentTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +138,7 @@ class ImageAdapter(ModalityAdapter):
     name = "image"
     file_suffix = ".png"
     train_tokenizer_command = "train_tokenizer modality=image"
+    default_tokenizer = "djepa.tokenizers.autoencoder_kl.AutoencoderKLTokenizer"
 
     def __init__(
         self,
@@ -254,14 +253,6 @@ class ImageAdapter(ModalityAdapter):
     def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
         return (colour_blind(media) if self.colour_blind else media), 1
 
-    def build_tokenizer(self) -> LatentTokenizer:
-        return AutoencoderKLTokenizer(
-            self.tokenizer_config["path"],
-            self.tokenizer_config.get("shift"),
-            self.tokenizer_config.get("scale"),
-            how_to_make=self.train_tokenizer_command,
-        )
-
     def save(self, media: torch.Tensor, path: Path) -> Path:
         path = Path(path).with_suffix(self.file_suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +282,7 @@ class ImageAdapter(ModalityAdapter):
         """Train the default AutoencoderKL on this adapter's data and save it at tokenizer.path."""
         from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, train_autoencoder_kl
 
+        self.require_default_tokenizer()
         self._tokenizer = None
         return train_autoencoder_kl(
             self.tokenizer_training_data(), self.tokenizer_config["path"], AutoencoderTrainConfig(**settings)

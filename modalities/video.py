@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from djepa.errors import UsageError
 from djepa.modalities.base import DataError, ModalityAdapter
 from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
 from djepa.modalities.image import (
@@ -27,7 +26,6 @@ from djepa.modalities.image import (
     to_uint8,
     to_unit_range,
 )
-from djepa.tokenizers.base import LatentTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +239,7 @@ class VideoAdapter(ModalityAdapter):
     name = "video"
     file_suffix = ".mp4"
     train_tokenizer_command = "train_tokenizer modality=video"
+    default_tokenizer = "djepa.tokenizers.per_frame.PerFrameTokenizer"
 
     def __init__(
         self,
@@ -351,34 +350,14 @@ class VideoAdapter(ModalityAdapter):
 
     # --------------------------------------------------------------- tokenizer
 
-    @property
-    def tokenizer_kind(self) -> str:
-        return str(self.tokenizer_config.get("kind") or "per_frame")
-
-    def build_tokenizer(self) -> LatentTokenizer:
-        kind = self.tokenizer_kind
-        shift, scale = self.tokenizer_config.get("shift"), self.tokenizer_config.get("scale")
-        if kind == "per_frame":
-            from djepa.tokenizers.per_frame import PerFrameTokenizer
-
-            return PerFrameTokenizer(
-                self.tokenizer_config["path"], shift, scale, self.channels, how_to_make=self.train_tokenizer_command
-            )
-        from djepa.tokenizers.video_vae import VIDEO_VAE_CLASSES, VideoVAETokenizer
-
-        if kind not in VIDEO_VAE_CLASSES:
-            raise UsageError(f"unknown video tokenizer kind {kind!r}: choose per_frame, {', '.join(VIDEO_VAE_CLASSES)}")
-        return VideoVAETokenizer(kind, self.tokenizer_config["path"], shift, scale, self.channels)
+    def tokenizer_context(self) -> dict[str, Any]:
+        return super().tokenizer_context() | {"channels": self.channels}
 
     def train_tokenizer(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Train the default per-frame AutoencoderKL on frames of the clips; save it at tokenizer.path."""
         from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, train_autoencoder_kl
 
-        if self.tokenizer_kind != "per_frame":
-            raise UsageError(
-                f"train_tokenizer trains the per_frame video tokenizer; {self.tokenizer_kind} is a pretrained "
-                "model: point modality.adapter.tokenizer.path at its local save_pretrained directory"
-            )
+        self.require_default_tokenizer()
         self._tokenizer = None
         return train_autoencoder_kl(
             self.tokenizer_training_data(), self.tokenizer_config["path"], AutoencoderTrainConfig(**settings)

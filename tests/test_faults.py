@@ -98,7 +98,8 @@ TRAIN_CASES = [
     (["train.warmup_steps=-5"], "train.warmup_steps=-5 must be a whole number >= 0"),
     (["attention_backend=flash"], "attention_backend='flash' must be one of auto, xformers, sdpa, math"),
     (["loss=flow", "loss.head.sampler=rk45"], "loss.head.sampler='rk45' must be one of euler, heun"),
-    (["loss.head.type=gan"], "loss.head.type='gan' must be one of diffusion, flow"),
+    (["loss.head._target_=gan.Head"], "loss.head._target_='gan.Head' cannot be imported"),
+    (["loss.head._target_=torch.nn.Linear"], "loss.head._target_='torch.nn.Linear' is not a TokenHead"),
     (["hydra.run.dir=/tmp/elsewhere"], "hydra settings are not used by djepa"),
     (["+new_key=1"], "+new_key: unknown key, nothing reads it"),
     (["+sample.foo=1"], "+sample.foo: unknown key"),
@@ -277,7 +278,7 @@ def tiny_run(tmp_path_factory):
     [
         (["model.encoder_depth=2"], "model.encoder_depth 1 -> 2"),
         (["model.heads=4"], "model.heads 2 -> 4"),
-        (["loss=flow"], "loss.head.type diffusion -> flow"),
+        (["loss=flow"], "loss.head._target_ djepa.nn.heads.DiffusionHead -> djepa.nn.heads.FlowHead"),
         (["seed=1"], "seed 0 -> 1"),
         (["modality=audio"], "holds a modality=image run at step 4, not audio"),
     ],

@@ -81,7 +81,7 @@ def test_sample_command_with_a_seed_repeats_itself_and_matches_the_api(pipe, ima
         ("modality.adapter.image_size=64", "modality.adapter.image_size=64"),
         ("model.encoder_depth=7", "model.encoder_depth=7"),
         ("modality=audio", "modality.name=audio"),
-        ("loss=flow", "loss.head.type=flow"),
+        ("loss=flow", "loss.head._target_=djepa.nn.heads.FlowHead"),
     ],
 )
 def test_overrides_that_contradict_training_are_one_line_errors(image_run, override, key, capsys):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from djepa.errors import UsageError
 from djepa.tokenizers.base import LatentTokenizer, TokenizerNotFound
 from djepa.tokenizers.per_frame import fit_channels
 
@@ -22,17 +23,17 @@ VIDEO_VAE_CLASSES = {
 }
 
 
-def video_vae_class(kind: str):
+def video_vae_class(family: str):
     import diffusers
 
-    if kind not in VIDEO_VAE_CLASSES:
-        raise ValueError(f"unknown video VAE kind {kind!r}: choose one of {', '.join(VIDEO_VAE_CLASSES)} or per_frame")
-    return getattr(diffusers, VIDEO_VAE_CLASSES[kind])
+    if family not in VIDEO_VAE_CLASSES:
+        raise UsageError(f"modality.adapter.tokenizer.family={family!r}: choose one of {', '.join(VIDEO_VAE_CLASSES)}")
+    return getattr(diffusers, VIDEO_VAE_CLASSES[family])
 
 
-def load_video_vae(kind: str, path: str | Path):
+def load_video_vae(family: str, path: str | Path):
     """A diffusers video VAE from a local `save_pretrained` directory (or a single-file checkpoint)."""
-    cls = video_vae_class(kind)
+    cls = video_vae_class(family)
     path = Path(path)
     if not path.exists():
         raise TokenizerNotFound(
@@ -47,25 +48,25 @@ def load_video_vae(kind: str, path: str | Path):
     return cls.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
 
 
-def compression(kind: str, vae) -> tuple[int, int]:
+def compression(family: str, vae) -> tuple[int, int]:
     """(temporal, spatial) compression of a loaded video VAE, read from its config."""
     config = vae.config
-    if kind == "cogvideox":
+    if family == "cogvideox":
         return int(config.temporal_compression_ratio), 2 ** (len(config.block_out_channels) - 1)
-    if kind == "wan":
+    if family == "wan":
         spatial = 2 ** (len(config.dim_mult) - 1) * int(config.patch_size or 1)
         return 2 ** sum(bool(d) for d in config.temperal_downsample), spatial
     return int(vae.temporal_compression_ratio), int(vae.spatial_compression_ratio)
 
 
-def latent_normalisation(kind: str, vae) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_normalisation(family: str, vae) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (shift, scale) with z = (latent - shift) * scale, as each model family defines it."""
     config = vae.config
-    channels = int(config.z_dim if kind == "wan" else config.latent_channels)
-    if kind == "wan":
+    channels = int(config.z_dim if family == "wan" else config.latent_channels)
+    if family == "wan":
         mean = torch.tensor(config.latents_mean, dtype=torch.float32)
         return mean, 1.0 / torch.tensor(config.latents_std, dtype=torch.float32)
-    if kind == "ltx":
+    if family == "ltx":
         mean, std = vae.latents_mean.float().cpu(), vae.latents_std.float().cpu()
         return mean, float(config.scaling_factor) / std
     shift = float(config.shift_factor or 0.0)
@@ -81,19 +82,19 @@ class VideoVAETokenizer(LatentTokenizer):
 
     def __init__(
         self,
-        kind: str,
+        family: str,
         path: str | Path,
         shift: float | None = None,
         scale: float | None = None,
         channels: int | None = None,
         device: str | torch.device = "cpu",
     ):
-        self.kind = kind
+        self.family = family
         self.path = Path(path)
-        self.vae = load_video_vae(kind, self.path).to(device).eval().requires_grad_(False)
-        self.temporal, spatial = compression(kind, self.vae)
+        self.vae = load_video_vae(family, self.path).to(device).eval().requires_grad_(False)
+        self.temporal, spatial = compression(family, self.vae)
         self.downsample = (self.temporal, spatial, spatial)
-        default_shift, default_scale = latent_normalisation(kind, self.vae)
+        default_shift, default_scale = latent_normalisation(family, self.vae)
         self.latent_channels = len(default_shift)
         shift_c = default_shift if shift is None else torch.full_like(default_shift, float(shift))
         scale_c = default_scale if scale is None else torch.full_like(default_scale, float(scale))
@@ -112,7 +113,7 @@ class VideoVAETokenizer(LatentTokenizer):
     def latent_frames(self, frames: int) -> int:
         if frames < 1 or (frames - 1) % self.temporal:
             raise ValueError(
-                f"{VIDEO_VAE_CLASSES[self.kind]} compresses time causally by {self.temporal}: clips need "
+                f"{VIDEO_VAE_CLASSES[self.family]} compresses time causally by {self.temporal}: clips need "
                 f"1 + {self.temporal} * k frames (e.g. {1 + self.temporal * max(1, (frames - 1) // self.temporal)}), "
                 f"not {frames}"
             )

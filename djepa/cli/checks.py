@@ -20,7 +20,6 @@ from djepa.errors import UsageError
 MAX_SAMPLES = 100_000  # one call writes one file per sample; more is a typo, not a plan
 PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")  # djepa.nn.attention.BACKENDS, without importing torch
-HEAD_TYPES = ("diffusion", "flow")  # djepa.nn.model.HEADS
 FLOW_SAMPLERS = ("euler", "heun")
 # cfg_schedule is checked by SamplingSettings.from_config, with the message tests/test_cli.py expects.
 _MISSING = object()
@@ -75,6 +74,18 @@ def one_of(choices: Sequence[str], hints: dict[str, str] | None = None):
         return f"must be one of {', '.join(choices)}" + (f" ({hint})" if hint else "")
 
     return check
+
+
+def head_class(value: Any) -> str | None:
+    """`loss.head._target_` must name a TokenHead (checked before the run directory is made)."""
+    from djepa.nn.heads import TokenHead
+    from djepa.plugins import plugin_class
+
+    try:
+        plugin_class({"_target_": value}, "loss.head", TokenHead)
+    except UsageError as err:
+        return str(err).split(f"{value!r} ", 1)[-1]
+    return None
 
 
 def optional(inner: Callable[[Any], str | None]):
@@ -149,7 +160,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.max_bad_steps": integer(1),
     "loss.denoise_weight": number(0.0),
     "loss.jepa_weight": number(0.0),
-    "loss.head.type": one_of(HEAD_TYPES),
+    "loss.head._target_": head_class,
     "loss.head.sampler": one_of(FLOW_SAMPLERS),
     "loss.head.sampling_steps": integer(1),
     "loss.head.num_timesteps": integer(1),

@@ -1,5 +1,5 @@
-"""The modality adapter from a composed config, by `hydra.utils.instantiate` of `modality.adapter._target_`,
-and its default tokenizer, trained on first use.
+"""The modality adapter from a composed config, built from `modality.adapter._target_` (djepa.plugins), and its
+default tokenizer, trained on first use.
 
 The core never imports a modality: adapters arrive as objects named by `_target_` in the config.
 """
@@ -12,11 +12,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from djepa.plugins import build
+
 
 def build_adapter(cfg: DictConfig) -> Any:
-    from hydra.utils import instantiate
-
-    return instantiate(cfg.modality.adapter, _convert_="all")
+    # The tokenizer entry inside stays a dict: the adapter builds it when first needed (it may not exist yet).
+    return build(OmegaConf.to_container(cfg.modality.adapter, resolve=True), "modality.adapter")
 
 
 def ensure_tokenizer(cfg: DictConfig, adapter: Any) -> None:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.errors import UsageError
+from djepa.legacy import upgrade_head
 from djepa.nn.model import DJEPA
 
 
@@ -37,6 +38,7 @@ def load_ema_model(
     """The checkpoint's EMA model; `head` (the `loss.head` config) may change its sampling steps."""
     model = DJEPA(**state["model_config"])
     model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))
-    if head is not None and head.get("type") == model.config["head"].get("type") and "sampling_steps" in head:
+    same_head = head is not None and upgrade_head(head).get("_target_") == model.config["head"]["_target_"]
+    if same_head and "sampling_steps" in head:
         model.head.set_sampling_steps(int(head.sampling_steps))
     return model.to(device).eval()

@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from djepa.errors import UsageError
+from djepa.legacy import upgrade_config, upgrade_model_config
 
 # Prefixes of keys that define the run; a change means a different model or data. The tokenizer the latents
 # come from is `modality.adapter.tokenizer.*` (path, shift, scale); the top-level `tokenizer.*` only says how
@@ -75,7 +76,7 @@ def check_resume(cfg: DictConfig, run_dir: Path, step: int, state: dict[str, Any
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return []  # an older run without config.yaml: the model check after building still guards the weights
-    saved = OmegaConf.load(saved_path)
+    saved = upgrade_config(OmegaConf.load(saved_path))
     frozen, free = config_changes(saved, cfg)
     if frozen:
         raise UsageError(
@@ -90,7 +91,7 @@ def _normalise(value: Any) -> Any:
 
 def check_model_config(run_dir: Path, step: int, state: dict[str, Any], model_config: dict[str, Any]) -> None:
     """The built model must be the checkpoint's (token dim and grid come from the tokenizer and data)."""
-    saved = _normalise(state.get("model_config", {}))
+    saved = _normalise(upgrade_model_config(state.get("model_config", {})))
     new = _normalise(model_config)
     keys = sorted(set(saved) | set(new))
     changed = [f"{k} {saved.get(k)} -> {new.get(k)}" for k in keys if saved.get(k) != new.get(k)]

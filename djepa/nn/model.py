@@ -16,22 +16,21 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from djepa.legacy import upgrade_head
 from djepa.nn.denoiser import ResBlock
-from djepa.nn.heads import DiffusionHead, FlowHead, TokenHead
+from djepa.nn.heads import TokenHead
 from djepa.nn.masking import mask_from_orders
 from djepa.nn.pos_embed import GridPositionalEmbedding
 from djepa.nn.vit import Block, Transformer
+from djepa.plugins import build
 
-HEADS: dict[str, type[TokenHead]] = {"diffusion": DiffusionHead, "flow": FlowHead}
 CFG_SCHEDULES = ("linear", "constant")
 
 
 def build_head(token_dim: int, cond_dim: int, width: int, depth: int, head: dict[str, Any]) -> TokenHead:
-    kind = head.get("type", "diffusion")
-    if kind not in HEADS:
-        raise ValueError(f"loss.type must be one of {sorted(HEADS)}, got {kind!r}")
-    kwargs = {k: v for k, v in head.items() if k != "type"}
-    return HEADS[kind](token_dim, cond_dim, width, depth, **kwargs)
+    """The denoising head `head["_target_"]` names (a TokenHead), its sizes given by the model."""
+    sizes = {"token_dim": token_dim, "cond_dim": cond_dim, "width": width, "depth": depth}
+    return build(upgrade_head(head), "loss.head", TokenHead, sizes)
 
 
 def visible_indices(mask: torch.Tensor) -> torch.Tensor:
@@ -87,7 +86,7 @@ class DJEPA(nn.Module):
             raise ValueError("model.buffer_size must be at least 1: the buffer carries the class embedding")
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config["grid"] = [int(g) for g in grid]
-        self.config["head"] = dict(head or {"type": "diffusion"})
+        self.config["head"] = upgrade_head(head)  # old `type: flow` configs and checkpoints load too
         self.token_dim = token_dim
         self.grid = tuple(self.config["grid"])
         self.num_tokens = math.prod(self.grid)

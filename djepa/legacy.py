@@ -1,0 +1,71 @@
+"""Configs written before parts were plugged in by `_target_` (djepa.plugins), mapped to today's form.
+
+Saved runs' config.yaml, checkpoints' model config and export folders in the wild name a tokenizer by
+`modality.adapter.tokenizer.kind`, and a denoising head by `loss.head.type`.
+This module is the one place that knows those old names; everything else reads only the new form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from djepa.errors import UsageError
+
+_VIDEO_VAE = "djepa.tokenizers.video_vae.VideoVAETokenizer"
+# old `tokenizer.kind` -> the keys that replace it
+TOKENIZER_KINDS: dict[str, dict[str, str]] = {
+    "mel": {"_target_": "djepa.tokenizers.mel.MelTokenizer"},
+    "oobleck": {"_target_": "djepa.tokenizers.oobleck.OobleckTokenizer"},
+    "per_frame": {"_target_": "djepa.tokenizers.per_frame.PerFrameTokenizer"},
+    "cogvideox": {"_target_": _VIDEO_VAE, "family": "cogvideox"},
+    "wan": {"_target_": _VIDEO_VAE, "family": "wan"},
+    "ltx": {"_target_": _VIDEO_VAE, "family": "ltx"},
+}
+# old `loss.head.type` -> the head class
+HEAD_TYPES: dict[str, str] = {"diffusion": "djepa.nn.heads.DiffusionHead", "flow": "djepa.nn.heads.FlowHead"}
+DEFAULT_HEAD = "diffusion"
+
+
+def upgrade_tokenizer(config: Mapping[str, Any], default_target: str | None = None) -> dict[str, Any]:
+    """A tokenizer entry in the `_target_` form: an old `kind` mapped, neither key given -> `default_target`."""
+    config = dict(config)
+    if "_target_" in config:
+        return config
+    kind = config.pop("kind", None)
+    if kind is None:
+        return {"_target_": default_target, **config} if default_target else config
+    if kind not in TOKENIZER_KINDS:
+        raise UsageError(f"modality.adapter.tokenizer.kind={kind!r}: choose one of {', '.join(TOKENIZER_KINDS)}")
+    return {**TOKENIZER_KINDS[kind], **config}
+
+
+def upgrade_head(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A head entry in the `_target_` form: an old `type` mapped, none given -> the diffusion head."""
+    config = dict(config or {})
+    if "_target_" in config:
+        return config
+    kind = config.pop("type", DEFAULT_HEAD)
+    if kind not in HEAD_TYPES:
+        raise UsageError(f"loss.head.type={kind!r}: choose one of {', '.join(HEAD_TYPES)}")
+    return {"_target_": HEAD_TYPES[kind], **config}
+
+
+def upgrade_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A checkpoint's or export's model config (DJEPA's constructor arguments) in today's form."""
+    return {**config, "head": upgrade_head(config["head"])} if "head" in config else dict(config)
+
+
+def upgrade_config(cfg: DictConfig) -> DictConfig:
+    """A saved composed config (a run's or an export's config.yaml) in today's form; new configs pass unchanged."""
+    cfg = cfg.copy()
+    tokenizer = OmegaConf.select(cfg, "modality.adapter.tokenizer")
+    if tokenizer is not None and "kind" in tokenizer and "_target_" not in tokenizer:
+        new = upgrade_tokenizer(OmegaConf.to_container(tokenizer))
+        OmegaConf.update(cfg, "modality.adapter.tokenizer", new, merge=False)
+    head = OmegaConf.select(cfg, "loss.head")
+    if head is not None and "_target_" not in head:
+        OmegaConf.update(cfg, "loss.head", upgrade_head(OmegaConf.to_container(head)), merge=False)
+    return cfg

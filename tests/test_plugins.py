@@ -1,0 +1,152 @@
+"""One way to plug parts in (djepa.plugins): a tokenizer or a denoising head is a class plus a config entry naming
+it by `_target_`, with no edit to an adapter or the model; configs and checkpoints of the old form (tokenizer
+`kind`, head `type`) still load (djepa.legacy)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from djepa.errors import UsageError
+from djepa.legacy import upgrade_config, upgrade_head, upgrade_tokenizer
+from djepa.modalities.image import ImageAdapter
+from djepa.nn.heads import FlowHead
+from djepa.nn.model import DJEPA
+from djepa.plugins import build
+from djepa.tokenizers.base import LatentTokenizer
+
+
+class PoolTokenizer(LatentTokenizer):
+    """A test-only tokenizer with no weights: average pooling by `factor`, nearest upsampling back."""
+
+    def __init__(self, path: str, factor: int = 2, channels: int | None = None, how_to_make: str = ""):
+        self.path, self.factor, self.offered = path, factor, {"channels": channels, "how_to_make": how_to_make}
+        self.latent_channels = 1
+        self.downsample = (factor, factor)
+
+    def encode_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.nn.functional.avg_pool2d(x.float(), self.factor)
+        return mean, torch.zeros_like(mean)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z.repeat_interleave(self.factor, -2).repeat_interleave(self.factor, -1)
+
+
+class HalfStepFlowHead(FlowHead):
+    """A test-only head: the flow head with its own default sampling steps."""
+
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, sampling_steps: int = 3):
+        super().__init__(token_dim, cond_dim, width, depth, sampling_steps=sampling_steps, sampler="euler")
+
+
+POOL = f"{__name__}.PoolTokenizer"
+HEAD = f"{__name__}.HalfStepFlowHead"
+
+
+def test_a_new_tokenizer_plugs_in_by_config_alone(tmp_path):
+    adapter = ImageAdapter({"_target_": POOL, "path": str(tmp_path), "factor": 4}, [2, 2], str(tmp_path), 32, 1)
+    tok = adapter.tokenizer
+    assert isinstance(tok, PoolTokenizer) and tok.factor == 4
+    # the adapter offers what it knows; the tokenizer takes what its constructor names
+    assert tok.offered == {"channels": None, "how_to_make": "train_tokenizer modality=image"}
+    assert adapter.latent_grid == (8, 8) and adapter.token_grid == (4, 4) and adapter.token_dim == 4
+    images = torch.rand(2, 1, 32, 32) * 2 - 1
+    tokens = adapter.to_tokens(adapter.encode_media(images)[0])
+    assert adapter.decode_tokens(tokens).shape == (2, 1, 32, 32)
+    # a pretrained (non-default) tokenizer is never trained over
+    with pytest.raises(UsageError, match="pretrained"):
+        adapter.train_tokenizer({})
+
+
+def test_bad_plugin_entries_are_one_line_errors_naming_the_key(tmp_path):
+    where = "modality.adapter.tokenizer"
+    with pytest.raises(UsageError, match=f"{where}._target_='collections.OrderedDict' is not a LatentTokenizer"):
+        build({"_target_": "collections.OrderedDict"}, where, LatentTokenizer)
+    with pytest.raises(UsageError, match=f"{where}._target_='nowhere.Thing' cannot be imported"):
+        build({"_target_": "nowhere.Thing"}, where, LatentTokenizer)
+    with pytest.raises(UsageError, match=f"{where}.colour: PoolTokenizer takes no such setting"):
+        build({"_target_": POOL, "path": "x", "colour": "red"}, where, LatentTokenizer)
+    with pytest.raises(UsageError, match=f"{where}._target_ is missing"):
+        build({"path": "x"}, where, LatentTokenizer)
+    # null means "the default": another tokenizer's setting left in the config does no harm
+    assert build({"_target_": POOL, "path": "x", "griffin_lim_iters": None}, where, LatentTokenizer).factor == 2
+    with pytest.raises(UsageError, match="kind='mochi'"):
+        upgrade_tokenizer({"kind": "mochi"})
+    with pytest.raises(UsageError, match="loss.head.type='gan'"):
+        upgrade_head({"type": "gan"})
+
+
+def test_a_new_head_plugs_in_by_config_and_round_trips(tmp_path, make_tiny_model):
+    model = make_tiny_model((2, 2), head={"_target_": HEAD})
+    assert type(model.head) is HalfStepFlowHead and model.head.sampling_steps == 3
+    assert model.sample(torch.tensor([0, 1]), num_steps=2).shape == (2, 4, 4)
+    model.save_pretrained(tmp_path)
+    again = DJEPA.from_pretrained(tmp_path)
+    assert type(again.head) is HalfStepFlowHead
+    with pytest.raises(UsageError, match="loss.head._target_='torch.nn.Linear' is not a TokenHead"):
+        make_tiny_model((2, 2), head={"_target_": "torch.nn.Linear"})
+
+
+def test_old_style_head_type_and_tokenizer_kind_map_to_the_same_parts(tmp_path, make_tiny_model):
+    torch.manual_seed(0)
+    old = make_tiny_model((2, 2), head={"type": "flow", "sampling_steps": 3})
+    torch.manual_seed(0)
+    new = make_tiny_model((2, 2), head={"_target_": "djepa.nn.heads.FlowHead", "sampling_steps": 3})
+    assert old.config["head"] == new.config["head"]
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    # a checkpoint's config.json written before `_target_` loads
+    old.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["head"] = {"type": "flow", "sampling_steps": 3}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert type(DJEPA.from_pretrained(tmp_path).head) is FlowHead
+    # an image config had no tokenizer key at all: the adapter's default
+    assert (
+        ImageAdapter({"path": "x"}, [2, 2], str(tmp_path))
+        .tokenizer_config["_target_"]
+        .endswith("AutoencoderKLTokenizer")
+    )
+    saved_run = OmegaConf.create(
+        {
+            "modality": {"adapter": {"tokenizer": {"kind": "wan", "path": "v"}}},
+            "loss": {"head": {"type": "diffusion", "sampling_steps": 7}, "jepa_weight": 1.0},
+        }
+    )
+    upgraded = upgrade_config(saved_run)
+    assert OmegaConf.to_container(upgraded.modality.adapter.tokenizer) == {
+        "_target_": "djepa.tokenizers.video_vae.VideoVAETokenizer",
+        "family": "wan",
+        "path": "v",
+    }
+    assert upgraded.loss.head._target_ == "djepa.nn.heads.DiffusionHead" and upgraded.loss.head.sampling_steps == 7
+    assert upgrade_config(upgraded) == upgraded  # today's form passes unchanged
+
+
+def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path):
+    """A run written before `_target_`: config.yaml with no tokenizer target and `loss.head.type`, and a
+    checkpoint whose model config names its head by `type`."""
+    from djepa.pipeline import Pipeline
+
+    common, run_dir = image_run
+    old_run = tmp_path / "old_run"
+    shutil.copytree(run_dir, old_run)
+    config = OmegaConf.load(old_run / "config.yaml")
+    del config.modality.adapter.tokenizer["_target_"]
+    head = OmegaConf.to_container(config.loss.head)
+    head.pop("_target_")
+    config.loss.head = {"type": "diffusion", **head}
+    OmegaConf.save(config, old_run / "config.yaml")
+    for state_file in (old_run / "checkpoints").glob("*/state.json"):
+        state = json.loads(state_file.read_text())
+        model_head = dict(state["model_config"]["head"])
+        model_head.pop("_target_")
+        state["model_config"]["head"] = {"type": "diffusion", **model_head}
+        state_file.write_text(json.dumps(state))
+    pipe = Pipeline.from_pretrained(old_run, overrides={"loss.head.sampling_steps": 4})
+    assert pipe.model.head.sampling_steps == 4
+    out = pipe(class_labels=[0, 1], num_steps=2, seed=0)
+    assert len(out.media) == 2
