@@ -1,7 +1,7 @@
 """Configs written before parts were plugged in by `_target_` (djepa.plugins), mapped to today's form.
 
 Saved runs' config.yaml, checkpoints' model config and export folders in the wild name a tokenizer by
-`modality.adapter.tokenizer.kind`, and a denoising head by `loss.head.type`.
+`modality.adapter.tokenizer.kind`, a denoising head by `loss.head.type`, and MAR mode by `model.jepa: false`.
 This module is the one place that knows those old names; everything else reads only the new form.
 """
 
@@ -68,4 +68,13 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     head = OmegaConf.select(cfg, "loss.head")
     if head is not None and "_target_" not in head:
         OmegaConf.update(cfg, "loss.head", upgrade_head(OmegaConf.to_container(head)), merge=False)
+    model = OmegaConf.select(cfg, "model")
+    if model is not None and "jepa" in model:
+        # Before the one switch, `model.jepa: false` was MAR mode whatever the weight; the weight is the switch now.
+        with_jepa = bool(model.jepa)
+        settings = OmegaConf.to_container(model)
+        settings.pop("jepa")
+        OmegaConf.update(cfg, "model", settings, merge=False)
+        if not with_jepa:
+            OmegaConf.update(cfg, "loss.jepa_weight", 0.0, force_add=True)
     return cfg

@@ -29,4 +29,37 @@ def test_small_shape_is_the_mar_comparison_shape():
 
 def test_mar_configs_turn_the_jepa_loss_off():
     cfg = compose_config(["model=mar_b"])
-    assert model_kwargs(cfg)["jepa"] is False
+    assert cfg.loss.jepa_weight == 0 and model_kwargs(cfg)["jepa"] is False
+    # MAR-B is D-JEPA-B's network under the one switch, whatever the head
+    same = compose_config(["model=djepa_b", "loss.jepa_weight=0", "loss=flow"])
+    assert OmegaConf.to_container(same.model) == OmegaConf.to_container(cfg.model)
+    assert compose_config(["model=mar_b", "loss=flow"]).loss.jepa_weight == 0
+
+
+def test_one_switch_for_mar_mode(make_tiny_model, tmp_path):
+    from djepa.engine.data import TokenData
+    from djepa.engine.trainer import TrainConfig, Trainer
+    from djepa.errors import UsageError
+    from djepa.legacy import upgrade_config
+
+    assert model_kwargs(compose_config(["loss.jepa_weight=0"]))["jepa"] is False
+    assert model_kwargs(compose_config([]))["jepa"] is True
+    with pytest.raises(UsageError, match="loss.jepa_weight=0"):
+        model_kwargs(compose_config(["+model.jepa=false"]))
+    # a saved config from before the switch (model.jepa: false, weight 1) is MAR mode
+    old = OmegaConf.create({"model": {"jepa": False, "heads": 2}, "loss": {"jepa_weight": 1.0}})
+    assert OmegaConf.to_container(upgrade_config(old)) == {"model": {"heads": 2}, "loss": {"jepa_weight": 0.0}}
+    # the trainer follows the model; a JEPA model asked to train with weight 0 is refused, not half-run
+    data = TokenData(torch.randn(8, 4, 4), None, torch.arange(8) % 3)
+    mar = Trainer(
+        make_tiny_model((2, 2), jepa=False), data, TrainConfig(steps=1, batch_size=4), tmp_path, torch.device("cpu")
+    )
+    assert not mar.use_jepa and mar.teacher is None and mar.model.jepa_proj is None
+    with pytest.raises(ValueError, match="jepa_weight=0 is MAR mode"):
+        Trainer(
+            make_tiny_model((2, 2)),
+            data,
+            TrainConfig(steps=1, batch_size=4, jepa_weight=0.0),
+            tmp_path,
+            torch.device("cpu"),
+        )

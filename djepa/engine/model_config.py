@@ -10,9 +10,18 @@ from djepa.errors import UsageError
 from djepa.nn.model import DJEPA
 
 
+def jepa_enabled(cfg: DictConfig) -> bool:
+    """MAR mode's one switch: `loss.jepa_weight=0` means no JEPA loss, no projector and no teacher."""
+    return float(cfg.loss.jepa_weight) > 0
+
+
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    kwargs["jepa"] = bool(kwargs.get("jepa", True)) and float(cfg.loss.jepa_weight) > 0
+    if "jepa" in kwargs:
+        raise UsageError(
+            "model.jepa is no setting any more: MAR mode is loss.jepa_weight=0 (or model=mar_b|mar_l|mar_h)"
+        )
+    kwargs["jepa"] = jepa_enabled(cfg)
     kwargs["head"] = OmegaConf.to_container(cfg.loss.head, resolve=True)
     return kwargs
 

@@ -183,7 +183,11 @@ class Trainer:
     ):
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.use_jepa = model.jepa and cfg.jepa_weight > 0
+        # MAR mode is decided once, when the model is built (loss.jepa_weight=0: no projector); here it only
+        # follows the model: a JEPA term with weight 0 would cost the teacher pass for nothing.
+        if model.jepa and cfg.jepa_weight <= 0:
+            raise ValueError("train.jepa_weight=0 is MAR mode: build the model with jepa=False (build_model does)")
+        self.use_jepa = model.jepa
         # The JEPA teacher: the sampling EMA, or an EMA of its own that moves slowly (DESIGN.md section 3).
         # Copied before any wrapping: FSDP modules cannot be deep-copied.
         self.teacher = None
