@@ -64,7 +64,7 @@ def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | N
         f"| training steps | {index.get('step')} |",
         f"| parameters | {pipe.model.num_params() / 1e6:.2f}M |",
         f"| token grid | {index['token_grid']} x {index['token_dim']} (patch {adapter.get('patch_size')}) |",
-        f"| head | {pipe.model.config['head']['_target_'].rsplit('.', 1)[-1]} |",
+        f"| head | {pipe.model.config['head_config']['_target_'].rsplit('.', 1)[-1]} |",
         f"| tokenizer | `{index['tokenizer']['path']}` (sha256 {index['tokenizer']['sha256'][:16]}…) |",
         f"| sampling defaults | cfg {sampling['cfg']} ({sampling['cfg_schedule']}), temperature "
         f"{sampling['temperature']}, {sampling['num_steps']} reveal steps x {sampling['head_sampling_steps']} "

@@ -53,9 +53,16 @@ def upgrade_head(config: Mapping[str, Any] | None) -> dict[str, Any]:
     return {"_target_": HEAD_TYPES[kind], **config}
 
 
+# DJEPA's constructor arguments renamed so that attention heads and the denoising head cannot be confused
+MODEL_ARGUMENTS = {"heads": "num_heads", "head": "head_config"}
+
+
 def upgrade_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's or export's model config (DJEPA's constructor arguments) in today's form."""
-    return {**config, "head": upgrade_head(config["head"])} if "head" in config else dict(config)
+    config = {MODEL_ARGUMENTS.get(k, k): v for k, v in config.items()}
+    if "head_config" in config:
+        config["head_config"] = upgrade_head(config["head_config"])
+    return config
 
 
 def upgrade_config(cfg: DictConfig) -> DictConfig:

@@ -245,10 +245,11 @@ class Pipeline:
         model_config = upgrade_model_config(state["model_config"])
         # Sampling-only head settings may change; the denoiser's weights are the same.
         head = OmegaConf.to_container(config.loss.head, resolve=True) if "loss" in config else {}
-        if upgrade_head(head).get("_target_") == model_config["head"]["_target_"]:
-            model_config["head"] = {
-                **model_config["head"],
-                **{k: v for k, v in head.items() if k in FREE_HEAD_KEYS and k in model_config["head"]},
+        trained_head = model_config["head_config"]
+        if upgrade_head(head).get("_target_") == trained_head["_target_"]:
+            model_config["head_config"] = {
+                **trained_head,
+                **{k: v for k, v in head.items() if k in FREE_HEAD_KEYS and k in trained_head},
             }
         model = DJEPA(**model_config)
         model.load_state_dict(weights)

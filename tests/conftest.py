@@ -15,7 +15,7 @@ def tiny_model(grid, token_dim=4, num_classes=3, head=None, jepa=True, **overrid
         encoder_width=32,
         predictor_depth=1,
         predictor_width=32,
-        heads=2,
+        num_heads=2,
         mlp_ratio=2.0,
         buffer_size=4,
         denoiser_depth=2,
@@ -28,7 +28,7 @@ def tiny_model(grid, token_dim=4, num_classes=3, head=None, jepa=True, **overrid
         grid=grid,
         num_classes=num_classes,
         jepa=jepa,
-        head=head or {"type": "diffusion", "sampling_steps": 10},
+        head_config=head or {"type": "diffusion", "sampling_steps": 10},
         **settings,
     )
 

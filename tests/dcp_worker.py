@@ -28,11 +28,11 @@ def build(seed: int):
         encoder_width=32,
         predictor_depth=1,
         predictor_width=32,
-        heads=2,
+        num_heads=2,
         buffer_size=4,
         denoiser_depth=1,
         denoiser_width=32,
-        head={"type": "flow"},
+        head_config={"type": "flow"},
         jepa=False,
     )
     ema = copy.deepcopy(model)

@@ -28,12 +28,12 @@ def main(out: Path, parallel: str = "ddp", steps: int = 20) -> None:
         encoder_width=32,
         predictor_depth=1,
         predictor_width=32,
-        heads=2,
+        num_heads=2,
         buffer_size=4,
         denoiser_depth=1,
         denoiser_width=32,
         diffusion_batch_mul=2,
-        head={"type": "flow"},
+        head_config={"type": "flow"},
     )
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(64) % 3

@@ -26,7 +26,7 @@ def test_loss_falls_and_samples_have_grid_shape(make_tiny_model, grid, head):
         losses.append(out["denoise"].item())
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
     model.eval()
-    samples = model.sample(torch.tensor([0, 1, 2]), num_steps=4, cfg=2.0, temperature=0.9)
+    samples = model.sample(torch.tensor([0, 1, 2]), num_steps=4, guidance=2.0, temperature=0.9)
     assert samples.shape == (3, n, 4)
     assert torch.isfinite(samples).all()
 
@@ -64,9 +64,9 @@ def test_constant_cfg_guides_the_first_tokens_and_linear_does_not(make_tiny_mode
             p.add_(0.2 * torch.randn_like(p))
     labels = torch.tensor([0, 1, 2])
 
-    def draw(cfg: float, schedule: str) -> torch.Tensor:
+    def draw(guidance: float, schedule: str) -> torch.Tensor:
         torch.manual_seed(0)  # same reveal order and noise for every call
-        return model.sample(labels, num_steps=16, cfg=cfg, cfg_schedule=schedule)
+        return model.sample(labels, num_steps=16, guidance=guidance, cfg_schedule=schedule)
 
     # one token per step: the linear ramp guides the first token with 1 + 7/16, the constant one with 8,
     # so the constant schedule moves the samples further from the unguided ones
@@ -76,7 +76,7 @@ def test_constant_cfg_guides_the_first_tokens_and_linear_does_not(make_tiny_mode
     gap_constant = (constant - unguided).norm().item()
     assert gap_constant > gap_linear > 0
     with pytest.raises(ValueError, match="cfg_schedule"):
-        model.sample(labels, num_steps=2, cfg=2.0, cfg_schedule="cosine")
+        model.sample(labels, num_steps=2, guidance=2.0, cfg_schedule="cosine")
 
 
 def test_mar_mode_has_no_jepa_loss(make_tiny_model):

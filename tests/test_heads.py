@@ -40,7 +40,7 @@ def test_guidance_pushes_away_from_the_unconditional():
     cond = torch.nn.functional.one_hot(torch.zeros(100, dtype=torch.long), 4).float()
     uncond = torch.nn.functional.one_hot(torch.full((100,), 2), 4).float()
     plain = head.sample(cond, None)
-    guided = head.sample(cond, uncond, cfg=3.0)
+    guided = head.sample(cond, uncond, guidance=3.0)
     # guiding away from centre 2 (at -2, 0) moves samples further along +x
     assert guided[:, 0].mean() > plain[:, 0].mean() + 0.5
     assert torch.isfinite(guided).all() and (plain - centres[0]).abs().mean() < 0.3

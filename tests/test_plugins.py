@@ -96,11 +96,14 @@ def test_old_style_head_type_and_tokenizer_kind_map_to_the_same_parts(tmp_path, 
     old = make_tiny_model((2, 2), head={"type": "flow", "sampling_steps": 3})
     torch.manual_seed(0)
     new = make_tiny_model((2, 2), head={"_target_": "djepa.nn.heads.FlowHead", "sampling_steps": 3})
-    assert old.config["head"] == new.config["head"]
+    assert old.config["head_config"] == new.config["head_config"]
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
     # a checkpoint's config.json written before `_target_` loads
     old.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
+    # the names of then: `heads` (attention heads), `head` (the denoising head, by `type`)
+    saved["heads"] = saved.pop("num_heads")
+    saved.pop("head_config")
     saved["head"] = {"type": "flow", "sampling_steps": 3}
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert type(DJEPA.from_pretrained(tmp_path).head) is FlowHead
@@ -142,9 +145,11 @@ def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path)
     OmegaConf.save(config, old_run / "config.yaml")
     for state_file in (old_run / "checkpoints").glob("*/state.json"):
         state = json.loads(state_file.read_text())
-        model_head = dict(state["model_config"]["head"])
+        model = state["model_config"]
+        model_head = model.pop("head_config")
         model_head.pop("_target_")
-        state["model_config"]["head"] = {"type": "diffusion", **model_head}
+        model["head"] = {"type": "diffusion", **model_head}
+        model["heads"] = model.pop("num_heads")
         state_file.write_text(json.dumps(state))
     pipe = Pipeline.from_pretrained(old_run, overrides={"loss.head.sampling_steps": 4})
     assert pipe.model.head.sampling_steps == 4

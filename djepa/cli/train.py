@@ -130,7 +130,7 @@ def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state
         write_class_grid(adapter, ema, cfg, run_dir / "previews" / f"step_{step:07d}", per_class)
 
     if distributed.is_main():
-        head = model.config["head"]["_target_"].rsplit(".", 1)[-1]
+        head = model.config["head_config"]["_target_"].rsplit(".", 1)[-1]
         tqdm.write(
             f"{cfg.modality.name}: {len(data)} items, token grid {adapter.token_grid} x {adapter.token_dim}, "
             f"{model.num_params() / 1e6:.2f}M params, jepa={model.jepa}, head={head}, "

@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.errors import UsageError
-from djepa.legacy import upgrade_head
+from djepa.legacy import upgrade_head, upgrade_model_config
 from djepa.nn.model import DJEPA
 
 
@@ -36,9 +36,9 @@ def load_ema_model(
     directory: Path, state: dict[str, Any], device: torch.device, head: DictConfig | None = None
 ) -> DJEPA:
     """The checkpoint's EMA model; `head` (the `loss.head` config) may change its sampling steps."""
-    model = DJEPA(**state["model_config"])
+    model = DJEPA(**upgrade_model_config(state["model_config"]))
     model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))
-    same_head = head is not None and upgrade_head(head).get("_target_") == model.config["head"]["_target_"]
+    same_head = head is not None and upgrade_head(head).get("_target_") == model.config["head_config"]["_target_"]
     if same_head and "sampling_steps" in head:
         model.head.set_sampling_steps(int(head.sampling_steps))
     return model.to(device).eval()

@@ -22,7 +22,9 @@ def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
             "model.jepa is no setting any more: MAR mode is loss.jepa_weight=0 (or model=mar_b|mar_l|mar_h)"
         )
     kwargs["jepa"] = jepa_enabled(cfg)
-    kwargs["head"] = OmegaConf.to_container(cfg.loss.head, resolve=True)
+    kwargs["head_config"] = OmegaConf.to_container(cfg.loss.head, resolve=True)
+    if "heads" in kwargs:
+        kwargs["num_heads"] = kwargs.pop("heads")  # the config key model.heads: attention heads per block
     return kwargs
 
 
@@ -31,7 +33,7 @@ POSITIVE_MODEL_KEYS = (
     "encoder_width",
     "predictor_depth",
     "predictor_width",
-    "heads",
+    "num_heads",
     "buffer_size",
     "denoiser_depth",
     "denoiser_width",
@@ -47,7 +49,8 @@ def validate_model_config(kwargs: dict[str, Any]) -> None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise UsageError(f"model.{key} must be a positive number, got {value!r}")
+            name = "heads" if key == "num_heads" else key
+            raise UsageError(f"model.{name} must be a positive number, got {value!r}")
     for key in ("label_drop", "attn_drop", "proj_drop"):
         value = kwargs.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -52,7 +52,7 @@ def generate(
             model.sample(
                 labels[sl].to(device),
                 num_steps=settings.num_steps,
-                cfg=settings.cfg,
+                guidance=settings.cfg,
                 temperature=settings.temperature,
                 cfg_schedule=settings.cfg_schedule,
                 known_tokens=None if known_tokens is None else known_tokens[sl],

@@ -1,7 +1,7 @@
 """Per-token generative heads: Gaussian diffusion and flow matching behind one interface.
 
 A head sees rows: `loss(target [M, D], cond [M, C]) -> [M]` and
-`sample(cond, uncond, temperature, cfg) -> [M, D]`; with `uncond` given, classifier-free
+`sample(cond, uncond, temperature, guidance) -> [M, D]`; with `uncond` given, classifier-free
 guidance runs both conditions through the network in one batched call.
 """
 
@@ -25,12 +25,12 @@ class TokenHead(nn.Module):
         raise NotImplementedError
 
     def sample(
-        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, cfg: float = 1.0
+        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, guidance: float = 1.0
     ) -> torch.Tensor:
         raise NotImplementedError
 
     def _guided(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, cfg: float
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float
     ) -> torch.Tensor:
         """Output for M rows; with `uncond`, both conditions in one call, mixed on the first D channels."""
         if uncond is None:
@@ -38,7 +38,7 @@ class TokenHead(nn.Module):
         out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
         cond_out, uncond_out = out.chunk(2)
         d = self.token_dim
-        mixed = uncond_out[:, :d] + cfg * (cond_out[:, :d] - uncond_out[:, :d])
+        mixed = uncond_out[:, :d] + guidance * (cond_out[:, :d] - uncond_out[:, :d])
         return torch.cat([mixed, cond_out[:, d:]], dim=1)
 
 
@@ -198,14 +198,14 @@ class DiffusionHead(TokenHead):
 
     @torch.no_grad()
     def sample(
-        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, cfg: float = 1.0
+        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, guidance: float = 1.0
     ) -> torch.Tensor:
         s = self.sample_schedule
         rows = cond.shape[0]
         x = torch.randn(rows, self.token_dim, device=cond.device)
         for i in reversed(range(self.sampling_steps)):
             t = torch.full((rows,), i, device=cond.device, dtype=torch.long)
-            out = self._guided(x, s.timestep_map[t].float(), cond, uncond, cfg).float()
+            out = self._guided(x, s.timestep_map[t].float(), cond, uncond, guidance).float()
             mean, log_var = s.p_mean_log_var(out, x, t, clamp=True, clip_x0=self.clip_x0)
             noise = torch.randn_like(x) if i > 0 else torch.zeros_like(x)
             x = mean + torch.exp(0.5 * log_var) * noise * temperature
@@ -251,17 +251,17 @@ class FlowHead(TokenHead):
 
     @torch.no_grad()
     def sample(
-        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, cfg: float = 1.0
+        self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, guidance: float = 1.0
     ) -> torch.Tensor:
         rows = cond.shape[0]
         x = torch.randn(rows, self.token_dim, device=cond.device) * temperature
         times = self.shift(torch.linspace(0, 1, self.sampling_steps + 1, device=cond.device))
         for i in range(self.sampling_steps):
             t0, t1 = times[i], times[i + 1]
-            v0 = self._guided(x, (t0 * 1000).expand(rows), cond, uncond, cfg).float()
+            v0 = self._guided(x, (t0 * 1000).expand(rows), cond, uncond, guidance).float()
             if self.sampler == "heun" and i < self.sampling_steps - 1:
                 x_next = x + (t1 - t0) * v0
-                v1 = self._guided(x_next, (t1 * 1000).expand(rows), cond, uncond, cfg).float()
+                v1 = self._guided(x_next, (t1 * 1000).expand(rows), cond, uncond, guidance).float()
                 x = x + (t1 - t0) * 0.5 * (v0 + v1)
             else:
                 x = x + (t1 - t0) * v0

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from djepa.legacy import upgrade_head
+from djepa.legacy import upgrade_head, upgrade_model_config
 from djepa.nn.denoiser import ResBlock
 from djepa.nn.heads import TokenHead
 from djepa.nn.masking import mask_from_orders
@@ -68,7 +68,7 @@ class DJEPA(nn.Module):
         encoder_width: int = 256,
         predictor_depth: int = 4,
         predictor_width: int = 256,
-        heads: int = 4,
+        num_heads: int = 4,
         mlp_ratio: float = 4.0,
         buffer_size: int = 64,
         label_drop: float = 0.1,
@@ -78,7 +78,7 @@ class DJEPA(nn.Module):
         denoiser_width: int = 256,
         diffusion_batch_mul: int = 4,
         jepa: bool = True,
-        head: dict[str, Any] | None = None,
+        head_config: dict[str, Any] | None = None,
         grad_checkpointing: bool = False,
     ):
         super().__init__()
@@ -86,7 +86,7 @@ class DJEPA(nn.Module):
             raise ValueError("model.buffer_size must be at least 1: the buffer carries the class embedding")
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config["grid"] = [int(g) for g in grid]
-        self.config["head"] = upgrade_head(head)  # old `type: flow` configs and checkpoints load too
+        self.config["head_config"] = upgrade_head(head_config)  # old `type: flow` configs and checkpoints load too
         self.token_dim = token_dim
         self.grid = tuple(self.config["grid"])
         self.num_tokens = math.prod(self.grid)
@@ -103,18 +103,18 @@ class DJEPA(nn.Module):
         self.encoder_pos = GridPositionalEmbedding(self.grid, encoder_width)
         self.encoder_in_norm = nn.LayerNorm(encoder_width, eps=1e-6)
         self.encoder = Transformer(
-            encoder_depth, encoder_width, heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
+            encoder_depth, encoder_width, num_heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
         )
 
         self.predictor_embed = nn.Linear(encoder_width, predictor_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_width))
         self.predictor_pos = GridPositionalEmbedding(self.grid, predictor_width)
         self.predictor = Transformer(
-            predictor_depth, predictor_width, heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
+            predictor_depth, predictor_width, num_heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
         )
         self._init_weights()
         # Built after the generic init: the denoiser has its own (zeroed modulation and output).
-        self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head"])
+        self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head_config"])
         # The JEPA projector comes last, so building it draws nothing from the random stream before the
         # shared parameters: the same seed gives D-JEPA and MAR mode bit-identical shared weights.
         self.jepa_proj = jepa_projector(predictor_width, encoder_width) if jepa else None
@@ -226,7 +226,7 @@ class DJEPA(nn.Module):
         labels: torch.Tensor | None,
         batch: int | None = None,
         num_steps: int = 64,
-        cfg: float = 1.0,
+        guidance: float = 1.0,
         temperature: float = 1.0,
         known_tokens: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
@@ -237,7 +237,7 @@ class DJEPA(nn.Module):
 
         `labels` None samples unconditionally. `known_tokens` with `known_mask` [B, N] (True where
         known) stay visible from the start and are never resampled: continuation and inpainting.
-        `cfg_schedule` "linear" ramps the guidance from 1 to `cfg` as tokens are revealed (MAR); "constant"
+        `cfg_schedule` "linear" ramps the guidance scale from 1 to `guidance` as tokens are revealed (MAR); "constant"
         guides every token fully.
         """
         if cfg_schedule not in CFG_SCHEDULES:
@@ -255,7 +255,7 @@ class DJEPA(nn.Module):
         scores = torch.rand(b, n, device=device).masked_fill(~mask, 2.0)
         orders = torch.argsort(scores, dim=1)
         unknown = int(mask[0].sum())
-        guided = cfg != 1.0 and labels is not None
+        guided = guidance != 1.0 and labels is not None
         cond_emb = self.class_embedding(labels, b)
         if guided:
             cond_emb = torch.cat([cond_emb, self.fake_class.expand(b, -1)])
@@ -276,9 +276,11 @@ class DJEPA(nn.Module):
                 reveal = mask & ~next_mask
             if bool(reveal.any()):
                 revealed = (unknown - int(next_mask[0].sum())) / unknown if cfg_schedule == "linear" else 1.0
-                step_cfg = 1.0 + (cfg - 1.0) * revealed if guided else 1.0
+                step_guidance = 1.0 + (guidance - 1.0) * revealed if guided else 1.0
                 uncond = z[b:][reveal].float() if guided else None
-                tokens[reveal] = self.head.sample(z[:b][reveal].float(), uncond, temperature, step_cfg).to(tokens.dtype)
+                tokens[reveal] = self.head.sample(z[:b][reveal].float(), uncond, temperature, step_guidance).to(
+                    tokens.dtype
+                )
             mask = next_mask
         return tokens
 
@@ -302,7 +304,7 @@ class DJEPA(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> DJEPA:
         directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text())
+        config = upgrade_model_config(json.loads((directory / "config.json").read_text()))
         model = cls(**config)
         model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
         return model.to(device)

@@ -9,11 +9,11 @@ from djepa.nn.attention import attention
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
-        if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by heads {heads}")
-        self.heads = heads
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by the {num_heads} attention heads (model.heads)")
+        self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
@@ -21,7 +21,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         out = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d)))
 
@@ -39,10 +39,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = SelfAttention(dim, heads, attn_drop, proj_drop)
+        self.attn = SelfAttention(dim, num_heads, attn_drop, proj_drop)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLP(dim, int(dim * mlp_ratio), proj_drop)
 
@@ -58,14 +60,14 @@ class Transformer(nn.Module):
         self,
         depth: int,
         dim: int,
-        heads: int,
+        num_heads: int,
         mlp_ratio: float,
         attn_drop: float,
         proj_drop: float,
         grad_checkpointing: bool = False,
     ):
         super().__init__()
-        self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, attn_drop, proj_drop) for _ in range(depth)])
+        self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, attn_drop, proj_drop) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.grad_checkpointing = grad_checkpointing
 
