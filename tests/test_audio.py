@@ -4,8 +4,9 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from djepa.modalities.audio import AudioAdapter, digit_schedule, load_audio_folder, load_spoken_digits, speak
+from djepa.modalities.audio import AudioAdapter, digit_schedule, load_audio_folder, load_spoken_digits
 from djepa.modalities.base import DataError
+from djepa.modalities.espeak import speak
 from djepa.tokenizers.mel import MelFrontEnd, MelSettings, MelTokenizer
 
 TINY_MEL = {"n_fft": 256, "hop_length": 128, "n_mels": 16, "frames": 32, "griffin_lim_iters": 4}

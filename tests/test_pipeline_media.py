@@ -8,7 +8,8 @@ from conftest import tiny_model
 from omegaconf import OmegaConf
 
 from djepa.engine.sampling import SamplingSettings
-from djepa.modalities.audio import AudioAdapter, speak
+from djepa.modalities.audio import AudioAdapter
+from djepa.modalities.espeak import speak
 from djepa.modalities.video import VideoAdapter
 from djepa.pipeline import Pipeline
 
