@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from djepa.chunks import map_chunks
 from djepa.io import atomic_write_json, atomic_write_safetensors
 
 
@@ -58,12 +59,12 @@ class ConvClassifier(nn.Module):
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and penultimate features, in eval mode."""
         self.eval()
-        logits, feats = [], []
-        for i in range(0, len(x), batch_size):
-            f = self.features(x[i : i + batch_size].float())
-            feats.append(f)
-            logits.append(self.head(f))
-        return torch.cat(logits), torch.cat(feats)
+
+        def logits_and_features(chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            features = self.features(chunk.float())
+            return self.head(features), features
+
+        return map_chunks(logits_and_features, x, batch_size)
 
 
 def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from djepa.benchmarks.metrics import accuracy
+from djepa.chunks import map_chunks
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.adapter import build_adapter
 from djepa.modalities.base import DataError
@@ -30,11 +31,12 @@ from djepa.tokenizers.train_autoencoder import psnr
 @torch.no_grad()
 def round_trip(adapter: Any, media: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Media -> posterior-mean latents -> tokens -> media: the path a sample's tokens take back to pixels."""
-    out = []
-    for i in range(0, len(media), batch_size):
-        mean, _ = adapter.encode_media(media[i : i + batch_size])
-        out.append(adapter.decode_tokens(adapter.to_tokens(mean.float().cpu())))
-    return torch.cat(out)
+
+    def one_chunk(chunk: torch.Tensor) -> torch.Tensor:
+        mean, _ = adapter.encode_media(chunk)
+        return adapter.decode_tokens(adapter.to_tokens(mean.float().cpu()))
+
+    return map_chunks(one_chunk, media, batch_size)
 
 
 def roundtrip_scores(classify: Any, adapter: Any, media: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

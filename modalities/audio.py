@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
+from djepa.chunks import map_chunks
 from djepa.errors import UsageError
 from djepa.io import atomic_write_safetensors
-from djepa.modalities.base import DataError, ModalityAdapter
+from djepa.modalities.base import ModalityAdapter
 from djepa.modalities.espeak import espeak_voices, speak
-from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
+from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
 from djepa.modalities.image import class_folders
 from djepa.modalities.waveform import peak_normalize
 from djepa.tokenizers.base import LatentTokenizer
@@ -127,10 +128,8 @@ def load_audio_folder(
     """Clips under root/<class>/ as [M, 1, num_samples] in memory (tokenizer training, the benchmark classifier);
     unreadable, empty, silent or non-audio files are skipped and counted. Latent caching reads lazily instead."""
     scan = scan_audio_folder(root)
-    clips, labels, skipped = stack_dataset(audio_folder_dataset(scan, sample_rate, num_samples, normalize))
-    if not len(clips):
-        raise DataError(f"data_dir {root} holds no readable audio ({skipped} files skipped)")
-    return clips, labels, scan.class_names, skipped
+    dataset = audio_folder_dataset(scan, sample_rate, num_samples, normalize)
+    return load_folder(scan, dataset, root, AudioAdapter.folder_items)
 
 
 # ------------------------------------------------------------------------------------------- previews
@@ -162,6 +161,7 @@ class AudioAdapter(ModalityAdapter):
     file_suffix = ".wav"
     train_tokenizer_command = "train_tokenizer modality=audio"
     default_tokenizer = "djepa.tokenizers.mel.MelTokenizer"
+    folder_items = "readable audio"
 
     def __init__(
         self,
@@ -187,24 +187,17 @@ class AudioAdapter(ModalityAdapter):
             {**(mel or {}), "sample_rate": self.sample_rate, "num_samples": self.num_samples}
         )
         self._front_end: MelFrontEnd | None = None
-        self._scan: FolderScan | None = None
 
     # ---------------------------------------------------------------- data
 
-    def default_class_names(self) -> list[str]:
-        return self.scan().class_names if self.data_dir else list(DIGIT_WORDS)
+    def embedded_class_names(self) -> list[str]:
+        return list(DIGIT_WORDS)
 
-    def scan(self) -> FolderScan:
-        """The user folder's files, listed once per adapter so the cache key and the dataset agree."""
-        if self._scan is None:
-            assert self.data_dir is not None
-            self._scan = scan_audio_folder(self.data_dir)
-        return self._scan
+    def scan_data_dir(self, root: Path) -> FolderScan:
+        return scan_audio_folder(root)
 
-    def media_dataset(self) -> Dataset:
-        if self.data_dir is None:
-            return super().media_dataset()
-        return audio_folder_dataset(self.scan(), self.sample_rate, self.num_samples, self.normalize)
+    def folder_dataset(self, scan: FolderScan, augment: bool = False) -> Dataset:
+        return audio_folder_dataset(scan, self.sample_rate, self.num_samples, self.normalize)
 
     def source_id(self) -> dict[str, Any]:
         source = {
@@ -219,12 +212,7 @@ class AudioAdapter(ModalityAdapter):
     def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.data_dir is None:
             return load_spoken_digits(self.cache_dir, self.count, self.seed, self.sample_rate, self.num_samples)
-        audio, labels, self._class_names, self.skipped_files = load_audio_folder(
-            self.data_dir, self.sample_rate, self.num_samples, self.normalize
-        )
-        if self.skipped_files:
-            log.warning("%d unusable files skipped in %s", self.skipped_files, self.data_dir)
-        return audio, labels
+        return self.load_folder()
 
     # ---------------------------------------------------------------- tokenizer
 
@@ -274,10 +262,10 @@ class AudioAdapter(ModalityAdapter):
         self._tokenizer = None
         audio = self.load_dataset()[0]
         raw = MelFrontEnd(self.mel_settings)
-        db = torch.cat([raw.db(audio[i : i + 256]) for i in range(0, len(audio), 256)])
+        db = map_chunks(raw.db, audio)
         fitted = fit_mel_normalisation(db, self.mel_settings)
         front_end = MelFrontEnd(fitted)
-        mels = torch.cat([front_end(audio[i : i + 256]) for i in range(0, len(audio), 256)])
+        mels = map_chunks(front_end, audio)
         metrics = train_autoencoder_kl(mels, self.tokenizer_config["path"], AutoencoderTrainConfig(**settings))
         write_mel_settings(self.tokenizer_config["path"], fitted)
         return {**metrics, "mel_db_max": fitted.db_max, "mel_db_range": fitted.db_range}
@@ -310,7 +298,7 @@ class AudioAdapter(ModalityAdapter):
 
     def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
         media = media.detach().float().cpu()
-        return torch.cat([self.front_end(media[i : i + 256]) for i in range(0, len(media), 256)]), 1
+        return map_chunks(self.front_end, media), 1
 
     @property
     def seconds_per_token_column(self) -> float:

@@ -14,21 +14,18 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from djepa.chunks import map_chunks
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
 from djepa.errors import UsageError
 from djepa.legacy import upgrade_tokenizer
-from djepa.modalities.folder import MemoryDataset
+from djepa.modalities.folder import DataError, FolderScan, MemoryDataset, load_folder
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
 from djepa.plugins import build, plugin_class
 from djepa.tokenizers.base import LatentTokenizer, weights_hash
 
 log = logging.getLogger(__name__)
-
-
-class DataError(UsageError):
-    """A user data source is unusable (missing, empty, no class folders); the message names it."""
 
 
 def patchify(latents: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
@@ -68,6 +65,9 @@ class ModalityAdapter(ABC):
     train_tokenizer_command: str
     # The tokenizer of a config that names none (image configs before `_target_`); `train_tokenizer` makes it.
     default_tokenizer: str
+    # What a user folder holds, for the error when none of its files is usable (e.g. "readable images").
+    folder_items: str
+    data_dir: Path | None = None  # a user folder root/<class>/<files>; None: the embedded default
 
     def __init__(self, tokenizer: dict[str, Any], patch_size: list[int], cache_dir: str, seed: int = 0):
         self.tokenizer_config = upgrade_tokenizer(tokenizer, self.default_tokenizer)
@@ -77,6 +77,7 @@ class ModalityAdapter(ABC):
         self._tokenizer: LatentTokenizer | None = None
         self._class_names: list[str] | None = None  # set by load_dataset for user folders
         self.skipped_files = 0
+        self._scan: FolderScan | None = None
 
     # --------------------------------------------------------------- to implement
 
@@ -85,8 +86,17 @@ class ModalityAdapter(ABC):
         """Media tensors [M, ...] and class ids [M]."""
 
     @abstractmethod
-    def default_class_names(self) -> list[str]:
-        """Class names before the dataset is loaded: the embedded default's, or the user folder's subfolders."""
+    def embedded_class_names(self) -> list[str]:
+        """The embedded default's class names."""
+
+    @abstractmethod
+    def scan_data_dir(self, root: Path) -> FolderScan:
+        """The candidate files of a user folder, by class."""
+
+    @abstractmethod
+    def folder_dataset(self, scan: FolderScan, augment: bool = False) -> Dataset:
+        """The items of a scanned user folder, read one by one when asked (DataLoader workers), never all at
+        once; `augment` adds the copies the latent cache keeps (image: mirrored ones)."""
 
     @property
     @abstractmethod
@@ -136,6 +146,28 @@ class ModalityAdapter(ABC):
 
     # --------------------------------------------------------------- shared
 
+    def default_class_names(self) -> list[str]:
+        """Class names before the dataset is loaded: the embedded default's, or the user folder's subfolders."""
+        return self.scan().class_names if self.data_dir else self.embedded_class_names()
+
+    def scan(self) -> FolderScan:
+        """The user folder's files, listed once per adapter so the cache key and the dataset agree."""
+        if self._scan is None:
+            assert self.data_dir is not None
+            self._scan = self.scan_data_dir(self.data_dir)
+        return self._scan
+
+    def load_folder(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user folder's usable items in memory, with labels; unusable files are skipped and counted."""
+        assert self.data_dir is not None
+        scan = self.scan()
+        items, labels, self._class_names, self.skipped_files = load_folder(
+            scan, self.folder_dataset(scan), self.data_dir, self.folder_items
+        )
+        if self.skipped_files:
+            log.warning("%d unusable files skipped in %s", self.skipped_files, self.data_dir)
+        return items, labels
+
     @property
     def class_names(self) -> list[str]:
         if self._class_names is None:
@@ -175,9 +207,7 @@ class ModalityAdapter(ABC):
 
     def decode_tokens(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         latents = self.to_latents(tokens.float())
-        return torch.cat(
-            [self.tokenizer.decode(latents[i : i + batch_size]).cpu() for i in range(0, len(latents), batch_size)]
-        )
+        return map_chunks(lambda z: self.tokenizer.decode(z).cpu(), latents, batch_size)
 
     def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Real examples and labels to train the benchmark classifier on (the dataset by default)."""
@@ -201,8 +231,10 @@ class ModalityAdapter(ABC):
         return self.tokenizer.encode_moments(media)
 
     def media_dataset(self) -> Dataset:
-        """Items (index, media or None if unusable, label) for latent caching; user folders override this
-        to read files lazily, the embedded defaults are generated in memory."""
+        """Items (index, media or None if unusable, label) for latent caching: a user folder's files read lazily,
+        the embedded default generated in memory."""
+        if self.data_dir is not None:
+            return self.folder_dataset(self.scan(), augment=True)
         return MemoryDataset(*self.load_dataset())
 
     def cache_key(self) -> str:

@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from djepa.errors import UsageError
+
 log = logging.getLogger(__name__)
+
+
+class DataError(UsageError):
+    """A user data source is unusable (missing, empty, no class folders); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -132,3 +138,14 @@ def stack_dataset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, int]:
     if not media:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped // copies
     return torch.stack(media), torch.tensor(labels), skipped // copies
+
+
+def load_folder(
+    scan: FolderScan, dataset: Dataset, root: Path, what: str
+) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:
+    """A scanned folder's usable items stacked in memory (tokenizer training, the benchmark classifier), their
+    labels, the class names and the count of skipped files; no usable `what` at all is a DataError."""
+    items, labels, skipped = stack_dataset(dataset)
+    if not len(items):
+        raise DataError(f"data_dir {root} holds no {what} ({skipped} files skipped)")
+    return items, labels, scan.class_names, skipped

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from djepa.modalities.base import DataError, ModalityAdapter
 from djepa.modalities.colour_blind import colour_blind
-from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
+from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,7 @@ def load_image_folder(root: Path, size: int, channels: int) -> tuple[torch.Tenso
     """Images under root/<class>/ stacked in memory (small uses: tokenizer training, the benchmark classifier);
     unreadable files are skipped and counted, never fatal. Latent caching reads the folder lazily instead."""
     scan = scan_image_folder(root)
-    images, labels, skipped = stack_dataset(image_folder_dataset(scan, size, channels))
-    if not len(images):
-        raise DataError(f"data_dir {root} holds no readable images ({skipped} files skipped)")
-    return images, labels, scan.class_names, skipped
+    return load_folder(scan, image_folder_dataset(scan, size, channels), root, ImageAdapter.folder_items)
 
 
 class ImageAdapter(ModalityAdapter):
@@ -139,6 +136,7 @@ class ImageAdapter(ModalityAdapter):
     file_suffix = ".png"
     train_tokenizer_command = "train_tokenizer modality=image"
     default_tokenizer = "djepa.tokenizers.autoencoder_kl.AutoencoderKLTokenizer"
+    folder_items = "readable images"
 
     def __init__(
         self,
@@ -162,22 +160,15 @@ class ImageAdapter(ModalityAdapter):
                 f"modality.adapter.classifier={classifier!r}: choose one of {', '.join(CLASSIFIER_SOURCES)}"
             )
         self.classifier = classifier
-        self._scan: FolderScan | None = None
 
-    def default_class_names(self) -> list[str]:
-        return self.scan().class_names if self.data_dir else digit_or_folder_names(None)
+    def embedded_class_names(self) -> list[str]:
+        return list(DIGIT_NAMES)
 
-    def scan(self) -> FolderScan:
-        """The user folder's files, listed once per adapter so the cache key and the dataset agree."""
-        if self._scan is None:
-            assert self.data_dir is not None
-            self._scan = scan_image_folder(self.data_dir)
-        return self._scan
+    def scan_data_dir(self, root: Path) -> FolderScan:
+        return scan_image_folder(root)
 
-    def media_dataset(self) -> Dataset:
-        if self.data_dir is None:
-            return super().media_dataset()
-        return image_folder_dataset(self.scan(), self.image_size, self.channels, self.flip)
+    def folder_dataset(self, scan: FolderScan, augment: bool = False) -> Dataset:
+        return image_folder_dataset(scan, self.image_size, self.channels, self.flip and augment)
 
     @property
     def media_grid(self) -> tuple[int, ...]:
@@ -206,12 +197,7 @@ class ImageAdapter(ModalityAdapter):
             if self.channels == 3:
                 images = images.expand(-1, 3, -1, -1).contiguous()
             return images, labels
-        images, labels, self._class_names, self.skipped_files = load_image_folder(
-            self.data_dir, self.image_size, self.channels
-        )
-        if self.skipped_files:
-            log.warning("%d unreadable files skipped in %s", self.skipped_files, self.data_dir)
-        return images, labels
+        return self.load_folder()
 
     # ---------------------------------------------------------------- benchmark classifier
 

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from djepa.modalities.base import DataError, ModalityAdapter
-from djepa.modalities.folder import FileDataset, FolderScan, scan_class_folders, stack_dataset
+from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
 from djepa.modalities.image import (
     class_folders,
     digit_or_folder_names,
@@ -198,10 +198,8 @@ def load_video_folder(
     """Clips under root/<class>/*.{mp4,avi,webm,mkv,...} stacked in memory (tokenizer training, the benchmark
     classifier); bad, short or non-video files are skipped and counted. Latent caching reads lazily instead."""
     scan = scan_video_folder(root)
-    clips, labels, skipped = stack_dataset(video_folder_dataset(scan, frames, stride, size, channels))
-    if not len(clips):
-        raise DataError(f"data_dir {root} holds no usable clips of {frames} frames ({skipped} files skipped)")
-    return clips, labels, scan.class_names, skipped
+    dataset = video_folder_dataset(scan, frames, stride, size, channels)
+    return load_folder(scan, dataset, root, f"usable clips of {frames} frames")
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
@@ -265,24 +263,18 @@ class VideoAdapter(ModalityAdapter):
         self.num_clips = int(num_clips)
         self.digit_size = min(int(digit_size), self.image_size)
         self.fps = int(fps)
-        self._scan: FolderScan | None = None
+        self.folder_items = f"usable clips of {self.frames} frames"
 
     # --------------------------------------------------------------- data
 
-    def default_class_names(self) -> list[str]:
-        return self.scan().class_names if self.data_dir else digit_or_folder_names(None)
+    def embedded_class_names(self) -> list[str]:
+        return digit_or_folder_names(None)
 
-    def scan(self) -> FolderScan:
-        """The user folder's files, listed once per adapter so the cache key and the dataset agree."""
-        if self._scan is None:
-            assert self.data_dir is not None
-            self._scan = scan_video_folder(self.data_dir)
-        return self._scan
+    def scan_data_dir(self, root: Path) -> FolderScan:
+        return scan_video_folder(root)
 
-    def media_dataset(self) -> Dataset:
-        if self.data_dir is None:
-            return super().media_dataset()
-        return video_folder_dataset(self.scan(), self.frames, self.frame_stride, self.image_size, self.channels)
+    def folder_dataset(self, scan: FolderScan, augment: bool = False) -> Dataset:
+        return video_folder_dataset(scan, self.frames, self.frame_stride, self.image_size, self.channels)
 
     @property
     def media_grid(self) -> tuple[int, ...]:
@@ -315,12 +307,7 @@ class VideoAdapter(ModalityAdapter):
         if self.data_dir is None:
             clips, labels = moving_digits(self.num_clips, self.frames, self.image_size, self.digit_size, self.seed)
             return self._expand(clips, 2), labels
-        clips, labels, self._class_names, self.skipped_files = load_video_folder(
-            self.data_dir, self.frames, self.frame_stride, self.image_size, self.channels
-        )
-        if self.skipped_files:
-            log.warning("%d unusable files skipped in %s", self.skipped_files, self.data_dir)
-        return clips, labels
+        return self.load_folder()
 
     def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Single frames [M, C, H, W] with labels: real MNIST digits placed as in the clips, or user clip frames."""

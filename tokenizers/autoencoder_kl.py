@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-from djepa.tokenizers.base import LatentTokenizer, TokenizerNotFound
+from djepa.tokenizers.base import LatentTokenizer, load_local_model
 
 
 def load_autoencoder_kl(path: str | Path, how_to_make: str = ""):
     """Load an AutoencoderKL from a local directory (or a single-file checkpoint), never from the hub."""
     from diffusers import AutoencoderKL
 
-    path = Path(path)
-    if not path.exists():
-        hint = f" Make it with `{how_to_make}`, or" if how_to_make else ""
-        raise TokenizerNotFound(
-            f"tokenizer path {path} does not exist.{hint} point tokenizer.path at a local AutoencoderKL "
-            "directory written by save_pretrained (nothing is downloaded)"
-        )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if path.is_file():
-        return AutoencoderKL.from_single_file(str(path), local_files_only=True, low_cpu_mem_usage=False)
-    return AutoencoderKL.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
+    hint = f" Make it with `{how_to_make}`, or" if how_to_make else ""
+    missing = (
+        f"tokenizer path {path} does not exist.{hint} point tokenizer.path at a local AutoencoderKL "
+        "directory written by save_pretrained (nothing is downloaded)"
+    )
+    return load_local_model(AutoencoderKL, path, missing)
 
 
 class AutoencoderKLTokenizer(LatentTokenizer):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,6 +29,21 @@ def weights_hash(path: str | Path | None) -> str | None:
 
 class TokenizerNotFound(FileNotFoundError):
     """A configured tokenizer path is missing; the message says how to make it."""
+
+
+def load_local_model(cls: type, path: str | Path, missing: str) -> Any:
+    """A diffusers model of class `cls` from a local `save_pretrained` directory (or a single-file checkpoint where
+    the class reads one), never from the hub; `missing` is the message when `path` does not exist."""
+    path = Path(path)
+    if not path.exists():
+        raise TokenizerNotFound(missing)
+    # Nothing is downloaded at run time: a config that points at the hub fails instead of fetching.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if path.is_file():
+        if not hasattr(cls, "from_single_file"):
+            raise TokenizerNotFound(f"{cls.__name__} loads from a save_pretrained directory, not the file {path}")
+        return cls.from_single_file(str(path), local_files_only=True, low_cpu_mem_usage=False)
+    return cls.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
 
 
 class LatentTokenizer(ABC):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from djepa.tokenizers.base import LatentTokenizer, TokenizerNotFound
+from djepa.tokenizers.base import LatentTokenizer, load_local_model
 
 LATENT_STATS_JSON = "latent_stats.json"
 
@@ -19,15 +18,12 @@ def load_autoencoder_oobleck(path: str | Path):
     """Load an AutoencoderOobleck from a local `save_pretrained` directory, never from the hub."""
     from diffusers import AutoencoderOobleck
 
-    path = Path(path)
-    if not path.is_dir():
-        raise TokenizerNotFound(
-            f"tokenizer path {path} does not exist: point modality.adapter.tokenizer.path at a local "
-            "AutoencoderOobleck directory written by save_pretrained (e.g. Stable Audio's `vae` folder; "
-            "nothing is downloaded)"
-        )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return AutoencoderOobleck.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
+    missing = (
+        f"tokenizer path {path} does not exist: point modality.adapter.tokenizer.path at a local "
+        "AutoencoderOobleck directory written by save_pretrained (e.g. Stable Audio's `vae` folder; "
+        "nothing is downloaded)"
+    )
+    return load_local_model(AutoencoderOobleck, path, missing)
 
 
 class OobleckTokenizer(LatentTokenizer):

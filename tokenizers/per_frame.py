@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from djepa.chunks import map_chunks
 from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
 from djepa.tokenizers.base import LatentTokenizer
 
@@ -56,24 +57,18 @@ class PerFrameTokenizer(LatentTokenizer):
         """[B, T, C, H, W] -> mean and std [B, c, T, h, w]."""
         b, t = x.shape[:2]
         frames = fit_channels(x.reshape(b * t, *x.shape[2:]), self.frame.in_channels, 1)
-        means, stds = [], []
-        for i in range(0, len(frames), self.batch_frames):
-            mean, std = self.frame.encode_moments(frames[i : i + self.batch_frames])
-            means.append(mean)
-            stds.append(std)
+        mean, std = map_chunks(self.frame.encode_moments, frames, self.batch_frames)
 
         def unfold(z: torch.Tensor) -> torch.Tensor:
             return z.reshape(b, t, *z.shape[1:]).transpose(1, 2)
 
-        return unfold(torch.cat(means)), unfold(torch.cat(stds))
+        return unfold(mean), unfold(std)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """[B, c, T, h, w] -> video [B, T, C, H, W]."""
         b, _, t = z.shape[:3]
         flat = z.transpose(1, 2).reshape(b * t, z.shape[1], *z.shape[3:])
-        frames = torch.cat(
-            [self.frame.decode(flat[i : i + self.batch_frames]) for i in range(0, len(flat), self.batch_frames)]
-        )
+        frames = map_chunks(self.frame.decode, flat, self.batch_frames)
         frames = fit_channels(frames, self.media_channels, 1)
         return frames.reshape(b, t, *frames.shape[1:])

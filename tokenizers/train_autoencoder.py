@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from djepa.chunks import map_chunks
+
 
 @dataclass
 class AutoencoderTrainConfig:
@@ -86,10 +88,8 @@ def train_autoencoder_kl(data: torch.Tensor, out_dir: str | Path, cfg: Autoencod
     train_seconds = time.perf_counter() - start
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(train[i : i + 256]).latent_dist.sample() for i in range(0, len(train), 256)])
-        recon = torch.cat(
-            [vae.decode(vae.encode(held[i : i + 256]).latent_dist.mean).sample for i in range(0, len(held), 256)]
-        )
+        latents = map_chunks(lambda x: vae.encode(x).latent_dist.sample(), train)
+        recon = map_chunks(lambda x: vae.decode(vae.encode(x).latent_dist.mean).sample, held)
     shift, std = latents.mean().item(), latents.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=1.0 / std)
     metrics = {

@@ -7,13 +7,12 @@ give 1 + k latent frames (CogVideoX: 49 -> 13, Wan: 81 -> 21 with tc = 4; LTX: 1
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from djepa.errors import UsageError
-from djepa.tokenizers.base import LatentTokenizer, TokenizerNotFound
+from djepa.tokenizers.base import LatentTokenizer, load_local_model
 from djepa.tokenizers.per_frame import fit_channels
 
 VIDEO_VAE_CLASSES = {
@@ -34,18 +33,11 @@ def video_vae_class(family: str):
 def load_video_vae(family: str, path: str | Path):
     """A diffusers video VAE from a local `save_pretrained` directory (or a single-file checkpoint)."""
     cls = video_vae_class(family)
-    path = Path(path)
-    if not path.exists():
-        raise TokenizerNotFound(
-            f"tokenizer path {path} does not exist: point modality.adapter.tokenizer.path at a local "
-            f"{cls.__name__} directory written by save_pretrained (nothing is downloaded)"
-        )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if path.is_file():
-        if not hasattr(cls, "from_single_file"):
-            raise TokenizerNotFound(f"{cls.__name__} loads from a save_pretrained directory, not the file {path}")
-        return cls.from_single_file(str(path), local_files_only=True, low_cpu_mem_usage=False)
-    return cls.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
+    missing = (
+        f"tokenizer path {path} does not exist: point modality.adapter.tokenizer.path at a local "
+        f"{cls.__name__} directory written by save_pretrained (nothing is downloaded)"
+    )
+    return load_local_model(cls, path, missing)
 
 
 def compression(family: str, vae) -> tuple[int, int]:
