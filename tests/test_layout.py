@@ -23,9 +23,15 @@ PACKAGES = {"djepa": "djepa", "modalities": "djepa.modalities", "tokenizers": "d
 
 CORE_NEVER = ("djepa.modalities", "djepa.tokenizers", "djepa.benchmarks", "modalities", "tokenizers", "benchmarks")
 # module prefix -> what modules under it must never import (prefix match on dotted names)
+ABOVE_THE_BASE = ("djepa.nn", "djepa.engine", "djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER)
 RULES = {
     "djepa.errors": ("djepa",),
     "djepa.io": ("djepa",),
+    "djepa.chunks": ("djepa",),
+    # the base layer beside errors and io: the `_target_` builder and the old config names (class names as
+    # strings only, never imports of what they name)
+    "djepa.plugins": ABOVE_THE_BASE,
+    "djepa.legacy": ABOVE_THE_BASE,
     "djepa.nn": ("djepa.engine", "djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),
     "djepa.engine": ("djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),
     "djepa.pipeline": ("djepa.cli", *CORE_NEVER),
