@@ -2,6 +2,7 @@
 
 import json
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from djepa import Pipeline
-from djepa.cli import sample
+from djepa.cli import sample, scripts
 from djepa.cli.config import compose_config
 from djepa.cli.scripts import dispatch, export
 from djepa.errors import UsageError
@@ -196,6 +197,36 @@ def test_console_scripts_answer_help():
         proc = subprocess.run([str(scripts / name), "--help"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"usage: {name}")
+
+
+def help_text(function, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        function()
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "module, command",
+    [
+        ("djepa.cli.train", "train"),
+        ("djepa.cli.sample", "sample"),
+        ("djepa.cli.train_tokenizer", "train_tokenizer"),
+        ("djepa.cli.export", "export"),
+        ("djepa.benchmarks.run", "benchmark"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy, when already imported
+def test_python_m_prints_the_console_scripts_help(module, command, monkeypatch, capsys):
+    expected = help_text(lambda: getattr(scripts, command)(["--help"]), capsys)
+    monkeypatch.setattr(sys, "argv", [module, "--help"])  # what `python -m module --help` runs
+    assert help_text(lambda: runpy.run_module(module, run_name="__main__", alter_sys=True), capsys) == expected
+
+
+def test_python_m_train_help_in_a_fresh_interpreter():
+    proc = subprocess.run([sys.executable, "-m", "djepa.cli.train", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == scripts.usage("train") + "\n"
 
 
 def test_an_older_checkpoint_loads_with_its_runs_config(image_run):
