@@ -53,23 +53,21 @@ def image_run(tmp_path_factory):
     )
     assert metrics["psnr_db"] > 5
     run_dir = tmp_path_factory.mktemp("run")
-    train.run(
-        train.compose_config(
-            common
-            + [
-                f"run_dir={run_dir}",
-                "model=tiny",
-                "train.steps=12",
-                "train.batch_size=16",
-                "train.checkpoint_every=6",
-                "train.preview_every=6",
-                "sample.preview_per_class=1",
-                "num_steps=2",
-                "loss.head.sampling_steps=3",
-            ]
-        )
-    )
+    train.run(train.compose_config(common + [f"run_dir={run_dir}", *IMAGE_RUN]))
     return common, run_dir
+
+
+# The image_run's training settings (a test may train the same run again with one setting changed).
+IMAGE_RUN = [
+    "model=tiny",
+    "train.steps=12",
+    "train.batch_size=16",
+    "train.checkpoint_every=6",
+    "train.preview_every=6",
+    "sample.preview_per_class=1",
+    "num_steps=2",
+    "loss.head.sampling_steps=3",
+]
 
 
 def free_port() -> int:

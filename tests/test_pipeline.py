@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import IMAGE_RUN
 from omegaconf import OmegaConf
 from PIL import Image
 
 from djepa import Pipeline
-from djepa.cli import sample, scripts
+from djepa.cli import sample, scripts, train
 from djepa.cli.config import compose_config
 from djepa.cli.scripts import dispatch, export
 from djepa.errors import UsageError
@@ -204,6 +205,25 @@ def help_text(function, capsys) -> str:
         function()
     assert exit_info.value.code == 0
     return capsys.readouterr().out
+
+
+def test_a_run_with_sharded_checkpoints_samples_and_exports_as_the_same_run_in_full(pipe, image_run, tmp_path):
+    # The same training with train.checkpoint_format=sharded (what FSDP runs write): sample, the pipeline and
+    # export read its consolidated EMA and give the very files the gathered-checkpoint run gives.
+    common, run_dir = image_run
+    precision = OmegaConf.load(run_dir / "config.yaml").train.precision  # auto may decide otherwise under load
+    sharded = tmp_path / "sharded"
+    overrides = [f"run_dir={sharded}", *IMAGE_RUN, f"train.precision={precision}", "train.checkpoint_format=sharded"]
+    train.run(train.compose_config(common + overrides))
+    assert (sharded / "checkpoints" / "step_0000012" / "dcp" / ".metadata").is_file()
+    export([f"run_dir={sharded}", f"out={tmp_path / 'export'}"])
+
+    pipe(class_labels=[2], num_samples=2, seed=3).save(tmp_path / "full")
+    Pipeline.from_pretrained(sharded, device="cpu")(class_labels=[2], num_samples=2, seed=3).save(tmp_path / "api")
+    for name, source in (("cli", sharded), ("exported", tmp_path / "export")):
+        sample.main([f"run_dir={source}", "prompt_class=2", "num_samples=2", "seed=3", f"out={tmp_path / name}"])
+    outputs = [file_bytes(tmp_path / name) for name in ("full", "api", "cli", "exported")]
+    assert all(out == outputs[0] for out in outputs)
 
 
 @pytest.mark.parametrize(
