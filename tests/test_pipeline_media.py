@@ -3,14 +3,6 @@ seeded outputs that repeat byte for byte (WAVs, Griffin-Lim included; MP4s and v
 
 import numpy as np
 import pytest
-import soundfile as sf
-from conftest import tiny_model
-from omegaconf import OmegaConf
-
-from djepa.engine.sampling import SamplingSettings
-from djepa.modalities.audio import AudioAdapter, speak
-from djepa.modalities.video import VideoAdapter
-from djepa.pipeline import Pipeline
 
 
 def file_bytes(directory):
@@ -22,39 +14,6 @@ def decoded(path):
 
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
-def pipeline_for(adapter, tmp_path, class_names):
-    model = tiny_model(adapter.token_grid, token_dim=adapter.token_dim, num_classes=len(class_names))
-    config = OmegaConf.create({"modality": {"name": adapter.name}})
-    return Pipeline(model, adapter, class_names, SamplingSettings(2.0, 1.0, 3, "constant"), config, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def video_pipe(tmp_path_factory):
-    root = tmp_path_factory.mktemp("video")
-    adapter = VideoAdapter(
-        {"path": str(root / "tok")}, [2, 2, 2], str(root / "cache"), frames=8, image_size=16, digit_size=12,
-        num_clips=20, fps=6,
-    )  # fmt: skip
-    adapter.train_tokenizer(dict(block_out_channels=[8, 16], norm_num_groups=4, steps=2, batch_size=16, holdout=0.1))
-    return pipeline_for(adapter, root, [str(d) for d in range(10)])
-
-
-@pytest.fixture(scope="module")
-def audio_pipe(tmp_path_factory):
-    root = tmp_path_factory.mktemp("audio")
-    for word in ("one", "two"):
-        (root / "data" / word).mkdir(parents=True)
-        for i, voice in enumerate(["en-us", "en+m3"]):
-            sf.write(root / "data" / word / f"{i}.wav", speak(word, voice, sample_rate=8000, num_samples=4000)[0], 8000)
-    mel = {"n_fft": 256, "hop_length": 128, "n_mels": 16, "frames": 32, "griffin_lim_iters": 4}
-    adapter = AudioAdapter(
-        {"path": str(root / "tok")}, [2, 2], str(root / "cache"), sample_rate=8000, seconds=0.5,
-        data_dir=str(root / "data"), mel=mel,
-    )  # fmt: skip
-    adapter.train_tokenizer(dict(block_out_channels=[8, 8], norm_num_groups=4, steps=2, batch_size=4, holdout=0.25))
-    return pipeline_for(adapter, root, ["one", "two"])
 
 
 def test_video_pipeline_gives_uint8_clips_with_fps_and_seeded_frames(video_pipe, tmp_path):
