@@ -221,5 +221,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(compose_config(argv), argv)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m ...` answers --help / --cfg job as the console script does
+    from djepa.cli import scripts
+
+    scripts.benchmark()

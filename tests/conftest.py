@@ -53,23 +53,67 @@ def image_run(tmp_path_factory):
     )
     assert metrics["psnr_db"] > 5
     run_dir = tmp_path_factory.mktemp("run")
-    train.run(
-        train.compose_config(
-            common
-            + [
-                f"run_dir={run_dir}",
-                "model=tiny",
-                "train.steps=12",
-                "train.batch_size=16",
-                "train.checkpoint_every=6",
-                "train.preview_every=6",
-                "sample.preview_per_class=1",
-                "num_steps=2",
-                "loss.head.sampling_steps=3",
-            ]
-        )
-    )
+    train.run(train.compose_config(common + [f"run_dir={run_dir}", *IMAGE_RUN]))
     return common, run_dir
+
+
+# The image_run's training settings (a test may train the same run again with one setting changed).
+IMAGE_RUN = [
+    "model=tiny",
+    "train.steps=12",
+    "train.batch_size=16",
+    "train.checkpoint_every=6",
+    "train.preview_every=6",
+    "sample.preview_per_class=1",
+    "num_steps=2",
+    "loss.head.sampling_steps=3",
+]
+
+
+def pipeline_for(adapter, tmp_path, class_names):
+    from omegaconf import OmegaConf
+
+    from djepa.engine.sampling import SamplingSettings
+    from djepa.pipeline import Pipeline
+
+    model = tiny_model(adapter.token_grid, token_dim=adapter.token_dim, num_classes=len(class_names))
+    config = OmegaConf.create({"modality": {"name": adapter.name}})
+    return Pipeline(model, adapter, class_names, SamplingSettings(2.0, 1.0, 3, "constant"), config, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def video_pipe(tmp_path_factory):
+    """Pipelines over untrained tiny models and tiny tokenizers (pipeline, web demo tests)."""
+    from djepa.modalities.video import VideoAdapter
+
+    root = tmp_path_factory.mktemp("video")
+    adapter = VideoAdapter(
+        {"path": str(root / "tok")}, [2, 2, 2], str(root / "cache"), frames=8, image_size=16, digit_size=12,
+        num_clips=20, fps=6,
+    )  # fmt: skip
+    adapter.train_tokenizer(dict(block_out_channels=[8, 16], norm_num_groups=4, steps=2, batch_size=16, holdout=0.1))
+    return pipeline_for(adapter, root, [str(d) for d in range(10)])
+
+
+@pytest.fixture(scope="session")
+def audio_pipe(tmp_path_factory):
+    import soundfile as sf
+
+    from djepa.modalities.audio import AudioAdapter
+    from djepa.modalities.espeak import speak
+
+    root = tmp_path_factory.mktemp("audio")
+    for word in ("one", "two"):
+        (root / "data" / word).mkdir(parents=True)
+        for i, voice in enumerate(["en-us", "en+m3"]):
+            sf.write(root / "data" / word / f"{i}.wav", speak(word, voice, sample_rate=8000, num_samples=4000)[0], 8000)
+    mel = {"n_fft": 256, "hop_length": 128, "n_mels": 16, "frames": 32, "griffin_lim_iters": 4}
+    adapter = AudioAdapter(
+        {"path": str(root / "tok")}, [2, 2], str(root / "cache"), sample_rate=8000, seconds=0.5,
+        data_dir=str(root / "data"), mel=mel,
+    )  # fmt: skip
+    adapter.train_tokenizer(dict(block_out_channels=[8, 8], norm_num_groups=4, steps=2, batch_size=4, holdout=0.25))
+    return pipeline_for(adapter, root, ["one", "two"])
 
 
 def free_port() -> int:

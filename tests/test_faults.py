@@ -96,6 +96,7 @@ TRAIN_CASES = [
     (["train.lr=0"], "train.lr=0 must be a number > 0"),
     (["train.precision=fp16"], "train.precision='fp16' must be one of auto, bf16, fp32"),
     (["train.warmup_steps=-5"], "train.warmup_steps=-5 must be a whole number >= 0"),
+    (["train.checkpoint_format=zarr"], "train.checkpoint_format='zarr' must be one of auto, full, sharded"),
     (["attention_backend=flash"], "attention_backend='flash' must be one of auto, xformers, sdpa, math"),
     (["loss=flow", "loss.head.sampler=rk45"], "loss.head.sampler='rk45' must be one of euler, heun"),
     (["loss.head._target_=gan.Head"], "loss.head._target_='gan.Head' cannot be imported"),

@@ -2,17 +2,19 @@
 
 import json
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import IMAGE_RUN
 from omegaconf import OmegaConf
 from PIL import Image
 
 from djepa import Pipeline
-from djepa.cli import sample
+from djepa.cli import sample, scripts, train
 from djepa.cli.config import compose_config
 from djepa.cli.scripts import dispatch, export
 from djepa.errors import UsageError
@@ -196,6 +198,55 @@ def test_console_scripts_answer_help():
         proc = subprocess.run([str(scripts / name), "--help"], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"usage: {name}")
+
+
+def help_text(function, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        function()
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_a_run_with_sharded_checkpoints_samples_and_exports_as_the_same_run_in_full(pipe, image_run, tmp_path):
+    # The same training with train.checkpoint_format=sharded (what FSDP runs write): sample, the pipeline and
+    # export read its consolidated EMA and give the very files the gathered-checkpoint run gives.
+    common, run_dir = image_run
+    precision = OmegaConf.load(run_dir / "config.yaml").train.precision  # auto may decide otherwise under load
+    sharded = tmp_path / "sharded"
+    overrides = [f"run_dir={sharded}", *IMAGE_RUN, f"train.precision={precision}", "train.checkpoint_format=sharded"]
+    train.run(train.compose_config(common + overrides))
+    assert (sharded / "checkpoints" / "step_0000012" / "dcp" / ".metadata").is_file()
+    export([f"run_dir={sharded}", f"out={tmp_path / 'export'}"])
+
+    pipe(class_labels=[2], num_samples=2, seed=3).save(tmp_path / "full")
+    Pipeline.from_pretrained(sharded, device="cpu")(class_labels=[2], num_samples=2, seed=3).save(tmp_path / "api")
+    for name, source in (("cli", sharded), ("exported", tmp_path / "export")):
+        sample.main([f"run_dir={source}", "prompt_class=2", "num_samples=2", "seed=3", f"out={tmp_path / name}"])
+    outputs = [file_bytes(tmp_path / name) for name in ("full", "api", "cli", "exported")]
+    assert all(out == outputs[0] for out in outputs)
+
+
+@pytest.mark.parametrize(
+    "module, command",
+    [
+        ("djepa.cli.train", "train"),
+        ("djepa.cli.sample", "sample"),
+        ("djepa.cli.train_tokenizer", "train_tokenizer"),
+        ("djepa.cli.export", "export"),
+        ("djepa.benchmarks.run", "benchmark"),
+    ],
+)
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy, when already imported
+def test_python_m_prints_the_console_scripts_help(module, command, monkeypatch, capsys):
+    expected = help_text(lambda: getattr(scripts, command)(["--help"]), capsys)
+    monkeypatch.setattr(sys, "argv", [module, "--help"])  # what `python -m module --help` runs
+    assert help_text(lambda: runpy.run_module(module, run_name="__main__", alter_sys=True), capsys) == expected
+
+
+def test_python_m_train_help_in_a_fresh_interpreter():
+    proc = subprocess.run([sys.executable, "-m", "djepa.cli.train", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == scripts.usage("train") + "\n"
 
 
 def test_an_older_checkpoint_loads_with_its_runs_config(image_run):

@@ -1,4 +1,6 @@
-"""The web demo end to end in a real headless Chromium: pick a class, click Generate, see an image."""
+"""The web demo end to end in a real headless Chromium: pick a class, click Generate, see the image grid, play
+the video, or the audio clip with its spectrograms (tiny untrained models for video and audio: the page is tested,
+not the samples)."""
 
 import shutil
 import socket
@@ -21,16 +23,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(image_run):
+def serving(pipe):
     from djepa.cli.serve import launch
-    from djepa.pipeline import Pipeline
 
-    pipe = Pipeline.from_pretrained(image_run[1], device="cpu")
     port = free_port()
     app = launch(pipe, port, block=False)
     yield f"http://127.0.0.1:{port}/"
     app.close()
+
+
+@pytest.fixture(scope="module")
+def server(image_run):
+    from djepa.pipeline import Pipeline
+
+    yield from serving(Pipeline.from_pretrained(image_run[1], device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def video_server(video_pipe):
+    yield from serving(video_pipe)
+
+
+@pytest.fixture(scope="module")
+def audio_server(audio_pipe):
+    yield from serving(audio_pipe)
 
 
 @pytest.fixture
@@ -57,16 +73,30 @@ def wait_for(condition, timeout=60.0):
     raise TimeoutError("condition not met")
 
 
+def pick_class_and_generate(browser, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#class input"))[0]
+    box.click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'li[role="option"][aria-label="{name}"]'))[0].click()
+    assert wait_for(lambda: box.get_attribute("value") == name, timeout=10)
+    browser.find_element(By.ID, "generate").click()
+
+
+def loaded_grid(browser) -> list[int] | None:
+    """The natural size of the loaded preview image (#grid), once the browser has decoded it."""
+    size = browser.execute_script(
+        "const img = document.querySelector('#grid img'); return img && [img.naturalWidth, img.naturalHeight]"
+    )
+    return size if size and size[0] else None
+
+
 @needs_browser
 def test_pick_a_class_generate_and_see_the_image_grid(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     browser.get(server)
-    box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#class input"))[0]
-    box.click()
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, 'li[role="option"][aria-label="7"]'))[0].click()
-    assert wait_for(lambda: box.get_attribute("value") == "7", timeout=10)
-    browser.find_element(By.ID, "generate").click()
+    pick_class_and_generate(browser, "7")
 
     def loaded_images():
         return [i for i in browser.find_elements(By.CSS_SELECTOR, "#result img") if i.get_attribute("src")]
@@ -82,6 +112,42 @@ def test_pick_a_class_generate_and_see_the_image_grid(server, browser, tmp_path)
     assert wait_for(lambda: natural_size(image)) == [4 * 34 * 2, 34 * 2]
     browser.save_screenshot(str(tmp_path / "serve.png"))
     assert (tmp_path / "serve.png").stat().st_size > 0
+
+
+@needs_browser
+def test_video_page_plays_the_first_clip_and_shows_the_frame_strips(video_server, browser, tmp_path):
+    browser.get(video_server)
+    pick_class_and_generate(browser, "3")
+
+    def playable():  # the browser fetched and parsed the MP4 (H.264): metadata and frames are there
+        state = browser.execute_script(
+            "const v = document.querySelector('#result video');"
+            "return v && v.src && [v.src, v.readyState, v.duration, v.videoWidth, v.error && v.error.code]"
+        )
+        return state if state and state[1] >= 2 else None
+
+    src, _, duration, width, error = wait_for(playable)
+    assert src.endswith(".mp4") and error is None
+    assert abs(duration - 8 / 6) < 0.1 and width == 64  # 8 frames at 6 fps, 16 px upscaled to 64
+    assert wait_for(lambda: loaded_grid(browser))[0] > 0
+    browser.save_screenshot(str(tmp_path / "video.png"))
+
+
+@needs_browser
+def test_audio_page_loads_the_first_clip_and_shows_the_spectrograms(audio_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser.get(audio_server)
+    pick_class_and_generate(browser, "two")
+
+    def decoded():  # Gradio's player has drawn the waveform and shows the clip's length once it decoded the WAV
+        links = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#result a[download]")]
+        length = browser.find_elements(By.CSS_SELECTOR, "#result #duration")
+        return links if links and length and length[0].text not in ("", "0:00") else None
+
+    assert wait_for(decoded)[0].endswith("two_000.wav")
+    assert wait_for(lambda: loaded_grid(browser))[0] > 0
+    browser.save_screenshot(str(tmp_path / "audio.png"))
 
 
 @needs_browser

@@ -1,6 +1,7 @@
 import json
 import math
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -96,6 +97,44 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(make_tiny_model, tmp_p
     assert state["step"] == 10 and directory != latest
 
 
+def test_sharded_checkpoints_resume_exactly_and_are_verified(make_tiny_model, tmp_path):
+    # torch.distributed.checkpoint in one process (the 2-rank cases are in test_distributed): the same
+    # step directories, every file checksummed, the EMA consolidated for sampling, resumed exactly.
+    straight = Trainer(make_tiny_model((4, 4)), token_data(), config(), tmp_path / "a", torch.device("cpu"))
+    straight.fit()
+    torch.manual_seed(0)
+    run = tmp_path / "b"
+    sharded = config(checkpoint_format="sharded", preview_every=20)
+
+    def hard_stop(ema, step):
+        raise Stop
+
+    with pytest.raises(Stop):  # stopped after the step-20 checkpoint, as a killed run would be
+        Trainer(make_tiny_model((4, 4)), token_data(), sharded, run, torch.device("cpu"), preview=hard_stop).fit()
+    latest = CheckpointManager(run).directories()[-1]
+    state = CheckpointManager.verify(latest)
+    assert state["checkpoint_format"] == "sharded" and state["model_config"] == straight.model.config
+    assert {"dcp/.metadata", "dcp/__0_0.distcp", "ema.safetensors"} <= set(state["checksums"])
+    assert not (latest / "model.safetensors").exists() and not (latest / "optimizer.safetensors").exists()
+    ema = CheckpointManager.load_tensors(latest, "ema")
+    assert set(ema) == set(straight.ema.state_dict())
+    torch.manual_seed(123)  # a fresh process: different init
+    resumed = Trainer(make_tiny_model((4, 4)), token_data(), config(), run, torch.device("cpu"))
+    resumed.fit()  # auto: a one-process run writes full checkpoints from here, and reads either
+    assert resumed.step == 30 and not (CheckpointManager(run).directories()[-1] / "dcp").exists()
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    shard = latest / "dcp" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-16] + bytes(16))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        CheckpointManager.verify(latest)
+    shutil.rmtree(CheckpointManager(run).directories()[-1])  # step 30: step 20 is the newest, and corrupt
+    with pytest.warns(UserWarning, match="corrupt"):
+        assert CheckpointManager(run).latest_valid()[1]["step"] == 10
+
+
 def test_pickle_in_a_checkpoint_is_never_executed(make_tiny_model, tmp_path):
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=10), tmp_path, torch.device("cpu"))
     trainer.fit()
@@ -147,6 +186,8 @@ def test_bad_train_settings_name_the_key():
         TrainConfig(parallel="zero3")
     with pytest.raises(ValueError, match="train.compile"):
         TrainConfig(compile="yes")
+    with pytest.raises(ValueError, match="train.checkpoint_format"):
+        TrainConfig(checkpoint_format="zarr")
 
 
 def test_compile_switch_compiles_each_block_and_trains_the_same(make_tiny_model, tmp_path):

@@ -158,6 +158,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.keep_checkpoints": integer(1),
     "train.preview_every": integer(0),
     "train.max_bad_steps": integer(1),
+    "train.parallel": one_of(("ddp", "fsdp", "none")),
+    "train.checkpoint_format": one_of(("auto", "full", "sharded")),
     "loss.denoise_weight": number(0.0),
     "loss.jepa_weight": number(0.0),
     "loss.head._target_": head_class,

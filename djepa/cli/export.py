@@ -69,5 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run(list(sys.argv[1:] if argv is None else argv))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m ...` answers --help / --cfg job as the console script does
+    from djepa.cli import scripts
+
+    scripts.export()

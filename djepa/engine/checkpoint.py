@@ -50,17 +50,21 @@ class CheckpointManager:
         found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step_")]
         return sorted(found, key=lambda p: int(p.name.split("_")[1]))
 
-    def save(self, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path:
-        """Write each tensor group to `<group>.safetensors` and `state.json` with their checksums last."""
-        final = self.root / f"step_{step:07d}"
-        staging = self.root / f".staging_{step:07d}"
+    def staging_path(self, step: int) -> Path:
+        return self.root / f".staging_{step:07d}"
+
+    def staging(self, step: int) -> Path:
+        """A fresh, empty folder to write step `step`'s files into before commit renames it into place.
+
+        Only the writer (rank 0) calls this; a sharded save then has every rank write into it."""
+        staging = self.staging_path(step)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        checksums = {}
-        for group, group_tensors in tensors.items():
-            path = staging / f"{group}.safetensors"
-            atomic_write_safetensors(path, group_tensors)
-            checksums[path.name] = sha256(path)
+        return staging
+
+    def commit(self, step: int, staging: Path, state: dict[str, Any], checksums: dict[str, str]) -> Path:
+        """Write state.json with the files' checksums last, rename `staging` into place, drop old checkpoints."""
+        final = self.root / f"step_{step:07d}"
         atomic_write_json(staging / "state.json", {**state, "step": step, "checksums": checksums})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
@@ -68,6 +72,16 @@ class CheckpointManager:
         for old in self.directories()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def save(self, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path:
+        """Write each tensor group to `<group>.safetensors` and `state.json` with their checksums last."""
+        staging = self.staging(step)
+        checksums = {}
+        for group, group_tensors in tensors.items():
+            path = staging / f"{group}.safetensors"
+            atomic_write_safetensors(path, group_tensors)
+            checksums[path.name] = sha256(path)
+        return self.commit(step, staging, state, checksums)
 
     @staticmethod
     def verify(directory: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,6 +82,16 @@ def barrier() -> None:
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
             dist.barrier()
+
+
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value` (small, picklable), in rank order, on every rank; [value] alone."""
+    if not dist.is_initialized():
+        return [value]
+    # Pickled through tensors on the backend's device; NCCL's is the rank's GPU, set by init_from_env.
+    gathered: list[Any] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def wrap_for_training(model: nn.Module, parallel: str) -> nn.Module:

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from tqdm import tqdm
 
-from djepa.engine import distributed
+from djepa.engine import distributed, sharded_checkpoint
 from djepa.engine.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
 from djepa.engine.data import TokenData
 from djepa.engine.runtime import autocast, resolve_precision
+from djepa.io import sha256
 from djepa.nn.masking import training_mask
 from djepa.nn.model import DJEPA
 
@@ -58,6 +60,9 @@ class TrainConfig:
     parallel: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (sharded, for the L and H sizes)
     compile: bool = False  # torch.compile each transformer and denoiser block
     compile_backend: str = "inductor"
+    # auto: sharded (torch.distributed.checkpoint, each rank its shard) under FSDP on several ranks, else full
+    # (gathered safetensors). Resume reads either, whatever this says.
+    checkpoint_format: str = "auto"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -87,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"train.grad_probe_every must be 0 (off) or positive, got {self.grad_probe_every}")
         if self.parallel not in ("ddp", "fsdp", "none"):
             raise ValueError(f"train.parallel must be ddp, fsdp or none, got {self.parallel!r}")
+        if self.checkpoint_format not in ("auto", "full", "sharded"):
+            raise ValueError(f"train.checkpoint_format must be auto, full or sharded, got {self.checkpoint_format!r}")
 
     @property
     def peak_lr(self) -> float:
@@ -213,6 +220,9 @@ class Trainer:
             param_groups(self.model, cfg.weight_decay), lr=cfg.peak_lr, betas=(0.9, 0.95)
         )
         self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.keep_checkpoints)
+        self.sharded_checkpoints = cfg.checkpoint_format == "sharded" or (
+            cfg.checkpoint_format == "auto" and self.sharded
+        )
         self.step = 0
         self.skipped = 0
         self.clipped_since_log = 0
@@ -240,27 +250,50 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def save(self) -> Path | None:
+        """A checkpoint of this step, in the run's format; collective. Returns its path on rank 0."""
+        return self.save_sharded() if self.sharded_checkpoints else self.save_full()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model_config": self.model.config,
+            "train": asdict(self.cfg),
+            "skipped_steps": self.skipped,
+            **self.extra_state,
+        }
+
+    def copies(self) -> dict[str, torch.nn.Module]:
+        """The EMA copies saved beside the model: the sampling EMA and, when separate, the JEPA teacher."""
+        return {"ema": self.ema} | ({"teacher": self.teacher} if self.teacher is not None else {})
+
+    def save_full(self) -> Path | None:
         """Rank 0 writes; the others wait, so no rank runs ahead of a checkpoint."""
         opt_tensors, opt_meta = flatten_optimizer(self.optimizer)
         # Gathering sharded tensors is collective: every rank takes part, rank 0 writes.
         tensors = {
             "model": distributed.full_tensors(self.model.state_dict()),
-            "ema": distributed.full_tensors(self.ema.state_dict()),
             "optimizer": distributed.full_tensors(opt_tensors),
-        }
-        if self.teacher is not None:
-            tensors["teacher"] = distributed.full_tensors(self.teacher.state_dict())
+        } | {name: distributed.full_tensors(module.state_dict()) for name, module in self.copies().items()}
         if not distributed.is_main():
             distributed.barrier()
             return None
-        state = {
-            "model_config": self.model.config,
-            "train": asdict(self.cfg),
-            "optimizer": opt_meta,
-            "skipped_steps": self.skipped,
-            **self.extra_state,
-        }
-        path = self.checkpoints.save(self.step, tensors, state)
+        path = self.checkpoints.save(self.step, tensors, self.checkpoint_state() | {"optimizer": opt_meta})
+        distributed.barrier()
+        return path
+
+    def save_sharded(self) -> Path | None:
+        """Every rank writes its own shards into rank 0's staging folder (nothing is gathered but the EMA,
+        once, for sampling); rank 0 then records every file's checksum and renames the folder into place."""
+        staging = self.checkpoints.staging_path(self.step)
+        if distributed.is_main():
+            self.checkpoints.staging(self.step)
+        distributed.barrier()
+        checksums = sharded_checkpoint.write_shards(staging, self.model, self.optimizer, self.copies())
+        ema_path = sharded_checkpoint.consolidate_ema(staging, self.ema)
+        path = None
+        if distributed.is_main():
+            checksums[ema_path.name] = sha256(ema_path)
+            state = self.checkpoint_state() | {"checkpoint_format": "sharded"}
+            path = self.checkpoints.commit(self.step, staging, state, checksums)
         distributed.barrier()
         return path
 
@@ -269,6 +302,16 @@ class Trainer:
         if found is None:
             return False
         directory, state = found
+        if sharded_checkpoint.is_sharded(directory):
+            self.resume_sharded(directory)
+        else:
+            self.resume_full(directory, state)
+        self.step = int(state["step"])
+        self.skipped = int(state.get("skipped_steps", 0))
+        tqdm.write(f"resumed from step {self.step} ({directory})")
+        return True
+
+    def resume_full(self, directory: Path, state: dict[str, Any]) -> None:
         load = CheckpointManager.load_tensors
         groups = [(self.model, "model"), (self.ema, "ema")]
         if self.teacher is not None:
@@ -286,10 +329,18 @@ class Trainer:
             for name, value in load(directory, "optimizer", self.device).items()
         }
         self.optimizer.load_state_dict(unflatten_optimizer(opt_tensors, state["optimizer"]))
-        self.step = int(state["step"])
-        self.skipped = int(state.get("skipped_steps", 0))
-        tqdm.write(f"resumed from step {self.step} ({directory})")
-        return True
+
+    def resume_sharded(self, directory: Path) -> None:
+        """DCP reads the shards into this run's layout, whatever number of ranks saved them."""
+        copies = self.copies()
+        saved = sharded_checkpoint.saved_groups(directory)
+        missing = [name for name in copies if name not in saved]
+        present = {name: module for name, module in copies.items() if name in saved}
+        sharded_checkpoint.read_shards(directory, self.model, self.optimizer, present)
+        if missing == ["teacher"]:  # a run that switches to a separate teacher starts it from the sampling EMA
+            set_model_state_dict(self.teacher, get_model_state_dict(self.ema))
+        elif missing:
+            raise ValueError(f"{directory}: the sharded checkpoint holds no {', '.join(missing)}")
 
     # ------------------------------------------------------------------ one step
 
