@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
-from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score
+from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score, per_class_accuracy
 from djepa.benchmarks.roundtrip import heldout_media, roundtrip_scores
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
 from djepa.cli.config import cli_errors, compose_config
@@ -100,6 +100,7 @@ def score(
     logits, feats = classify_media(classifier, adapter, media)
     return {
         "accuracy": accuracy(logits, labels),
+        "per_class_accuracy": per_class_accuracy(logits, labels, adapter.class_names),
         "fd": frechet_distance(real_features, feats),
         "inception_score": inception_score(logits),
         "sample_ms_per_item": 1000 * sample_seconds / len(labels),

@@ -14,6 +14,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean())
 
 
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """Accuracy on the items of each class present, by class name: where a mean hides a lost class."""
+    hits = logits.argmax(dim=1) == labels
+    return {names[c]: float(hits[labels == c].float().mean()) for c in sorted(set(labels.tolist()))}
+
+
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets [N, D]."""
     a, b = real.double().numpy(), fake.double().numpy()

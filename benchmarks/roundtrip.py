@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from djepa.benchmarks.metrics import accuracy
+from djepa.benchmarks.metrics import accuracy, per_class_accuracy
 from djepa.chunks import map_chunks
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.adapter import build_adapter
@@ -42,9 +42,11 @@ def round_trip(adapter: Any, media: torch.Tensor, batch_size: int = 64) -> torch
 def roundtrip_scores(classify: Any, adapter: Any, media: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """`classify(media) -> logits` on real items and on their round trips; the gap is what the tokenizer loses."""
     rebuilt = round_trip(adapter, media)
+    real_logits, rebuilt_logits = classify(media), classify(rebuilt)
     return {
-        "roundtrip_real_accuracy": accuracy(classify(media), labels),
-        "roundtrip_accuracy": accuracy(classify(rebuilt), labels),
+        "roundtrip_real_accuracy": accuracy(real_logits, labels),
+        "roundtrip_accuracy": accuracy(rebuilt_logits, labels),
+        "roundtrip_per_class_accuracy": per_class_accuracy(rebuilt_logits, labels, adapter.class_names),
         "roundtrip_psnr_db": psnr(media, rebuilt),
         "roundtrip_items": len(media),
     }
@@ -52,7 +54,8 @@ def roundtrip_scores(classify: Any, adapter: Any, media: torch.Tensor, labels: t
 
 def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `roundtrip_count` items, a fixed random subset: from `roundtrip_data` (a folder laid out as the
-    training one; its classes are matched to the run's by name), else from the adapter's own dataset."""
+    training one; its classes are matched to the run's by name), else from the adapter's held-out items where it
+    has some (the audio default: new clips the tokenizer never saw), else from its own dataset."""
     if cfg.roundtrip_data:
         other = cfg.copy()
         other.modality.adapter.data_dir = cfg.roundtrip_data
@@ -64,7 +67,8 @@ def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Te
         remap = torch.tensor([adapter.class_names.index(n) for n in source.class_names])
         labels = remap[labels]
     else:
-        media, labels = adapter.load_dataset()
+        heldout = getattr(adapter, "heldout_dataset", lambda: None)()
+        media, labels = heldout if heldout is not None else adapter.load_dataset()
     order = torch.randperm(len(media), generator=torch.Generator().manual_seed(0))[: cfg.roundtrip_count]
     return media[order], labels[order]
 
@@ -77,7 +81,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     classifier, heldout = load_classifier(cfg, adapter, 60 if cfg.benchmark.quick else 400)
     media, labels = heldout_media(cfg, adapter)
     result = roundtrip_scores(lambda m: classify_media(classifier, adapter, m)[0], adapter, media, labels)
-    result |= {"classifier_heldout_accuracy": heldout, "roundtrip_data": cfg.roundtrip_data or "the training data"}
+    own = "the adapter's held-out items" if hasattr(adapter, "heldout_dataset") else "the training data"
+    result |= {"classifier_heldout_accuracy": heldout, "roundtrip_data": cfg.roundtrip_data or own}
     print(json.dumps(result, indent=2))
     return result
 

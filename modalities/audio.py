@@ -22,6 +22,7 @@ from djepa.modalities.base import ModalityAdapter
 from djepa.modalities.espeak import espeak_voices, speak
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
 from djepa.modalities.image import class_folders
+from djepa.modalities.listener import LISTENER_CLIPS, ListenerFrontEnd, listener_clips, with_noisy_copies
 from djepa.modalities.waveform import peak_normalize
 from djepa.tokenizers.base import LatentTokenizer
 from djepa.tokenizers.mel import MelFrontEnd, MelSettings, MelTokenizer, fit_length
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SILENT_PEAK = 1e-4
+HELDOUT_CLIPS = 500  # the round trip's test clips: the default distribution, another seed
+HELDOUT_SEED_OFFSET = 10007
 
 
 # ------------------------------------------------------------------------------------------- spoken digits
@@ -187,6 +190,7 @@ class AudioAdapter(ModalityAdapter):
             {**(mel or {}), "sample_rate": self.sample_rate, "num_samples": self.num_samples}
         )
         self._front_end: MelFrontEnd | None = None
+        self._listener: ListenerFrontEnd | None = None
 
     # ---------------------------------------------------------------- data
 
@@ -242,7 +246,8 @@ class AudioAdapter(ModalityAdapter):
         if not isinstance(tokenizer, MelTokenizer):
             return
         ours, theirs = asdict(self.mel_settings), asdict(tokenizer.settings)
-        differ = [k for k in ours if k not in ("db_max", "db_range", "griffin_lim_iters") and ours[k] != theirs[k]]
+        decode_only = ("db_max", "db_range", "griffin_lim_iters", "griffin_lim_momentum", "mel_inverse_iters")
+        differ = [k for k in ours if k not in decode_only and ours[k] != theirs[k]]
         if differ:
             raise UsageError(
                 f"mel tokenizer {tokenizer.path} was trained with other mel settings "
@@ -292,13 +297,33 @@ class AudioAdapter(ModalityAdapter):
 
     # ---------------------------------------------------------------- benchmark and continuation
 
+    def classifier_tag(self) -> str:
+        """Part of the cached classifier's name: the listener (its voices and front end) is another network."""
+        return "-listener2"
+
     def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        audio, labels = self.load_dataset()
+        """The benchmark's listener learns from voices the default data never uses (modalities/listener.py); on a
+        user folder, from the folder's own clips. Either way through its own front end, not the tokenizer's, and
+        with noisy copies of every clip, so that a vocoder's noise floor is not heard as another word."""
+        if self.data_dir is None:
+            audio, labels = listener_clips(self.cache_dir, LISTENER_CLIPS, self.sample_rate, self.num_samples)
+        else:
+            audio, labels = self.load_dataset()
+        audio, labels = with_noisy_copies(audio, labels)
         return self.classifier_input(audio)[0], labels
 
     def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
-        media = media.detach().float().cpu()
-        return map_chunks(self.front_end, media), 1
+        if self._listener is None:
+            self._listener = ListenerFrontEnd(self.sample_rate)
+        return map_chunks(self._listener, media.detach().float().cpu()), 1
+
+    def heldout_dataset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Real clips of the default distribution that neither the tokenizer nor the model saw (another seed):
+        the round trip's test set. None for a user folder (give `roundtrip_data=DIR` instead)."""
+        if self.data_dir is not None:
+            return None
+        seed = self.seed + HELDOUT_SEED_OFFSET
+        return load_spoken_digits(self.cache_dir, HELDOUT_CLIPS, seed, self.sample_rate, self.num_samples)
 
     @property
     def seconds_per_token_column(self) -> float:

@@ -139,9 +139,9 @@ def test_mel_tokenizer_trains_and_loads_through_the_pretrained_path(trained_adap
     audio = adapter.decode_tokens(tokens)
     assert audio.shape == (6, 1, 4000) and audio.abs().max() <= 1.0
     x, group = adapter.classifier_input(audio)
-    assert x.shape == (6, 1, 16, 32) and group == 1
-    data, _ = adapter.classifier_data()
-    assert data.shape == (6, 1, 16, 32)
+    assert x.shape == (6, 1, 40, 51) and group == 1  # the listener's own 40-band, 10 ms front end at 8 kHz
+    data, labels = adapter.classifier_data()
+    assert data.shape == (18, 1, 40, 51) and len(labels) == 18  # the folder's 6 clips plus 2 noisy copies of each
 
 
 def test_prime_tokens_keep_the_first_columns(trained_adapter):

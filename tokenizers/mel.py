@@ -4,6 +4,13 @@ The mel VAE is a plain diffusers `AutoencoderKL` (1 input channel) written by `s
 the same code path as any pretrained one (AudioLDM-style mel VAEs included). The mel front end's settings and its
 normalisation constants live in `mel.json` beside the VAE files. Decoding inverts the mel scale and runs
 Griffin-Lim: the built-in vocoder, no weights needed.
+
+Why these defaults (issue #13, measured with the independent listener of `modalities/listener.py` on 300 real
+clips the tokenizer never saw): the mel -> waveform path alone, without any VAE, kept only 61 % of the words with
+torchaudio's `InverseMelScale` (an unconstrained least-squares solve clipped at zero, whose low bands come back as
+noise) and 1024-sample windows (a 64 ms window smears the plosive of "two": 33 % of them survived). A
+non-negative least-squares inversion gives 93 %, and 512-sample windows at hop 128 give 100 %, the same as
+Griffin-Lim from the true linear spectrogram.
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ class MelSettings:
 
     sample_rate: int = 16000
     num_samples: int = 16000
-    n_fft: int = 1024
-    hop_length: int = 256
+    n_fft: int = 512  # 32 ms windows: 1024 (64 ms) smeared plosives away
+    hop_length: int = 128
     n_mels: int = 64
     f_min: float = 0.0
     f_max: float | None = None
-    frames: int = 64  # STFT frames, padded with silence (-1) up to this many
+    frames: int = 128  # STFT frames, padded with silence (-1) up to this many
     db_max: float = 45.0  # from the training data when a tokenizer is trained (stored in mel.json)
     db_range: float = 80.0
     griffin_lim_iters: int = 32
+    griffin_lim_momentum: float = 0.99  # torchaudio's fast Griffin-Lim
+    mel_inverse_iters: int = 100  # non-negative least-squares iterations, mel -> linear power spectrogram
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> MelSettings:
@@ -74,11 +83,13 @@ class MelFrontEnd(torch.nn.Module):
             f_max=s.f_max,
             power=2.0,
         )
-        self.inverse_mel = torchaudio.transforms.InverseMelScale(
-            n_stft=s.n_fft // 2 + 1, n_mels=s.n_mels, sample_rate=s.sample_rate, f_min=s.f_min, f_max=s.f_max
-        )
         self.griffin_lim = torchaudio.transforms.GriffinLim(
-            n_fft=s.n_fft, hop_length=s.hop_length, n_iter=s.griffin_lim_iters, power=2.0, length=s.num_samples
+            n_fft=s.n_fft,
+            hop_length=s.hop_length,
+            n_iter=s.griffin_lim_iters,
+            momentum=s.griffin_lim_momentum,
+            power=2.0,
+            length=s.num_samples,
         )
 
     @property
@@ -109,9 +120,26 @@ class MelFrontEnd(torch.nn.Module):
     def inverse(self, mel: torch.Tensor) -> torch.Tensor:
         """Griffin-Lim vocoder: normalised log-mel -> waveform [B, 1, num_samples] in [-1, 1]."""
         with torch.autocast(mel.device.type, enabled=False):
-            spec = self.inverse_mel(self.to_power(mel).to(self.inverse_mel.fb.device))
-            wave = self.griffin_lim(spec.clamp_min(0.0))
+            fb = self.mel.mel_scale.fb
+            spec = invert_mel_nonnegative(fb, self.to_power(mel).to(fb.device), self.settings.mel_inverse_iters)
+            wave = self.griffin_lim(spec)
         return wave[:, None].clamp(-1.0, 1.0)
+
+
+def invert_mel_nonnegative(fb: torch.Tensor, mel: torch.Tensor, iters: int = 100) -> torch.Tensor:
+    """Power mel [B, n_mels, T] -> the non-negative linear power spectrogram S [B, n_stft, T] that best explains it,
+    min |fb^T S - mel|^2 with S >= 0 (fb: [n_stft, n_mels], torchaudio's filterbank), as librosa's `mel_to_stft`.
+
+    Lee-Seung multiplicative updates from the transposed-filterbank estimate: they keep S non-negative without a
+    clip, so bins no filter constrains stay at the estimate instead of the noise an unconstrained solve leaves.
+    """
+    weights = fb.T  # [n_mels, n_stft]
+    gram = weights.T @ weights  # [n_stft, n_stft]
+    target = weights.T @ mel  # [B, n_stft, T]
+    spec = target / (weights.T @ weights.sum(1, keepdim=True)).clamp_min(1e-8)
+    for _ in range(iters):
+        spec = spec * target / (gram @ spec).clamp_min(1e-12)
+    return spec
 
 
 def fit_length(audio: torch.Tensor, length: int, mode: str = "center") -> torch.Tensor:
