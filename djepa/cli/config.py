@@ -44,8 +44,39 @@ def compose_config(overrides: Sequence[str], config_name: str = "config") -> Dic
                 options.append(line.strip())
         hint = f" (options: {', '.join(options)})" if options else ""
         raise UsageError(lines[0] + hint) from err
+    apply_data_defaults(cfg, overrides)
     validate(cfg)
     return cfg
+
+
+# An RGB folder's tokenizer must keep the shape under colours that vary independently of it; at the grey digits'
+# 500 steps the colour-blind classifier recognised 68 % of round-tripped coloured digits, at 1500 steps 95 %
+# (README, "Colourful user images").
+RGB_TOKENIZER_STEPS = 1500
+
+
+def _overridden(overrides: Sequence[str], key: str) -> bool:
+    return any(item.split("=", 1)[0].lstrip("+~") == key for item in overrides)
+
+
+def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Defaults that follow the user's folder, for keys the command line did not set: the folder's own default
+    tokenizer location (never the embedded data's), and a longer tokenizer training for RGB images."""
+    from djepa.engine.adapter import dataset_tokenizer_path
+
+    adapter = cfg.modality.get("adapter")
+    if adapter is None or not adapter.get("data_dir"):
+        return
+    embedded_default = Path(cfg.home) / "tokenizers" / cfg.modality.name
+    tokenizer = adapter.get("tokenizer")
+    if tokenizer is not None and not _overridden(overrides, "modality.adapter.tokenizer.path"):
+        if Path(str(tokenizer.path)).resolve() == embedded_default.resolve():
+            container = OmegaConf.to_container(adapter, resolve=True)
+            tokenizer.path = str(dataset_tokenizer_path(cfg.home, cfg.modality.name, container))
+    rgb_image = cfg.modality.name == "image" and adapter.get("channels") == 3
+    steps = OmegaConf.select(cfg, "tokenizer.steps")
+    if rgb_image and isinstance(steps, int) and not _overridden(overrides, "tokenizer.steps"):
+        cfg.tokenizer.steps = max(steps, RGB_TOKENIZER_STEPS)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
