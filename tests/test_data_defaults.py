@@ -36,6 +36,10 @@ def test_a_user_folder_gets_its_own_tokenizer_location_and_rgb_a_longer_tokenize
     assert grey_path.parent == rgb_path.parent == home / "tokenizers"
     assert grey_path.name.startswith("image-shapes-") and grey_path != rgb_path  # channels are part of its key
     assert embedded.tokenizer.steps == grey.tokenizer.steps < rgb.tokenizer.steps == RGB_TOKENIZER_STEPS
+    # RGB image folders sample as the video default does: flow head, constant guidance, temperature 0.7
+    assert "Flow" in rgb.loss.head._target_ and "Diffusion" in grey.loss.head._target_
+    assert (rgb.cfg_schedule, rgb.temperature) == ("constant", 0.7)
+    assert (grey.cfg_schedule, grey.temperature) == (embedded.cfg_schedule, embedded.temperature) == ("linear", 0.85)
     mine = compose_config(
         [
             "modality=image",
@@ -44,9 +48,12 @@ def test_a_user_folder_gets_its_own_tokenizer_location_and_rgb_a_longer_tokenize
             "modality.adapter.channels=3",
             f"modality.adapter.tokenizer.path={home}/tokenizers/image",
             "tokenizer.steps=7",
+            "loss=diffusion",
+            "temperature=0.9",
         ]
     )
     assert Path(mine.modality.adapter.tokenizer.path) == home / "tokenizers" / "image" and mine.tokenizer.steps == 7
+    assert "Diffusion" in mine.loss.head._target_ and mine.temperature == 0.9 and mine.cfg_schedule == "constant"
 
 
 def test_a_64px_rgb_folder_trains_with_its_own_tokenizer_and_samples(tmp_path):
