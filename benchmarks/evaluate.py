@@ -100,7 +100,7 @@ def score(
     logits, feats = classify_media(classifier, adapter, media)
     return {
         "accuracy": accuracy(logits, labels),
-        "per_class_accuracy": per_class_accuracy(logits, labels, adapter.class_names),
+        "per_class_accuracy": per_class_accuracy(logits, labels, getattr(adapter, "class_names", None)),
         "fd": frechet_distance(real_features, feats),
         "inception_score": inception_score(logits),
         "sample_ms_per_item": 1000 * sample_seconds / len(labels),

@@ -5,6 +5,8 @@ Not comparable with published FID/FVD/FAD: the feature network is our own small 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from scipy import linalg
@@ -14,10 +16,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean())
 
 
-def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict[str, float]:
-    """Accuracy on the items of each class present, by class name: where a mean hides a lost class."""
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, names: Sequence[str] | None) -> dict[str, float]:
+    """Accuracy on the items of each class present, by class name (the index where none is known): where a mean
+    hides a lost class."""
     hits = logits.argmax(dim=1) == labels
-    return {names[c]: float(hits[labels == c].float().mean()) for c in sorted(set(labels.tolist()))}
+    name = (lambda c: names[c]) if names else str
+    return {name(c): float(hits[labels == c].float().mean()) for c in sorted(set(labels.tolist()))}
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:

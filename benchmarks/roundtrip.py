@@ -39,19 +39,15 @@ def round_trip(adapter: Any, media: torch.Tensor, batch_size: int = 64) -> torch
     return map_chunks(one_chunk, media, batch_size)
 
 
-def class_names(adapter: Any, labels: torch.Tensor) -> list[str]:
-    names = getattr(adapter, "class_names", None)
-    return list(names) if names else [str(c) for c in range(int(labels.max()) + 1)]
-
-
 def roundtrip_scores(classify: Any, adapter: Any, media: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """`classify(media) -> logits` on real items and on their round trips; the gap is what the tokenizer loses."""
     rebuilt = round_trip(adapter, media)
     real_logits, rebuilt_logits = classify(media), classify(rebuilt)
+    names = getattr(adapter, "class_names", None)
     return {
         "roundtrip_real_accuracy": accuracy(real_logits, labels),
         "roundtrip_accuracy": accuracy(rebuilt_logits, labels),
-        "roundtrip_per_class_accuracy": per_class_accuracy(rebuilt_logits, labels, class_names(adapter, labels)),
+        "roundtrip_per_class_accuracy": per_class_accuracy(rebuilt_logits, labels, names),
         "roundtrip_psnr_db": psnr(media, rebuilt),
         "roundtrip_items": len(media),
     }
