@@ -38,7 +38,8 @@ def test_a_user_folder_gets_its_own_tokenizer_location_and_rgb_a_longer_tokenize
     assert embedded.tokenizer.steps == grey.tokenizer.steps < rgb.tokenizer.steps == RGB_TOKENIZER_STEPS
     # RGB image folders sample as the video default does: flow head, constant guidance, temperature 0.7
     assert "Flow" in rgb.loss.head._target_ and "Diffusion" in grey.loss.head._target_
-    assert (rgb.cfg_schedule, rgb.temperature) == ("constant", 0.7)
+    assert (rgb.cfg_schedule, rgb.temperature, rgb.train.steps) == ("constant", 0.7, 2000)
+    assert grey.train.steps == embedded.train.steps < 2000
     assert (grey.cfg_schedule, grey.temperature) == (embedded.cfg_schedule, embedded.temperature) == ("linear", 0.85)
     mine = compose_config(
         [

@@ -46,8 +46,9 @@ def _overridden(overrides: Sequence[str], key: str) -> bool:
 
 # RGB image folders: the flow-matching head, full guidance from the first token and temperature 0.7, the video
 # defaults. On coloured digits they took the colour-blind classifier from 69 % (diffusion head, linear ramp,
-# 0.85) to 96.5 % at the same 1200 steps (README, "Colourful user images").
-RGB_IMAGE_DEFAULTS = {"loss": "flow", "cfg_schedule": "constant", "temperature": "0.7"}
+# 0.85) to 96.5 % at the same 1200 steps; 2000 steps then lifted the weakest class ("9") from 55 % to 80 %
+# (94.0 -> 97.0 % overall, README, "Colourful user images").
+RGB_IMAGE_DEFAULTS = {"loss": "flow", "cfg_schedule": "constant", "temperature": "0.7", "train.steps": "2000"}
 
 
 def data_default_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
