@@ -6,6 +6,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,16 @@ def digit_schedule(count: int, seed: int) -> list[tuple[int, str, int, int, int,
     return schedule
 
 
+def speak_schedule(
+    schedule: list[tuple[int, str, int, int, int, int]], sample_rate: int = 16000, num_samples: int = 16000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clips of a (label, voice, rate, pitch, pitch range, noise seed) schedule [N, 1, num_samples], labels."""
+    audio = torch.empty(len(schedule), 1, num_samples)
+    for i, (label, voice, rate, pitch, spread, noise_seed) in enumerate(schedule):
+        audio[i] = speak(DIGIT_WORDS[label], voice, rate, pitch, spread, sample_rate, num_samples, noise_seed)
+    return audio, torch.tensor([item[0] for item in schedule])
+
+
 def synthesize_digits(
     count: int, seed: int, sample_rate: int = 16000, num_samples: int = 16000
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,11 +70,22 @@ def synthesize_digits(
     The schedule is deterministic; the samples are so only up to eSpeak NG's internal pitch jitter, whose state
     persists inside the library across calls, hence `load_spoken_digits` caches the clips on disk.
     """
-    schedule = digit_schedule(count, seed)
-    audio = torch.empty(count, 1, num_samples)
-    for i, (label, voice, rate, pitch, spread, noise_seed) in enumerate(schedule):
-        audio[i] = speak(DIGIT_WORDS[label], voice, rate, pitch, spread, sample_rate, num_samples, noise_seed)
-    return audio, torch.tensor([item[0] for item in schedule])
+    return speak_schedule(digit_schedule(count, seed), sample_rate, num_samples)
+
+
+def cached_clips(
+    path: Path, what: str, synthesize: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips and labels stored as int16 at `path`, synthesised by `synthesize()` on first use."""
+    if path.is_file():
+        cached = load_file(str(path))
+        return cached["audio"].float() / 32767.0, cached["labels"].long()
+    start = time.perf_counter()
+    audio, labels = synthesize()
+    log.info("synthesised %d %s in %.1f s", len(audio), what, time.perf_counter() - start)
+    pcm = (audio.clamp(-1, 1) * 32767.0).round().to(torch.int16)
+    atomic_write_safetensors(path, {"audio": pcm, "labels": labels})
+    return pcm.float() / 32767.0, labels
 
 
 def load_spoken_digits(
@@ -72,15 +94,7 @@ def load_spoken_digits(
     """The embedded default, synthesised once and cached as int16 in `cache_dir`."""
     suffix = "" if (sample_rate, num_samples) == (16000, 16000) else f"-{sample_rate}hz-{num_samples}"
     path = Path(cache_dir) / f"audio-digits-{seed}-{count}{suffix}.safetensors"
-    if path.is_file():
-        cached = load_file(str(path))
-        return cached["audio"].float() / 32767.0, cached["labels"].long()
-    start = time.perf_counter()
-    audio, labels = synthesize_digits(count, seed, sample_rate, num_samples)
-    log.info("synthesised %d spoken digits in %.1f s", count, time.perf_counter() - start)
-    pcm = (audio.clamp(-1, 1) * 32767.0).round().to(torch.int16)
-    atomic_write_safetensors(path, {"audio": pcm, "labels": labels})
-    return pcm.float() / 32767.0, labels
+    return cached_clips(path, "spoken digits", lambda: synthesize_digits(count, seed, sample_rate, num_samples))
 
 
 # ------------------------------------------------------------------------------------------- user folders

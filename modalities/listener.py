@@ -14,17 +14,10 @@ a lost word. Its training set adds copies of every clip in white or pink noise a
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
-
-from djepa.io import atomic_write_safetensors
-
-log = logging.getLogger(__name__)
 
 # Voice variants in espeakng-loader's voices/!v that stay intelligible and that the default data does not use
 # (disjoint from modalities.audio.ESPEAK_VARIANTS; tested).
@@ -81,22 +74,14 @@ def listener_clips(
     cache_dir: Path, count: int = 2000, sample_rate: int = 16000, num_samples: int = 16000
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The listener's training clips [count, 1, num_samples], synthesised once and cached as int16."""
-    from djepa.modalities.audio import DIGIT_WORDS
-    from djepa.modalities.espeak import speak
+    from djepa.modalities.audio import cached_clips, speak_schedule
 
     path = Path(cache_dir) / f"audio-listener-{LISTENER_SEED}-{count}-{sample_rate}hz-{num_samples}.safetensors"
-    if path.is_file():
-        cached = load_file(str(path))
-        return cached["audio"].float() / 32767.0, cached["labels"].long()
-    start = time.perf_counter()
-    schedule = listener_schedule(count)
-    audio = torch.empty(count, 1, num_samples)
-    for i, (label, voice, rate, pitch, spread, noise_seed) in enumerate(schedule):
-        audio[i] = speak(DIGIT_WORDS[label], voice, rate, pitch, spread, sample_rate, num_samples, noise_seed)
-    log.info("synthesised %d listener clips in %.1f s", count, time.perf_counter() - start)
-    pcm = (audio.clamp(-1, 1) * 32767.0).round().to(torch.int16)
-    atomic_write_safetensors(path, {"audio": pcm, "labels": torch.tensor([s[0] for s in schedule])})
-    return pcm.float() / 32767.0, torch.tensor([s[0] for s in schedule])
+
+    def synthesize() -> tuple[torch.Tensor, torch.Tensor]:
+        return speak_schedule(listener_schedule(count), sample_rate, num_samples)
+
+    return cached_clips(path, "listener clips", synthesize)
 
 
 def add_noise(
