@@ -128,8 +128,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         standard,
     )
     if cfg.roundtrip:
-        media, labels = heldout_media(cfg, adapter)
+        media, labels, origin = heldout_media(cfg, adapter)
         result |= roundtrip_scores(lambda m: classify_media(classifier, adapter, m)[0], adapter, media, labels)
+        result["roundtrip_data"] = origin
     result |= {
         **(SKIPPED if standard is None else {"standard_weights": str(standard.path)}),
         "classifier_heldout_accuracy": heldout,

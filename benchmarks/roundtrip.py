@@ -53,10 +53,18 @@ def roundtrip_scores(classify: Any, adapter: Any, media: torch.Tensor, labels: t
     }
 
 
-def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def own_items(adapter: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The adapter's held-out items where it has some, else its dataset; and which of the two it was."""
+    heldout = adapter.heldout_dataset()
+    if heldout is not None:
+        return *heldout, "the adapter's held-out items"
+    return *adapter.load_dataset(), "the training data"
+
+
+def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Up to `roundtrip_count` items, a fixed random subset: from `roundtrip_data` (a folder laid out as the
     training one; its classes are matched to the run's by name), else from the adapter's held-out items where it
-    has some (the audio default: new clips the tokenizer never saw), else from its own dataset."""
+    has some (the audio default: new clips the tokenizer never saw), else from its own dataset; and where from."""
     if cfg.roundtrip_data:
         other = cfg.copy()
         other.modality.adapter.data_dir = cfg.roundtrip_data
@@ -66,12 +74,11 @@ def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Te
         if unknown:
             raise DataError(f"roundtrip_data {cfg.roundtrip_data} has classes the run does not: {unknown}")
         remap = torch.tensor([adapter.class_names.index(n) for n in source.class_names])
-        labels = remap[labels]
+        labels, origin = remap[labels], str(cfg.roundtrip_data)
     else:
-        heldout = getattr(adapter, "heldout_dataset", lambda: None)()
-        media, labels = heldout if heldout is not None else adapter.load_dataset()
+        media, labels, origin = own_items(adapter)
     order = torch.randperm(len(media), generator=torch.Generator().manual_seed(0))[: cfg.roundtrip_count]
-    return media[order], labels[order]
+    return media[order], labels[order], origin
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -80,10 +87,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     adapter = build_adapter(cfg)
     classifier, heldout = load_classifier(cfg, adapter, 60 if cfg.benchmark.quick else 400)
-    media, labels = heldout_media(cfg, adapter)
+    media, labels, origin = heldout_media(cfg, adapter)
     result = roundtrip_scores(lambda m: classify_media(classifier, adapter, m)[0], adapter, media, labels)
-    own = "the adapter's held-out items" if hasattr(adapter, "heldout_dataset") else "the training data"
-    result |= {"classifier_heldout_accuracy": heldout, "roundtrip_data": cfg.roundtrip_data or own}
+    result |= {"classifier_heldout_accuracy": heldout, "roundtrip_data": origin}
     print(json.dumps(result, indent=2))
     return result
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from djepa.benchmarks.roundtrip import round_trip
+from djepa.benchmarks.roundtrip import own_items, round_trip
 from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
 
@@ -40,8 +40,7 @@ def run(cfg: DictConfig) -> Path:
     adapter = pipe.adapter
     if adapter.name != "audio":
         raise UsageError(f"run_dir {cfg.run_dir} is a {adapter.name} run; spectrograms are for audio")
-    held_out = getattr(adapter, "heldout_dataset", lambda: None)()
-    media, labels = held_out if held_out is not None else adapter.load_dataset()
+    media, labels, _ = own_items(adapter)
     real = first_of_each_class(media, labels, adapter.num_classes)
     rebuilt = round_trip(adapter, real)
     per_class = int(cfg.get("num_samples") or 2)

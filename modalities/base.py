@@ -213,6 +213,11 @@ class ModalityAdapter(ABC):
         """Real examples and labels to train the benchmark classifier on (the dataset by default)."""
         return self.load_dataset()
 
+    def heldout_dataset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Real items nobody trained on, where the adapter can make them (the audio default synthesises new
+        clips); None: the benchmarks fall back to the dataset itself."""
+        return None
+
     def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
         """What the classifier sees for decoded media, and how many classifier rows make one item
         (video: one row per frame, logits averaged per clip)."""

@@ -62,6 +62,11 @@ def test_audio_adapter_scores_with_the_listener_and_holds_out_round_trip_clips(t
     assert "listener" in adapter.classifier_tag()
     held_out = adapter.heldout_dataset()
     assert held_out is not None and held_out[0].shape[1:] == (1, 16000)
+    from djepa.benchmarks.roundtrip import own_items
+
+    media, labels, origin = own_items(adapter)
+    assert torch.equal(media, held_out[0]) and torch.equal(labels, held_out[1])
+    assert origin == "the adapter's held-out items"
 
 
 def test_listener_training_set_adds_seeded_noisy_copies_at_the_stated_snr():
