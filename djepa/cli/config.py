@@ -48,7 +48,13 @@ def _overridden(overrides: Sequence[str], key: str) -> bool:
 # defaults. On coloured digits they took the colour-blind classifier from 69 % (diffusion head, linear ramp,
 # 0.85) to 96.5 % at the same 1200 steps; 2000 steps then lifted the weakest class ("9") from 55 % to 80 %
 # (94.0 -> 97.0 % overall, README, "Colourful user images").
-RGB_IMAGE_DEFAULTS = {"loss": "flow", "cfg_schedule": "constant", "temperature": "0.7", "train.steps": "2000"}
+RGB_IMAGE_DEFAULTS = {
+    "loss": "flow",
+    "cfg_schedule": "constant",
+    "temperature": "0.7",
+    "train.steps": "2000",
+    "tokenizer.steps": str(RGB_TOKENIZER_STEPS),
+}
 
 
 def data_default_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
@@ -60,8 +66,7 @@ def data_default_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[st
 
 
 def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """Defaults that follow the user's folder, for keys the command line did not set: the folder's own default
-    tokenizer location (never the embedded data's), and a longer tokenizer training for RGB images."""
+    """The folder's own default tokenizer location (never the embedded data's), unless the command line set one."""
     from djepa.engine.adapter import dataset_tokenizer_path
 
     adapter = cfg.modality.get("adapter")
@@ -73,10 +78,6 @@ def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:
         if Path(str(tokenizer.path)).resolve() == embedded_default.resolve():
             container = OmegaConf.to_container(adapter, resolve=True)
             tokenizer.path = str(dataset_tokenizer_path(cfg.home, cfg.modality.name, container))
-    rgb_image = cfg.modality.name == "image" and adapter.get("channels") == 3
-    steps = OmegaConf.select(cfg, "tokenizer.steps")
-    if rgb_image and isinstance(steps, int) and not _overridden(overrides, "tokenizer.steps"):
-        cfg.tokenizer.steps = max(steps, RGB_TOKENIZER_STEPS)
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
