@@ -90,3 +90,27 @@ def test_combine_merges_benchmark_outputs_and_recomputes_steps_to_reach(tmp_path
     assert merged["variants"]["djepa"]["steps_to_reference_fd"] == pytest.approx(150.0)
     with pytest.raises(UsageError, match="more than one source"):
         combine([a, a])
+
+
+def test_combine_pools_seeds_of_one_variant_run_in_separate_processes(tmp_path):
+    import json
+
+    from djepa.benchmarks.combine import combine
+
+    def write(folder, seeds, variants):
+        folder.mkdir()
+        data = {"modality": "image", "seeds": seeds, "variants": variants, "note": "n"}
+        (folder / "results.json").write_text(json.dumps(data))
+        return folder
+
+    one = write(tmp_path / "s0", [0], {"djepa": aggregate_seeds([seed_result([6.0, 2.0])])})
+    two = write(tmp_path / "s12", [1, 2], {"djepa": aggregate_seeds([seed_result([6.0, 4.0]), seed_result([9.0, 3.0])])})
+    mar = write(tmp_path / "m1", [1], {"mar": aggregate_seeds([seed_result([8.0, 4.0])])})
+    merged = combine([two, mar, one])
+    djepa = merged["variants"]["djepa"]
+    assert djepa["num_seeds"] == 3 and djepa["seeds"] == [0, 1, 2] and merged["seeds"] == [0, 1, 2]
+    assert djepa["fd"] == pytest.approx(3.0) and djepa["fd_se"] == pytest.approx(mean_se([2.0, 4.0, 3.0])[1])
+    assert [p["fd"] for p in djepa["curve"]] == pytest.approx([7.0, 3.0])
+    assert [r["seed"] for r in djepa["per_seed"]] == [0, 1, 2]
+    assert merged["variants"]["mar"]["seeds"] == [1]
+    assert djepa["steps_to_reference_fd"] == pytest.approx(175.0)
