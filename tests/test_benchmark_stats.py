@@ -104,7 +104,8 @@ def test_combine_pools_seeds_of_one_variant_run_in_separate_processes(tmp_path):
         return folder
 
     one = write(tmp_path / "s0", [0], {"djepa": aggregate_seeds([seed_result([6.0, 2.0])])})
-    two = write(tmp_path / "s12", [1, 2], {"djepa": aggregate_seeds([seed_result([6.0, 4.0]), seed_result([9.0, 3.0])])})
+    pair = aggregate_seeds([seed_result([6.0, 4.0]), seed_result([9.0, 3.0])])
+    two = write(tmp_path / "s12", [1, 2], {"djepa": pair})
     mar = write(tmp_path / "m1", [1], {"mar": aggregate_seeds([seed_result([8.0, 4.0])])})
     merged = combine([two, mar, one])
     djepa = merged["variants"]["djepa"]
