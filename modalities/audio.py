@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from djepa.chunks import map_chunks
 from djepa.errors import UsageError
 from djepa.io import atomic_write_safetensors
-from djepa.modalities.base import ModalityAdapter
+from djepa.modalities.base import HELDOUT_SEED_OFFSET, ModalityAdapter
 from djepa.modalities.espeak import espeak_voices, speak
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
 from djepa.modalities.image import class_folders
@@ -34,7 +34,6 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 SILENT_PEAK = 1e-4
 HELDOUT_CLIPS = 500  # the round trip's test clips: the default distribution, another seed
-HELDOUT_SEED_OFFSET = 10007
 
 
 # ------------------------------------------------------------------------------------------- spoken digits
@@ -175,6 +174,7 @@ class AudioAdapter(ModalityAdapter):
     any other (e.g. OobleckTokenizer, a pretrained AutoencoderOobleck) on the waveform (1-D grid, 1-D patch_size)."""
 
     name = "audio"
+    time_axis = -1
     file_suffix = ".wav"
     train_tokenizer_command = "train_tokenizer modality=audio"
     default_tokenizer = "djepa.tokenizers.mel.MelTokenizer"

@@ -57,6 +57,10 @@ def encode_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+# Held-out items of an embedded default come from the same generator with seed + this offset.
+HELDOUT_SEED_OFFSET = 10007
+
+
 class ModalityAdapter(ABC):
     """Builds the dataset, owns the tokenizer, maps latents <-> tokens and writes media files."""
 
@@ -68,6 +72,7 @@ class ModalityAdapter(ABC):
     # What a user folder holds, for the error when none of its files is usable (e.g. "readable images").
     folder_items: str
     data_dir: Path | None = None  # a user folder root/<class>/<files>; None: the embedded default
+    time_axis: int | None = None  # the token grid's time axis (video, audio): prefix masks and continuation
 
     def __init__(self, tokenizer: dict[str, Any], patch_size: list[int], cache_dir: str, seed: int = 0):
         self.tokenizer_config = upgrade_tokenizer(tokenizer, self.default_tokenizer)

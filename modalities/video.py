@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from djepa.modalities.base import DataError, ModalityAdapter
+from djepa.modalities.base import HELDOUT_SEED_OFFSET, DataError, ModalityAdapter
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
 from djepa.modalities.image import (
     class_folders,
@@ -37,6 +37,9 @@ class ClipError(Exception):
 
 
 # ------------------------------------------------------------------ embedded moving digits
+
+
+HELDOUT_CLIPS = 300  # continuation and round-trip test clips of the embedded default (30 per digit)
 
 
 def bounce(start: torch.Tensor, velocity: torch.Tensor, frames: int, limit: int) -> torch.Tensor:
@@ -103,13 +106,18 @@ def moving_digits(
 def centroid_travel(clips: torch.Tensor) -> torch.Tensor:
     """Per clip [N, T, C, H, W] in [-1, 1]: the largest distance in pixels of a frame's ink centroid from the
     first frame's; a digit that stands still scores about 0."""
+    centre = ink_centroids(clips)
+    return (centre - centre[:, :1]).norm(dim=-1).amax(1)
+
+
+def ink_centroids(clips: torch.Tensor) -> torch.Tensor:
+    """Per clip [N, T, C, H, W] in [-1, 1] (background -1): each frame's ink centroid (y, x) in pixels, [N, T, 2]."""
     ink = ((clips.mean(2) + 1) / 2).clamp(0, 1)  # [N, T, H, W], background 0
     h, w = ink.shape[-2:]
     ys = torch.arange(h, dtype=ink.dtype).view(1, 1, h, 1)
     xs = torch.arange(w, dtype=ink.dtype).view(1, 1, 1, w)
     mass = ink.sum((-2, -1)).clamp_min(1e-6)
-    centre = torch.stack([(ink * ys).sum((-2, -1)) / mass, (ink * xs).sum((-2, -1)) / mass], -1)  # [N, T, 2]
-    return (centre - centre[:, :1]).norm(dim=-1).amax(1)
+    return torch.stack([(ink * ys).sum((-2, -1)) / mass, (ink * xs).sum((-2, -1)) / mass], -1)
 
 
 # ------------------------------------------------------------------ files
@@ -240,6 +248,7 @@ def upscale_even(frames: np.ndarray, min_size: int) -> np.ndarray:
 
 class VideoAdapter(ModalityAdapter):
     name = "video"
+    time_axis = 0
     file_suffix = ".mp4"
     train_tokenizer_command = "train_tokenizer modality=video"
     default_tokenizer = "djepa.tokenizers.per_frame.PerFrameTokenizer"
@@ -314,6 +323,16 @@ class VideoAdapter(ModalityAdapter):
             return self._expand(clips, 2), labels
         return self.load_folder()
 
+    def heldout_dataset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Clips of the default distribution that neither the tokenizer nor the model saw (new trajectories from
+        another seed; the digit images come from the same embedded MNIST set). None for a user folder."""
+        if self.data_dir is not None:
+            return None
+        clips, labels = moving_digits(
+            HELDOUT_CLIPS, self.frames, self.image_size, self.digit_size, self.seed + HELDOUT_SEED_OFFSET
+        )
+        return self._expand(clips, 2), labels
+
     def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Single frames [M, C, H, W] with labels: real MNIST digits placed as in the clips, or user clip frames."""
         if self.data_dir is None:
@@ -365,15 +384,21 @@ class VideoAdapter(ModalityAdapter):
             raise DataError(f"prime={path}: cannot read {self.frames} frames from it ({err})") from err
         mean, _ = self.encode_media(clip[None])
         tokens = self.to_tokens(mean.float().cpu())[0]
+        mask, _ = self.prime_mask(int(cfg.get("prime_frames", 4)))
+        return tokens.expand(count, -1, -1).clone(), mask.expand(count, -1).clone()
+
+    def prime_mask(self, frames: int) -> tuple[torch.Tensor, int]:
+        """Which tokens [N] a prime of `frames` frames makes known (whole token rows in time, at least one row
+        and one row short of all), and how many frames those rows cover."""
         t_tokens = self.token_grid[0]
-        frames = int(cfg.get("prime_frames", 4))
         down_t = self.tokenizer.downsample[0]
         latent_frames = frames if down_t == 1 else 1 + max(0, frames - 1) // down_t
         keep = min(max(1, round(latent_frames / self.patch_size[0])), t_tokens - 1) if t_tokens > 1 else 0
-        per_slice = math.prod(self.token_grid[1:])
-        mask = torch.zeros(len(tokens), dtype=torch.bool)
-        mask[: keep * per_slice] = True
-        return tokens.expand(count, -1, -1).clone(), mask.expand(count, -1).clone()
+        mask = torch.zeros(math.prod(self.token_grid), dtype=torch.bool)
+        mask[: keep * math.prod(self.token_grid[1:])] = True
+        kept_latent_frames = keep * self.patch_size[0]
+        kept_frames = kept_latent_frames if down_t == 1 else 1 + (kept_latent_frames - 1) * down_t
+        return mask, min(kept_frames, self.frames)
 
     # --------------------------------------------------------------- writing
 

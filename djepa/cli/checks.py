@@ -152,6 +152,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.grad_probe_every": integer(0),
     "benchmark.seeds": integer(1),
     "train.mask_ratio_min": number(0.0, 1.0, low_open=True),
+    "train.prefix_mask_prob": number(0.0, 1.0),
     "train.precision": one_of(PRECISIONS, {"fp16": "fp16 overflows to NaN in this model; bf16 has fp32's range"}),
     "train.log_every": integer(1),
     "train.checkpoint_every": integer(1),

@@ -108,6 +108,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state: dict[str, Any] | None) -> dict:
     settings = train_config(cfg)  # before any work, so a bad value costs nothing
     adapter = build_adapter(cfg)
+    if settings.prefix_mask_prob > 0 and adapter.time_axis is None:
+        raise UsageError(f"train.prefix_mask_prob: modality {cfg.modality.name} has no time axis to keep a prefix of")
     # Rank 0 trains a missing default tokenizer; then every rank encodes its own share of the latent cache
     # on its own device (collective under torchrun) and reads the finished cache.
     if distributed.is_main():
@@ -149,6 +151,8 @@ def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state
             # The pipeline refuses to decode with another tokenizer than the one the latents came from.
             "tokenizer_sha256": tokenizer_hash(cfg.modality.adapter.tokenizer.path),
         },
+        token_grid=adapter.token_grid,
+        time_axis=adapter.time_axis,
     )
     with stop_between_steps(trainer):
         last = trainer.fit()

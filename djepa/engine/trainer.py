@@ -23,7 +23,7 @@ from djepa.engine.checkpoint import CheckpointManager, flatten_optimizer, unflat
 from djepa.engine.data import TokenData
 from djepa.engine.runtime import autocast, resolve_precision
 from djepa.io import sha256
-from djepa.nn.masking import training_mask
+from djepa.nn.masking import prefix_mask, training_mask
 from djepa.nn.model import DJEPA
 
 
@@ -50,6 +50,9 @@ class TrainConfig:
     denoise_weight: float = 1.0
     jepa_weight: float = 1.0
     mask_ratio_min: float = 0.7
+    # Share of batches that get a prefix mask (the start of the time axis visible, continuation practice) instead
+    # of the random one; only for adapters with a time axis (video, audio), which the Trainer is told.
+    prefix_mask_prob: float = 0.0
     precision: str = "auto"
     seed: int = 0
     log_every: int = 10
@@ -81,7 +84,7 @@ class TrainConfig:
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.teacher not in ("separate", "sampling_ema"):
             raise ValueError(f"train.teacher must be separate or sampling_ema, got {self.teacher!r}")
-        for key in ("ema_decay", "teacher_ema_start", "teacher_ema_end"):
+        for key in ("ema_decay", "teacher_ema_start", "teacher_ema_end", "prefix_mask_prob"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ValueError(f"train.{key} must be in [0, 1], got {getattr(self, key)}")
         if self.teacher_ramp_steps < 0:
@@ -187,7 +190,13 @@ class Trainer:
         device: torch.device,
         preview: Callable[[DJEPA, int], None] | None = None,
         extra_state: dict[str, Any] | None = None,
+        token_grid: tuple[int, ...] | None = None,
+        time_axis: int | None = None,
     ):
+        # Prefix masks (train.prefix_mask_prob) need to know which token-grid axis is time.
+        if cfg.prefix_mask_prob > 0 and (token_grid is None or time_axis is None):
+            raise ValueError("train.prefix_mask_prob needs a modality with a time axis (video, audio)")
+        self.token_grid, self.time_axis = token_grid, time_axis
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         # MAR mode is decided once, when the model is built (loss.jepa_weight=0: no projector); here it only
@@ -351,7 +360,11 @@ class Trainer:
         tokens = self.data.mean[idx]
         if self.data.std is not None:
             tokens = tokens + self.data.std[idx] * torch.randn(tokens.shape, generator=gen)
-        mask = training_mask(tokens.shape[0], tokens.shape[1], cfg.mask_ratio_min, gen)
+        # The extra draw happens only when prefix masks are on, so runs without them keep their random stream.
+        if cfg.prefix_mask_prob > 0 and float(torch.rand((), generator=gen)) < cfg.prefix_mask_prob:
+            mask = prefix_mask(tokens.shape[0], self.token_grid, self.time_axis, cfg.mask_ratio_min, gen)
+        else:
+            mask = training_mask(tokens.shape[0], tokens.shape[1], cfg.mask_ratio_min, gen)
         labels = self.data.labels[idx]
         # Under torchrun each rank takes every world-th row of the same global batch.
         shard = slice(distributed.rank(), None, distributed.world_size())

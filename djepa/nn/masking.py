@@ -1,4 +1,5 @@
-"""Training masks: a ratio per batch from a truncated normal, over a random order per sample."""
+"""Training masks: a ratio per batch from a truncated normal, over a random order per sample; and prefix masks,
+which keep the start of a time axis visible (continuation practice)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,30 @@ def training_mask(
     ratio = sample_mask_ratio(generator, minimum=mask_ratio_min)
     num_masked = min(num_tokens, max(1, math.ceil(num_tokens * ratio)))
     return mask_from_orders(random_orders(batch, num_tokens, generator, device), num_masked)
+
+
+def prefix_mask(
+    batch: int,
+    token_grid: tuple[int, ...],
+    time_axis: int,
+    mask_ratio_min: float = 0.7,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Continuation practice, one draw per batch: every token in the first k positions along `time_axis` of the
+    token grid (k uniform in 1 .. length - 1) is visible; of the later tokens a share drawn as in
+    `training_mask` is masked, in a random order per sample. k = all later tokens masked is the first step of
+    sampling from a prime; the partly revealed later tokens are its following steps."""
+    length = token_grid[time_axis]
+    if length < 2:
+        raise ValueError(f"a prefix mask needs at least 2 positions along axis {time_axis} of {token_grid}")
+    shape = [1] * len(token_grid)
+    shape[time_axis] = length
+    position = torch.arange(length).view(shape).expand(token_grid).flatten()  # [N]: time index of each token
+    keep = int(torch.randint(1, length, (), generator=generator))
+    later = position >= keep
+    ratio = sample_mask_ratio(generator, minimum=mask_ratio_min)
+    num_masked = max(1, math.ceil(int(later.sum()) * ratio))
+    # Earlier tokens sort last, so mask_from_orders only ever picks later ones.
+    scores = torch.rand(batch, len(position), generator=generator).masked_fill(~later, 2.0)
+    return mask_from_orders(torch.argsort(scores, dim=1).to(device), num_masked)
