@@ -88,6 +88,15 @@ def head_class(value: Any) -> str | None:
     return None
 
 
+def tensorboard_flag(value: Any) -> str | None:
+    """`train.tensorboard`: true or false, and true only where the optional tensorboard package is installed."""
+    from djepa.engine.tensorboard import MISSING, tensorboard_missing
+
+    if not isinstance(value, bool):
+        return "must be true or false"
+    return MISSING if value and tensorboard_missing() else None
+
+
 def optional(inner: Callable[[Any], str | None]):
     return lambda value: None if value is None else inner(value)
 
@@ -158,6 +167,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "train.checkpoint_every": integer(1),
     "train.keep_checkpoints": integer(1),
     "train.preview_every": integer(0),
+    "train.tensorboard": tensorboard_flag,
     "train.max_bad_steps": integer(1),
     "train.parallel": one_of(("ddp", "fsdp", "none")),
     "train.checkpoint_format": one_of(("auto", "full", "sharded")),

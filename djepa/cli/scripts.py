@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "train.checkpoint_every",
             "train.precision",
             "train.parallel",
+            "train.tensorboard",
             "loss.jepa_weight",
             "model.encoder_depth",
             "model.encoder_width",

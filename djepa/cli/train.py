@@ -22,11 +22,12 @@ from djepa.engine.resume_check import check_model_config, check_resume, clean_st
 from djepa.engine.run_lock import RunLock, prepare_run_dir
 from djepa.engine.runtime import resolve_precision
 from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
+from djepa.engine.tensorboard import TensorBoardLog
 from djepa.engine.trainer import TrainConfig, Trainer
 from djepa.errors import Terminated, UsageError
 from djepa.nn.attention import set_attention_backend
 from djepa.nn.model import DJEPA
-from djepa.pipeline import tokenizer_hash
+from djepa.pipeline import Generation, tokenizer_hash
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
@@ -39,14 +40,30 @@ def train_config(cfg: DictConfig) -> TrainConfig:
         raise UsageError(f"bad train config: {err}") from err
 
 
-def write_class_grid(adapter: Any, model: DJEPA, cfg: DictConfig, path: Path, per_class: int) -> Path:
-    """One row per class, `per_class` samples each, decoded and saved as the adapter's preview."""
+def write_class_grid(
+    adapter: Any,
+    model: DJEPA,
+    cfg: DictConfig,
+    path: Path,
+    per_class: int,
+    tensorboard: TensorBoardLog | None = None,
+    tag: str = "preview",
+    step: int = 0,
+) -> Path:
+    """One row per class, `per_class` samples each, decoded and saved as the adapter's preview; with a
+    TensorBoard log, the same preview logged there too (under `tag`, at `step`)."""
     labels = class_grid_labels(adapter.num_classes, per_class)
     was_training = model.training
     model.eval()
     tokens = generate(model, labels, SamplingSettings.from_config(cfg), progress=False)
     model.train(was_training)
-    return adapter.save_grid(adapter.decode_tokens(tokens), adapter.num_classes, path)
+    media = adapter.decode_tokens(tokens)
+    grid = adapter.save_grid(media, adapter.num_classes, path)
+    if tensorboard is not None:
+        rows = adapter.num_classes
+        view = Generation(media.detach().cpu(), labels.tolist(), adapter.class_names, rows, adapter, grid)
+        tensorboard.preview(tag, view, step)
+    return grid
 
 
 def decide_precision(cfg: DictConfig, device: torch.device, saved: str | None) -> str:
@@ -127,10 +144,6 @@ def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state
         if dropped:
             tqdm.write(f"metrics.jsonl: dropped {dropped} records past step {step}, which is resumed from")
     per_class = int(cfg.sample.preview_per_class)
-
-    def preview(ema: DJEPA, step: int) -> None:
-        write_class_grid(adapter, ema, cfg, run_dir / "previews" / f"step_{step:07d}", per_class)
-
     if distributed.is_main():
         head = model.config["head_config"]["_target_"].rsplit(".", 1)[-1]
         tqdm.write(
@@ -138,29 +151,41 @@ def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state
             f"{model.num_params() / 1e6:.2f}M params, jepa={model.jepa}, head={head}, "
             f"{device} {settings.precision}"
         )
-    trainer = Trainer(
-        model,
-        data,
-        settings,
-        run_dir,
-        device,
-        preview,
-        extra_state={
-            "modality": cfg.modality.name,
-            "class_names": adapter.class_names,
-            # The pipeline refuses to decode with another tokenizer than the one the latents came from.
-            "tokenizer_sha256": tokenizer_hash(cfg.modality.adapter.tokenizer.path),
-        },
-        token_grid=adapter.token_grid,
-        time_axis=adapter.time_axis,
-    )
-    with stop_between_steps(trainer):
-        last = trainer.fit()
-    if per_class:
-        ema = trainer.sampling_model()  # collective under FSDP
-        if distributed.is_main():
-            grid = write_class_grid(adapter, ema, cfg, run_dir / "samples", per_class)
-            tqdm.write(f"samples: {grid}")
+    with contextlib.ExitStack() as stack:
+        # Rank 0's TensorBoard log (train.tensorboard=true), appended to from the step this run resumes at.
+        tensorboard = None
+        if settings.tensorboard and distributed.is_main():
+            tensorboard = stack.enter_context(TensorBoardLog(run_dir, step))
+
+        def preview(ema: DJEPA, step: int) -> None:
+            path = run_dir / "previews" / f"step_{step:07d}"
+            write_class_grid(adapter, ema, cfg, path, per_class, tensorboard, "preview", step)
+
+        trainer = Trainer(
+            model,
+            data,
+            settings,
+            run_dir,
+            device,
+            preview,
+            extra_state={
+                "modality": cfg.modality.name,
+                "class_names": adapter.class_names,
+                # The pipeline refuses to decode with another tokenizer than the one the latents came from.
+                "tokenizer_sha256": tokenizer_hash(cfg.modality.adapter.tokenizer.path),
+            },
+            tensorboard=tensorboard,
+            token_grid=adapter.token_grid,
+            time_axis=adapter.time_axis,
+        )
+        with stop_between_steps(trainer):
+            last = trainer.fit()
+        if per_class:
+            ema = trainer.sampling_model()  # collective under FSDP
+            if distributed.is_main():
+                path = run_dir / "samples"
+                grid = write_class_grid(adapter, ema, cfg, path, per_class, tensorboard, "samples", trainer.step)
+                tqdm.write(f"samples: {grid}")
     return last
 
 

@@ -22,6 +22,7 @@ from djepa.engine import distributed, sharded_checkpoint
 from djepa.engine.checkpoint import CheckpointManager, flatten_optimizer, unflatten_optimizer
 from djepa.engine.data import TokenData
 from djepa.engine.runtime import autocast, resolve_precision
+from djepa.engine.tensorboard import TensorBoardLog
 from djepa.io import sha256
 from djepa.nn.masking import prefix_mask, training_mask
 from djepa.nn.model import DJEPA
@@ -60,6 +61,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     preview_every: int = 0
     max_bad_steps: int = 5
+    # Also log the metrics.jsonl records and the previews to run_dir/tensorboard (djepa.engine.tensorboard). The
+    # train command opens the writer on rank 0 and hands it to the Trainer, which only passes records on.
+    tensorboard: bool = False
     parallel: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (sharded, for the L and H sizes)
     compile: bool = False  # torch.compile each transformer and denoiser block
     compile_backend: str = "inductor"
@@ -190,6 +194,7 @@ class Trainer:
         device: torch.device,
         preview: Callable[[DJEPA, int], None] | None = None,
         extra_state: dict[str, Any] | None = None,
+        tensorboard: TensorBoardLog | None = None,
         token_grid: tuple[int, ...] | None = None,
         time_axis: int | None = None,
     ):
@@ -223,6 +228,7 @@ class Trainer:
         self.device = device
         self.run_dir = Path(run_dir)
         self.preview = preview
+        self.tensorboard = tensorboard  # gets each metrics.jsonl record (rank 0; None: off)
         self.extra_state = extra_state or {}
         self.dtype = resolve_precision(device, cfg.precision)
         self.optimizer = torch.optim.AdamW(
@@ -500,9 +506,12 @@ class Trainer:
                     # How often clipping fired over the steps since the last logged line.
                     record["clip_fraction"] = self.clipped_since_log / max(1, self.steps_since_log)
                     self.clipped_since_log = self.steps_since_log = 0
+                    logged = record | {"skipped_steps": self.skipped}
                     if metrics:
-                        metrics.write(json.dumps(record | {"skipped_steps": self.skipped}) + "\n")
+                        metrics.write(json.dumps(logged) + "\n")
                         metrics.flush()
+                    if self.tensorboard is not None and main:
+                        self.tensorboard.scalars(logged)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
                 if self.preview and cfg.preview_every and self.step % cfg.preview_every == 0:
