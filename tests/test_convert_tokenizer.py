@@ -3,6 +3,7 @@
 The checkpoint is MAR's own architecture (tests/mar_vae_reference.py, MAR's models/vae.py) with random weights,
 saved as MAR's kl16.ckpt is ({"model": state_dict}): exactly its keys and shapes."""
 
+import argparse
 import json
 
 import pytest
@@ -75,7 +76,7 @@ def test_mar_kl16_becomes_an_autoencoder_kl_with_its_weights_and_its_outputs(tmp
 
 def test_convert_tokenizer_refuses_what_it_cannot_convert_in_one_line(tmp_path, capsys):
     layers = {"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}
-    torch.save({"model": layers}, tmp_path / "partial.ckpt")
+    torch.save({"model": layers, "args": argparse.Namespace(vae_embed_dim=16)}, tmp_path / "partial.ckpt")
     with pytest.raises(UsageError, match="not an LDM/MAR KL autoencoder state dict: no decoder.conv_out.weight"):
         convert_tokenizer.run([f"checkpoint={tmp_path / 'partial.ckpt'}", f"out={tmp_path / 'a'}"])
 

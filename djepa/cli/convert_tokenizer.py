@@ -28,6 +28,7 @@ checkpoint with `torch.load(weights_only=True)` (no pickled code runs) or a .saf
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -69,7 +70,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # MAR's training checkpoints carry their argparse Namespace beside the weights: plain data, allowed
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError (code refused), RuntimeError (not a torch file), ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"checkpoint={path} does not load as plain tensors ({first})") from err
