@@ -22,7 +22,7 @@ from djepa.io import atomic_write_safetensors
 from djepa.modalities.base import HELDOUT_SEED_OFFSET, ModalityAdapter
 from djepa.modalities.espeak import espeak_voices, speak
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
-from djepa.modalities.image import class_folders
+from djepa.modalities.image import class_folders, grid_canvas
 from djepa.modalities.listener import LISTENER_CLIPS, ListenerFrontEnd, listener_clips, with_noisy_copies
 from djepa.modalities.waveform import peak_normalize
 from djepa.tokenizers.base import LatentTokenizer
@@ -156,14 +156,8 @@ def spectrogram_grid(mels: torch.Tensor, rows: int, scale: int = 2) -> np.ndarra
     import matplotlib
 
     cmap = matplotlib.colormaps["magma"]
-    b, _, f, t = mels.shape
-    cols = -(-b // rows)
-    canvas = np.zeros((rows * (f + 2), cols * (t + 2), 3), dtype=np.uint8)
     images = (cmap(((mels[:, 0].flip(1).clamp(-1, 1) + 1) / 2).numpy())[..., :3] * 255).round().astype(np.uint8)
-    for i in range(b):
-        r, k = divmod(i, cols)
-        canvas[r * (f + 2) + 1 : r * (f + 2) + 1 + f, k * (t + 2) + 1 : k * (t + 2) + 1 + t] = images[i]
-    return canvas.repeat(scale, 0).repeat(scale, 1)
+    return grid_canvas(images, rows).repeat(scale, 0).repeat(scale, 1)
 
 
 # ------------------------------------------------------------------------------------------- adapter

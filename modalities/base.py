@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch.utils.data import Dataset
 
 from djepa.chunks import map_chunks
@@ -28,26 +29,26 @@ from djepa.tokenizers.base import LatentTokenizer, weights_hash
 log = logging.getLogger(__name__)
 
 
+def _patch_axes(rank: int) -> tuple[str, str, str]:
+    """einops axis names of a rank-k grid: the latent layout, the token-index group and the patch group."""
+    grid = " ".join(f"(g{i} p{i})" for i in range(rank))
+    return f"b c {grid}", " ".join(f"g{i}" for i in range(rank)), " ".join(f"p{i}" for i in range(rank))
+
+
 def patchify(latents: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
-    """[B, C, *grid*patch] -> tokens [B, N, C * prod(patch)] for a grid of any rank."""
-    b, c, *sizes = latents.shape
-    if len(patch) != len(sizes):
-        raise ValueError(f"patch size {patch} does not match a {len(sizes)}-D latent grid")
-    grid = [s // p for s, p in zip(sizes, patch)]
-    shape = [b, c] + [v for g, p in zip(grid, patch) for v in (g, p)]
-    x = latents.reshape(shape)
-    k = len(sizes)
-    perm = [0] + [2 + 2 * i for i in range(k)] + [1] + [3 + 2 * i for i in range(k)]
-    return x.permute(perm).reshape(b, math.prod(grid), c * math.prod(patch))
+    """[B, C, *grid*patch] -> tokens [B, N, C * prod(patch)] for a grid of any rank (row-major over the grid,
+    each token a patch's channels then its pixels)."""
+    if len(patch) != latents.dim() - 2:
+        raise ValueError(f"patch size {patch} does not match a {latents.dim() - 2}-D latent grid")
+    media, grid, pixels = _patch_axes(len(patch))
+    return rearrange(latents, f"{media} -> b ({grid}) (c {pixels})", **{f"p{i}": p for i, p in enumerate(patch)})
 
 
 def unpatchify(tokens: torch.Tensor, grid: tuple[int, ...], patch: tuple[int, ...], channels: int) -> torch.Tensor:
     """Inverse of `patchify`: tokens [B, N, D] -> latents [B, C, *grid*patch]."""
-    b = tokens.shape[0]
-    k = len(grid)
-    x = tokens.reshape([b, *grid, channels, *patch])
-    perm = [0, k + 1] + [v for i in range(k) for v in (1 + i, k + 2 + i)]
-    return x.permute(perm).reshape([b, channels] + [g * p for g, p in zip(grid, patch)])
+    media, cells, pixels = _patch_axes(len(grid))
+    sizes = {f"g{i}": g for i, g in enumerate(grid)} | {f"p{i}": p for i, p in enumerate(patch)}
+    return rearrange(tokens, f"b ({cells}) (c {pixels}) -> {media}", c=channels, **sizes)
 
 
 def encode_device(device: str | torch.device | None) -> torch.device:

@@ -73,6 +73,20 @@ def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
+def grid_canvas(images: np.ndarray, rows: int) -> np.ndarray:
+    """uint8 images [B, H, W, C] -> one canvas [rows * (H + 2), cols * (W + 2), C], filled row by row, each image
+    framed by 1 px of black (2 px between neighbours): torchvision's `make_grid` with its outer pixel cut off."""
+    from torchvision.utils import make_grid
+
+    b, h, w, c = images.shape
+    cols = -(-b // rows)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    # make_grid counts rows from the images, and hands back a lone image unframed: empty cells fill both in
+    x = torch.cat([x, x.new_zeros(max(rows * cols - b, 2 - b), c, h, w)])
+    grid = make_grid(x, nrow=cols, padding=2, pad_value=0)[:c, 1 : rows * (h + 2) + 1, 1 : cols * (w + 2) + 1]
+    return grid.permute(1, 2, 0).numpy()
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[C, H, W] or [B, C, H, W] in [-1, 1] -> uint8 HWC / BHWC arrays."""
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -81,16 +95,15 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     """Resize the short side to `size`, centre-crop, convert to [C, size, size] in [-1, 1]."""
+    from torchvision.transforms.functional import pil_to_tensor
+
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size
     scale = size / min(w, h)
     img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
-    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    t = torch.from_numpy(arr.copy())
-    t = t[None] if channels == 1 else t.permute(2, 0, 1)
-    return to_unit_range(t)
+    return to_unit_range(pil_to_tensor(img.crop((left, top, left + size, top + size))))
 
 
 # A decompression bomb (a small file that decodes to hundreds of megapixels) is an unusable file too.
@@ -247,14 +260,8 @@ class ImageAdapter(ModalityAdapter):
         return path
 
     def save_grid(self, media: torch.Tensor, rows: int, path: Path, scale: int = 2) -> Path:
-        arr = to_uint8(media)
-        b, h, w, c = arr.shape
-        cols = -(-b // rows)
-        canvas = np.zeros((rows * (h + 2), cols * (w + 2), c), dtype=np.uint8)
-        for i in range(b):
-            r, k = divmod(i, cols)
-            canvas[r * (h + 2) + 1 : r * (h + 2) + 1 + h, k * (w + 2) + 1 : k * (w + 2) + 1 + w] = arr[i]
-        img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+        canvas = grid_canvas(to_uint8(media), rows)
+        img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
         path = Path(path).with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)

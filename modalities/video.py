@@ -6,8 +6,10 @@ A media item is a clip [T, C, H, W] in [-1, 1]; batches are [B, T, C, H, W].
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,7 @@ def fit_frames(frames: torch.Tensor, size: int, channels: int) -> torch.Tensor:
 
 
 def decode_decord(path: Path, indices: list[int]) -> np.ndarray:
-    import decord
+    import decord  # the optional `decord` extra: no wheel for macOS arm64 or aarch64 Linux
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     if len(reader) <= indices[-1]:
@@ -164,6 +166,12 @@ def decode_pyav(path: Path, indices: list[int]) -> np.ndarray:
     return np.stack(frames)
 
 
+def video_decoders() -> list[Callable[[Path, list[int]], np.ndarray]]:
+    """The decoders a clip is tried with, in order: decord where it is installed (`pip install djepa[decord]`),
+    then PyAV, which is always there (a dependency; it writes the MP4s too)."""
+    return ([decode_decord] if importlib.util.find_spec("decord") is not None else []) + [decode_pyav]
+
+
 def read_clip(path: str | Path, frames: int, stride: int, size: int, channels: int) -> torch.Tensor:
     """The first `frames` frames (every `stride`-th) of a video file as [T, C, size, size]; ClipError if impossible."""
     path = Path(path)
@@ -173,7 +181,7 @@ def read_clip(path: str | Path, frames: int, stride: int, size: int, channels: i
         raise ClipError("empty file")
     indices = [i * stride for i in range(frames)]
     errors = []
-    for decode in (decode_decord, decode_pyav):
+    for decode in video_decoders():
         try:
             return fit_frames(torch.from_numpy(decode(path, indices)), size, channels)
         except ClipError:

@@ -11,6 +11,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,39 @@ def test_transformers_imports_from_the_repo_root_when_installed():
             pytest.skip(f"{name} is not installed; the tests above check the tokenizers import itself")
     code = "import json, transformers; from transformers import PreTrainedTokenizerFast; print(json.dumps({}))"
     assert _import_from_repo_root(code) == {}
+
+
+# import name -> distribution, for modules not installed here (the rest are looked up in the installed metadata)
+DISTRIBUTIONS = {"xformers": "xformers", "decord": "decord", "gradio": "gradio", "selenium": "selenium"}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared_distributions() -> set[str]:
+    """Every distribution pyproject.toml names, in the dependencies or any extra."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    return {_normalise(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in requirements}
+
+
+def test_every_third_party_import_is_declared():
+    local = {p.stem for p in (ROOT / "tests").glob("*.py")} | {"djepa", *PACKAGES}
+    files = [*module_files().values(), *(ROOT / "benchmarks").rglob("*.py"), *(ROOT / "tests").glob("*.py")]
+    top = {name.split(".")[0] for path in files for name in imported_names("x", path)}
+    third_party = sorted(top - set(sys.stdlib_module_names) - local - {"__future__", "configs", "benchmarks"})
+    installed = importlib.metadata.packages_distributions()
+    declared = declared_distributions()
+    undeclared = {
+        name: dists
+        for name in third_party
+        if not (dists := installed.get(name, [DISTRIBUTIONS.get(name, name)]))
+        or not any(_normalise(d) in declared for d in dists)
+    }
+    assert undeclared == {}, f"imported but not in pyproject.toml: {undeclared}"
+    assert {"torch", "scipy", "omegaconf", "einops", "torchvision"} <= set(third_party)  # the check sees them

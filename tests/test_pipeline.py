@@ -233,6 +233,7 @@ def test_a_run_with_sharded_checkpoints_samples_and_exports_as_the_same_run_in_f
         ("djepa.cli.sample", "sample"),
         ("djepa.cli.train_tokenizer", "train_tokenizer"),
         ("djepa.cli.export", "export"),
+        ("djepa.cli.convert_tokenizer", "convert_tokenizer"),
         ("djepa.benchmarks.run", "benchmark"),
     ],
 )

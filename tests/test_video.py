@@ -1,3 +1,6 @@
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -7,11 +10,15 @@ from PIL import Image
 from djepa.errors import UsageError
 from djepa.modalities.base import DataError, patchify, unpatchify
 from djepa.modalities.video import (
+    ClipError,
     VideoAdapter,
     decode_decord,
     decode_pyav,
+    fit_frames,
     load_video_folder,
     moving_digits,
+    read_clip,
+    video_decoders,
     write_mp4,
 )
 from djepa.tokenizers.per_frame import PerFrameTokenizer
@@ -75,12 +82,32 @@ def test_mp4_round_trip_with_pyav_and_decord(tmp_path):
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
     indices = list(range(16))
-    a, b = decode_decord(path, indices), decode_pyav(path, indices)
-    assert a.shape == b.shape == (16, 64, 64, 3)
-    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    b = decode_pyav(path, indices)
+    assert b.shape == (16, 64, 64, 3)
+    if importlib.util.find_spec("decord") is not None:  # the optional extra
+        a = decode_decord(path, indices)
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 2
     grid = adapter.save_grid(torch.stack([clip] * 4), 2, tmp_path / "grid")
     assert grid.suffix == ".png" and Image.open(grid).size[1] == 2 * (32 + 4) * 2
     assert Image.open(grid.with_suffix(".gif")).n_frames == 16
+
+
+def test_clips_decode_through_pyav_where_decord_is_not_installed(tmp_path, monkeypatch):
+    path = adapter_for(tmp_path).save(torch.rand(8, 1, 16, 16) * 2 - 1, tmp_path / "clip")
+    has_decord = importlib.util.find_spec("decord") is not None
+    assert video_decoders() == ([decode_decord] if has_decord else []) + [decode_pyav]
+    with_decord = read_clip(path, 8, 1, 32, 3)
+    monkeypatch.setitem(sys.modules, "decord", None)  # what `import decord` meets where it is not installed
+    assert video_decoders() == [decode_pyav]
+    with pytest.raises(ImportError):
+        decode_decord(path, [0])
+    clip = read_clip(path, 8, 1, 32, 3)
+    assert torch.equal(clip, fit_frames(torch.from_numpy(decode_pyav(path, list(range(8)))), 32, 3))
+    assert (clip - with_decord).abs().max() <= 2 / 127.5 + 1e-6  # decord and PyAV differ by <= 2 levels
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(ClipError) as error:  # a bad file reports PyAV's complaint, no missing module
+        read_clip(tmp_path / "bad.mp4", 8, 1, 32, 3)
+    assert str(error.value).startswith("decode_pyav:") and "decord" not in str(error.value)
 
 
 def test_the_same_frames_always_encode_to_the_same_mp4_bytes(tmp_path):

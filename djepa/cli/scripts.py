@@ -134,6 +134,18 @@ def export(argv: Sequence[str] | None = None) -> None:
     command.main(argv)
 
 
+def convert_tokenizer(argv: Sequence[str] | None = None) -> None:
+    from djepa.cli import convert_tokenizer as command
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print("usage: convert_tokenizer checkpoint=kl16.ckpt out=DIR [source=mar_kl16] [scale=0.2325]\n")
+        print((command.__doc__ or "").strip() + "\n\nkeys:")
+        print("\n".join(f"  {k}=  {doc}" for k, doc in command.CONVERT_KEYS.items()))
+        sys.exit(0)
+    command.main(argv)
+
+
 def train(argv: Sequence[str] | None = None) -> None:
     dispatch("train", argv)
 
