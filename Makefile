@@ -2,7 +2,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= .djepa
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-fast lint format clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest
+
+# The inner loop: everything but the tests that train a model or run a command end to end (marked `slow`).
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -124,6 +124,7 @@ def trained_adapter(tmp_path_factory):
     return adapter, metrics, root
 
 
+@pytest.mark.slow
 def test_mel_tokenizer_trains_and_loads_through_the_pretrained_path(trained_adapter):
     adapter, metrics, root = trained_adapter
     assert (root / "tok" / "config.json").is_file() and (root / "tok" / "mel.json").is_file()
@@ -144,6 +145,7 @@ def test_mel_tokenizer_trains_and_loads_through_the_pretrained_path(trained_adap
     assert data.shape == (18, 1, 40, 51) and len(labels) == 18  # the folder's 6 clips plus 2 noisy copies of each
 
 
+@pytest.mark.slow
 def test_prime_tokens_keep_the_first_columns(trained_adapter):
     adapter, _, root = trained_adapter
     cfg = OmegaConf.create({"prime_seconds": 0.1})

@@ -19,6 +19,7 @@ from djepa.tokenizers.base import LatentTokenizer
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.mark.slow
 def test_two_bf16_steps_with_xformers_attention(tmp_path, make_tiny_model):
     pytest.importorskip("xformers.ops")
     attn.set_attention_backend("xformers")

@@ -79,6 +79,7 @@ def test_teacher_ramp_and_validation():
         config(teacher_ema_start=1.5)
 
 
+@pytest.mark.slow
 def test_separate_teacher_moves_slower_than_the_sampling_ema(make_tiny_model, tmp_path):
     model = make_tiny_model((4, 4))
     start = {k: v.clone() for k, v in model.state_dict().items()}
@@ -124,6 +125,7 @@ def test_no_context_batch_has_no_jepa_term_and_no_teacher_pass(make_tiny_model, 
     assert calls == [] and record["jepa_active"] is False and record["jepa"] == 0.0
 
 
+@pytest.mark.slow
 def test_metrics_log_gradient_interference_and_clipping(make_tiny_model, tmp_path):
     cfg = config(steps=20, grad_probe_every=1, log_every=1, grad_clip=1e-3, mask_ratio_min=0.5)
     Trainer(make_tiny_model((4, 4)), token_data(), cfg, tmp_path, torch.device("cpu")).fit()

@@ -177,6 +177,7 @@ def test_ranks_encode_disjoint_shares(tmp_path):
     assert adapter.tokenizer.encoded == 5 and len(cache.pending()) == 0
 
 
+@pytest.mark.slow  # all 5,000 embedded digits through the cache
 def test_the_embedded_default_caches_as_before(tmp_path):
     weights = tmp_path / "weights.bin"
     weights.write_bytes(b"v1")
@@ -230,6 +231,7 @@ def test_a_clip_added_to_a_video_folder_reaches_the_data(tmp_path):
     assert data.mean.shape == (2, 4 * 2 * 2, 4)
 
 
+@pytest.mark.slow
 def test_the_trainer_steps_on_cached_tokens(tmp_path, make_tiny_model):
     from djepa.engine.trainer import TrainConfig, Trainer
 
@@ -245,6 +247,7 @@ def test_the_trainer_steps_on_cached_tokens(tmp_path, make_tiny_model):
     assert trainer.step == 2 and result
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_each_cache_their_share(tmp_path):
     import json
     import os

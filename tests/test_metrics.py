@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from djepa.benchmarks.classifiers import ConvClassifier, random_shift, train_classifier
@@ -22,6 +23,7 @@ def test_accuracy():
     assert accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0])) == 0.5
 
 
+@pytest.mark.slow
 def test_classifier_learns_separable_images():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(200) % 2

@@ -129,6 +129,7 @@ def test_old_style_head_type_and_tokenizer_kind_map_to_the_same_parts(tmp_path, 
     assert upgrade_config(upgraded) == upgraded  # today's form passes unchanged
 
 
+@pytest.mark.slow
 def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path):
     """A run written before `_target_`: config.yaml with no tokenizer target and `loss.head.type`, and a
     checkpoint whose model config names its head by `type`."""

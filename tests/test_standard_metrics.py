@@ -142,6 +142,7 @@ def low_rank_fd(a: torch.Tensor, b: torch.Tensor) -> float:
     return frechet_distance(a.double() @ q, b.double() @ q)
 
 
+@pytest.mark.slow
 def test_image_fid_with_a_local_inception_file(inception_file):
     path, net = inception_file
     g = torch.Generator().manual_seed(0)

@@ -1,7 +1,10 @@
+import pytest
 import torch
 
 from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
 from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, train_autoencoder_kl
+
+pytestmark = pytest.mark.slow  # trains an autoencoder
 
 
 def test_trained_autoencoder_loads_back_through_the_pretrained_path(tmp_path):

@@ -40,6 +40,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_loss_falls_and_metrics_are_written(make_tiny_model, tmp_path):
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=60), tmp_path, torch.device("cpu"))
     trainer.fit()
@@ -50,6 +51,7 @@ def test_loss_falls_and_metrics_are_written(make_tiny_model, tmp_path):
     assert len(CheckpointManager(tmp_path).directories()) == 3
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_weights(make_tiny_model, tmp_path, capsys):
     straight = Trainer(make_tiny_model((4, 4)), token_data(), config(), tmp_path / "a", torch.device("cpu"))
     straight.fit()
@@ -86,6 +88,7 @@ def test_interrupted_run_resumes_to_identical_weights(make_tiny_model, tmp_path,
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_previous(make_tiny_model, tmp_path):
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=20), tmp_path, torch.device("cpu"))
     trainer.fit()
@@ -97,6 +100,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(make_tiny_model, tmp_p
     assert state["step"] == 10 and directory != latest
 
 
+@pytest.mark.slow
 def test_sharded_checkpoints_resume_exactly_and_are_verified(make_tiny_model, tmp_path):
     # torch.distributed.checkpoint in one process (the 2-rank cases are in test_distributed): the same
     # step directories, every file checksummed, the EMA consolidated for sampling, resumed exactly.
@@ -135,6 +139,7 @@ def test_sharded_checkpoints_resume_exactly_and_are_verified(make_tiny_model, tm
         assert CheckpointManager(run).latest_valid()[1]["step"] == 10
 
 
+@pytest.mark.slow
 def test_pickle_in_a_checkpoint_is_never_executed(make_tiny_model, tmp_path):
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=10), tmp_path, torch.device("cpu"))
     trainer.fit()
@@ -156,6 +161,7 @@ def test_pickle_in_a_checkpoint_is_never_executed(make_tiny_model, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_non_finite_losses_stop_the_run_with_a_message(make_tiny_model, tmp_path):
     data = token_data()
     data.mean[:] = float("nan")
@@ -190,6 +196,7 @@ def test_bad_train_settings_name_the_key():
         TrainConfig(checkpoint_format="zarr")
 
 
+@pytest.mark.slow
 def test_compile_switch_compiles_each_block_and_trains_the_same(make_tiny_model, tmp_path):
     # aot_eager traces the blocks through dynamo + AOTAutograd without a C++ build; inductor is the default.
     runs = {}

@@ -159,6 +159,7 @@ def test_patchify_3d_grid_round_trips_time_slowest():
     assert torch.equal(first, latents[:, :, :4])
 
 
+@pytest.mark.slow
 def test_per_frame_tokenizer_trains_loads_and_primes(tmp_path):
     tiny = dict(block_out_channels=[8, 16], norm_num_groups=4, steps=3, batch_size=16, holdout=0.1)
     adapter = adapter_for(tmp_path, frames=8, image_size=16, digit_size=12, patch_size=[2, 2, 2])
