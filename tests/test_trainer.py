@@ -40,6 +40,29 @@ class Stop(Exception):
     pass
 
 
+def assert_bit_identical(straight: Trainer, resumed: Trainer) -> None:
+    """A resumed run ends with the very bits of the uninterrupted one: model, sampling EMA, JEPA teacher and
+    the optimizer's moments (torch.equal, no tolerance)."""
+    for kind in ("model", "ema", "teacher"):
+        a, b = getattr(straight, kind), getattr(resumed, kind)
+        assert (a is None) == (b is None), kind
+        if a is None:
+            continue
+        a, b = a.state_dict(), b.state_dict()
+        assert list(a) == list(b), kind
+        different = [name for name in a if not torch.equal(a[name], b[name])]
+        assert not different, f"{kind}: {len(different)} tensors differ, first {different[:3]}"
+    compared = 0
+    for group_a, group_b in zip(straight.optimizer.param_groups, resumed.optimizer.param_groups, strict=True):
+        for p, q in zip(group_a["params"], group_b["params"], strict=True):
+            a, b = straight.optimizer.state.get(p, {}), resumed.optimizer.state.get(q, {})
+            assert a.keys() == b.keys()
+            for key in a:
+                assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
+                compared += 1
+    assert compared > 0
+
+
 @pytest.mark.slow
 def test_loss_falls_and_metrics_are_written(make_tiny_model, tmp_path):
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=60), tmp_path, torch.device("cpu"))
@@ -82,10 +105,7 @@ def test_interrupted_run_resumes_to_identical_weights(make_tiny_model, tmp_path,
     second.fit()
     captured = capsys.readouterr()
     assert "resumed from step 15" in captured.out + captured.err
-    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
-    for a, b in zip(straight.ema.state_dict().values(), second.ema.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert_bit_identical(straight, second)
 
 
 @pytest.mark.slow
@@ -126,10 +146,7 @@ def test_sharded_checkpoints_resume_exactly_and_are_verified(make_tiny_model, tm
     resumed = Trainer(make_tiny_model((4, 4)), token_data(), config(), run, torch.device("cpu"))
     resumed.fit()  # auto: a one-process run writes full checkpoints from here, and reads either
     assert resumed.step == 30 and not (CheckpointManager(run).directories()[-1] / "dcp").exists()
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
-    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert_bit_identical(straight, resumed)
     shard = latest / "dcp" / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:-16] + bytes(16))
     with pytest.raises(ValueError, match="checksum mismatch"):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -291,9 +293,16 @@ def test_video_config_composes():
     assert compose_config(["modality=video", "loss=diffusion"]).loss.head._target_ == "djepa.nn.heads.DiffusionHead"
     assert compose_config(["modality=image"]).loss.head._target_ == "djepa.nn.heads.DiffusionHead"
     assert cfg.modality.adapter.tokenizer.path == "/tmp/djepa-video-test/tokenizers/video"
-    for key in ("model", "train", "tokenizer", "sample"):
-        assert cfg[key] is not None
-    assert cfg.sample.preview_per_class >= 1
+    # every per-modality group comes from its video file (not the image default's)
+    from djepa import configs
+
+    image = compose_config(["modality=image", "home=/tmp/djepa-video-test"])
+    for key in ("model", "train", "tokenizer", "sample", "benchmark"):  # loss: its head is checked above
+        video_file = OmegaConf.load(Path(configs.__file__).parent / key / "video.yaml")
+        expected = OmegaConf.create({"seed": cfg.seed, "home": cfg.home, key: video_file})  # what it may interpolate
+        assert OmegaConf.to_container(cfg[key], resolve=True) == OmegaConf.to_container(expected, resolve=True)[key]
+    assert cfg.train != image.train and cfg.sample != image.sample  # the groups that differ, told apart
+    assert (cfg.temperature, cfg.cfg_schedule) == (cfg.sample.temperature, cfg.sample.cfg_schedule)
 
 
 def test_centroid_travel_tells_moving_digits_from_still_ones():
