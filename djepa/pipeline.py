@@ -334,10 +334,10 @@ class Pipeline:
         num_steps: int | None = None,
         cfg_schedule: str | None = None,
     ) -> SamplingSettings:
-        """The run's sampling defaults with the given values replacing them."""
+        """The run's sampling defaults with the given values replacing them (`cfg`: the guidance scale)."""
         d = self.defaults
         return SamplingSettings(  # validated on construction
-            float(d.cfg if cfg is None else cfg),
+            float(d.guidance if cfg is None else cfg),
             float(d.temperature if temperature is None else temperature),
             int(d.num_steps if num_steps is None else num_steps),
             str(d.cfg_schedule if cfg_schedule is None else cfg_schedule),

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -227,8 +228,9 @@ class ModalityAdapter(ABC):
         """Modality-specific measurements of decoded media beyond the classifier (video: motion)."""
         return {}
 
-    def prime_tokens(self, path: str, cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling."""
+    def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling; `options` holds
+        how much of the file stays (`prime_frames` for video, `prime_seconds` for audio)."""
         raise NotImplementedError(f"modality {self.name} has no continuation (prime=...) support")
 
     def encode_media(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -357,8 +358,8 @@ class VideoAdapter(ModalityAdapter):
 
     # --------------------------------------------------------------- continuation
 
-    def prime_tokens(self, path: str, cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens of a real clip with those of its first `cfg.prime_frames` frames marked known."""
+    def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of a real clip with those of its first `options["prime_frames"]` frames marked known."""
         try:
             clip = read_clip(path, self.frames, self.frame_stride, self.image_size, self.channels)
         except ClipError as err:
@@ -366,7 +367,7 @@ class VideoAdapter(ModalityAdapter):
         mean, _ = self.encode_media(clip[None])
         tokens = self.to_tokens(mean.float().cpu())[0]
         t_tokens = self.token_grid[0]
-        frames = int(cfg.get("prime_frames", 4))
+        frames = int(options.get("prime_frames", 4))
         down_t = self.tokenizer.downsample[0]
         latent_frames = frames if down_t == 1 else 1 + max(0, frames - 1) // down_t
         keep = min(max(1, round(latent_frames / self.patch_size[0])), t_tokens - 1) if t_tokens > 1 else 0

@@ -239,9 +239,11 @@ def test_the_trainer_steps_on_cached_tokens(tmp_path, make_tiny_model):
     write_class(data_dir, "a", 4)
     write_class(data_dir, "b", 4)
     data = adapter_for(tmp_path, data_dir).token_data(batch_size=4, device="cpu", workers=0)
-    cfg = TrainConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=1, precision="fp32", log_every=1, checkpoint_every=2)
+    train_config = TrainConfig(
+        steps=2, batch_size=4, lr=1e-3, warmup_steps=1, precision="fp32", log_every=1, checkpoint_every=2
+    )
     trainer = Trainer(
-        make_tiny_model((2, 2), token_dim=12, num_classes=2), data, cfg, tmp_path / "run", torch.device("cpu")
+        make_tiny_model((2, 2), token_dim=12, num_classes=2), data, train_config, tmp_path / "run", torch.device("cpu")
     )
     result = trainer.fit()
     assert trainer.step == 2 and result

@@ -51,7 +51,7 @@ def test_pipeline_reads_sampling_defaults_from_the_run(pipe):
     # The run was trained with num_steps=2 and loss.head.sampling_steps=3: both come back without being asked.
     assert pipe.defaults.num_steps == 2
     assert pipe.model.head.sampling_steps == 3
-    assert pipe.settings(cfg=1.5).cfg == 1.5 and pipe.settings().cfg == pipe.defaults.cfg
+    assert pipe.settings(cfg=1.5).guidance == 1.5 and pipe.settings().guidance == pipe.defaults.guidance
 
 
 @pytest.mark.slow

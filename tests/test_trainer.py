@@ -195,11 +195,11 @@ def test_data_order_is_a_permutation_per_epoch():
 
 
 def test_lr_warms_up_then_follows_cosine():
-    cfg = config(steps=100, warmup_steps=10, lr=1e-3, min_lr=0.0)
-    assert lr_at(0, cfg) == pytest.approx(1e-4)
-    assert lr_at(10, cfg) == pytest.approx(1e-3)
-    assert lr_at(55, cfg) == pytest.approx(0.5e-3, rel=1e-6)
-    assert math.isclose(lr_at(100, cfg), 0.0, abs_tol=1e-12)
+    train_config = config(steps=100, warmup_steps=10, lr=1e-3, min_lr=0.0)
+    assert lr_at(0, train_config) == pytest.approx(1e-4)
+    assert lr_at(10, train_config) == pytest.approx(1e-3)
+    assert lr_at(55, train_config) == pytest.approx(0.5e-3, rel=1e-6)
+    assert math.isclose(lr_at(100, train_config), 0.0, abs_tol=1e-12)
 
 
 def test_bad_train_settings_name_the_key():
