@@ -2,7 +2,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= .djepa
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast lint typecheck format clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy on the core (djepa/: the network, engine, pipeline, export, commands); pyproject.toml's [tool.mypy].
+typecheck: setup
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff check --fix .

@@ -59,7 +59,8 @@ def encode_device(device: str | torch.device | None) -> torch.device:
 
 
 class ModalityAdapter(ABC):
-    """Builds the dataset, owns the tokenizer, maps latents <-> tokens and writes media files."""
+    """Builds the dataset, owns the tokenizer, maps latents <-> tokens and writes media files: the interface the
+    core calls (djepa.engine.adapter.Adapter) plus what the adapters share."""
 
     name: str
     file_suffix: str
@@ -85,6 +86,11 @@ class ModalityAdapter(ABC):
     @abstractmethod
     def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Media tensors [M, ...] and class ids [M]."""
+
+    @abstractmethod
+    def train_tokenizer(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Train the default tokenizer with the `tokenizer` config section, save it at tokenizer.path, return its
+        metrics (`require_default_tokenizer` refuses a pretrained one)."""
 
     @abstractmethod
     def embedded_class_names(self) -> list[str]:

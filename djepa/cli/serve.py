@@ -68,6 +68,7 @@ def generate_files(
         prime=prime or None,
     )
     written = result.save(out)
+    assert result.grid_path is not None  # save() sets it
     return Path(result.grid_path), written[0]
 
 

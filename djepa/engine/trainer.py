@@ -138,7 +138,8 @@ NO_DECAY_MODULES = (
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on the transformer blocks' matrices only; none on biases, norms or NO_DECAY_MODULES."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         skip = p.ndim < 2 or name.split(".", 1)[0] in NO_DECAY_MODULES
         (no_decay if skip else decay).append(p)
@@ -169,7 +170,7 @@ def step_seed(seed: int, step: int) -> int:
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """The data order is a function of (seed, step): a fresh permutation per epoch, no state to save."""
     start = step * batch_size
-    out = []
+    out: list[int] = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), num_items)
         perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
@@ -232,7 +233,7 @@ class Trainer:
         # The EMA pairs, listed once after any sharding (FSDP replaces the parameters; loading a checkpoint
         # copies into them in place). The teacher tracks only what the targets come from.
         online = [p.detach() for p in self.model.parameters()]
-        self.ema_pairs = (list(self.ema.parameters()), online)
+        self.ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = (list(self.ema.parameters()), online)
         self.teacher_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         if self.teacher is not None:
             tracked = [
@@ -263,7 +264,8 @@ class Trainer:
 
     def copies(self) -> dict[str, torch.nn.Module]:
         """The EMA copies saved beside the model: the sampling EMA and, when separate, the JEPA teacher."""
-        return {"ema": self.ema} | ({"teacher": self.teacher} if self.teacher is not None else {})
+        copies: dict[str, torch.nn.Module] = {"ema": self.ema}
+        return copies | ({"teacher": self.teacher} if self.teacher is not None else {})
 
     def save_full(self) -> Path | None:
         """Rank 0 writes; the others wait, so no rank runs ahead of a checkpoint."""
@@ -338,6 +340,7 @@ class Trainer:
         present = {name: module for name, module in copies.items() if name in saved}
         sharded_checkpoint.read_shards(directory, self.model, self.optimizer, present)
         if missing == ["teacher"]:  # a run that switches to a separate teacher starts it from the sampling EMA
+            assert self.teacher is not None  # copies() lists it only then
             set_model_state_dict(self.teacher, get_model_state_dict(self.ema))
         elif missing:
             raise ValueError(f"{directory}: the sharded checkpoint holds no {', '.join(missing)}")
@@ -374,7 +377,9 @@ class Trainer:
         with autocast(self.device, self.dtype):
             targets = teacher(tokens, labels) if self.use_jepa and has_context else None
             if self.sharded and targets is not None:
-                teacher.reshard()  # FSDP keeps a root unsharded after forward, expecting a backward
+                # FSDP keeps a root unsharded after forward, expecting a backward. fully_shard gives the
+                # module's class its reshard method at run time, which the type checker cannot see.
+                teacher.reshard()  # type: ignore[operator]
             losses = self.train_module(tokens, labels, mask, targets)
         total = config.denoise_weight * losses["denoise"]
         if self.use_jepa:
