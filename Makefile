@@ -2,7 +2,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= .djepa
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-fast lint typecheck format clean
 
 setup: $(VENV)/.installed
 
@@ -20,9 +20,17 @@ demo: setup
 test: setup
 	$(BIN)/pytest
 
+# The inner loop: everything but the tests that train a model or run a command end to end (marked `slow`).
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy on the core (djepa/: the network, engine, pipeline, export, commands); pyproject.toml's [tool.mypy].
+typecheck: setup
+	$(BIN)/mypy
 
 format: setup
 	$(BIN)/ruff check --fix .

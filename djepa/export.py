@@ -135,7 +135,7 @@ def export_pipeline(
         "modality": pipe.modality,
         "class_names": pipe.class_names,
         "sampling": {
-            "cfg": pipe.defaults.cfg,
+            "cfg": pipe.defaults.guidance,
             "temperature": pipe.defaults.temperature,
             "num_steps": pipe.defaults.num_steps,
             "cfg_schedule": pipe.defaults.cfg_schedule,

@@ -8,7 +8,7 @@ This module is the one place that knows those old names; everything else reads o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -70,16 +70,18 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
     cfg = cfg.copy()
     tokenizer = OmegaConf.select(cfg, "modality.adapter.tokenizer")
     if tokenizer is not None and "kind" in tokenizer and "_target_" not in tokenizer:
-        new = upgrade_tokenizer(OmegaConf.to_container(tokenizer))
+        new = upgrade_tokenizer(cast(dict[str, Any], OmegaConf.to_container(tokenizer)))
         OmegaConf.update(cfg, "modality.adapter.tokenizer", new, merge=False)
     head = OmegaConf.select(cfg, "loss.head")
     if head is not None and "_target_" not in head:
-        OmegaConf.update(cfg, "loss.head", upgrade_head(OmegaConf.to_container(head)), merge=False)
+        OmegaConf.update(
+            cfg, "loss.head", upgrade_head(cast(dict[str, Any], OmegaConf.to_container(head))), merge=False
+        )
     model = OmegaConf.select(cfg, "model")
     if model is not None and "jepa" in model:
         # Before the one switch, `model.jepa: false` was MAR mode whatever the weight; the weight is the switch now.
         with_jepa = bool(model.jepa)
-        settings = OmegaConf.to_container(model)
+        settings = cast(dict[str, Any], OmegaConf.to_container(model))
         settings.pop("jepa")
         OmegaConf.update(cfg, "model", settings, merge=False)
         if not with_jepa:

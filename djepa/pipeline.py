@@ -17,13 +17,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from djepa.engine.adapter import build_adapter
+from djepa.engine.adapter import Adapter, HasFps, HasSampleRate, build_adapter
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.engine.loading import find_checkpoint
 from djepa.engine.runtime import resolve_device
@@ -131,7 +131,7 @@ class Generation:
     labels: list[int]
     class_names: list[str]
     rows: int  # rows of the preview grid: one per requested class
-    adapter: Any = field(repr=False)
+    adapter: Adapter = field(repr=False)
     grid_path: Path | None = None  # set by save()
 
     @property
@@ -166,7 +166,7 @@ class Generation:
     @property
     def fps(self) -> int:
         self._expect("video", "fps")
-        return int(self.adapter.fps)
+        return int(cast(HasFps, self.adapter).fps)
 
     @property
     def waveforms(self) -> list[np.ndarray]:
@@ -177,7 +177,7 @@ class Generation:
     @property
     def sample_rate(self) -> int:
         self._expect("audio", "sample_rate")
-        return int(self.adapter.sample_rate)
+        return int(cast(HasSampleRate, self.adapter).sample_rate)
 
     def save(self, out: str | Path) -> list[Path]:
         """One file per item, `<class>_<index>.<png|mp4|wav>`, plus the adapter's `grid` preview: as `sample`."""
@@ -195,7 +195,7 @@ class Pipeline:
     def __init__(
         self,
         model: DJEPA,
-        adapter: Any,
+        adapter: Adapter,
         class_names: Sequence[str],
         defaults: SamplingSettings,
         config: DictConfig,
@@ -235,7 +235,7 @@ class Pipeline:
             config_path = (Path(checkpoint).parent.parent if checkpoint else path) / "config.yaml"
             if not config_path.is_file():
                 raise UsageError(f"{config_path} is missing: the run's config says how to decode its tokens")
-            config = OmegaConf.load(config_path)
+            config = cast(DictConfig, OmegaConf.load(config_path))  # a run's config is a mapping
             weights = CheckpointManager.load_tensors(directory, "ema")
             # Checked when training recorded it (extra_state "tokenizer_sha256"); exports always record it.
             expected_hash = state.get("tokenizer_sha256")
@@ -244,7 +244,7 @@ class Pipeline:
             raise UsageError(f"{path} holds a {state['modality']} model but its config says {config.modality.name}")
         model_config = upgrade_model_config(state["model_config"])
         # Sampling-only head settings may change; the denoiser's weights are the same.
-        head = OmegaConf.to_container(config.loss.head, resolve=True) if "loss" in config else {}
+        head = cast(dict[str, Any], OmegaConf.to_container(config.loss.head, resolve=True)) if "loss" in config else {}
         trained_head = model_config["head_config"]
         if upgrade_head(head).get("_target_") == trained_head["_target_"]:
             model_config["head_config"] = {
@@ -288,7 +288,7 @@ class Pipeline:
         from safetensors.torch import load_file
 
         index = json.loads((path / EXPORT_INDEX).read_text())
-        config = OmegaConf.load(path / "config.yaml")
+        config = cast(DictConfig, OmegaConf.load(path / "config.yaml"))
         tokenizer = index["tokenizer"]
         tok_path = Path(tokenizer["path"])
         OmegaConf.update(
@@ -334,10 +334,10 @@ class Pipeline:
         num_steps: int | None = None,
         cfg_schedule: str | None = None,
     ) -> SamplingSettings:
-        """The run's sampling defaults with the given values replacing them."""
+        """The run's sampling defaults with the given values replacing them (`cfg`: the guidance scale)."""
         d = self.defaults
         return SamplingSettings(  # validated on construction
-            float(d.cfg if cfg is None else cfg),
+            float(d.guidance if cfg is None else cfg),
             float(d.temperature if temperature is None else temperature),
             int(d.num_steps if num_steps is None else num_steps),
             str(d.cfg_schedule if cfg_schedule is None else cfg_schedule),

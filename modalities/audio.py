@@ -6,7 +6,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -340,7 +340,7 @@ class AudioAdapter(ModalityAdapter):
         columns = self.token_grid[-1]
         return self.media_grid[-1] / columns * media_unit
 
-    def prime_tokens(self, path: str, cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens of a real clip, with the columns covering its first `prime_seconds` marked known."""
         file = Path(path)
         if not file.is_file():
@@ -354,7 +354,7 @@ class AudioAdapter(ModalityAdapter):
             audio = peak_normalize(audio)
         tokens = self.to_tokens(self.tokenizer.encode(audio[None]).float().cpu())
         grid = self.token_grid
-        seconds = float(cfg.get("prime_seconds", 0.25) if hasattr(cfg, "get") else cfg.prime_seconds)
+        seconds = float(options.get("prime_seconds", 0.25))
         keep = min(grid[-1] - 1, max(0, math.ceil(seconds / self.seconds_per_token_column - 1e-6)))
         mask = torch.zeros(grid, dtype=torch.bool)
         mask[..., :keep] = True

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ HELDOUT_SEED_OFFSET = 10007
 
 
 class ModalityAdapter(ABC):
-    """Builds the dataset, owns the tokenizer, maps latents <-> tokens and writes media files."""
+    """Builds the dataset, owns the tokenizer, maps latents <-> tokens and writes media files: the interface the
+    core calls (djepa.engine.adapter.Adapter) plus what the adapters share."""
 
     name: str
     file_suffix: str
@@ -90,6 +92,11 @@ class ModalityAdapter(ABC):
     @abstractmethod
     def load_dataset(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Media tensors [M, ...] and class ids [M]."""
+
+    @abstractmethod
+    def train_tokenizer(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Train the default tokenizer with the `tokenizer` config section, save it at tokenizer.path, return its
+        metrics (`require_default_tokenizer` refuses a pretrained one)."""
 
     @abstractmethod
     def embedded_class_names(self) -> list[str]:
@@ -233,8 +240,9 @@ class ModalityAdapter(ABC):
         """Modality-specific measurements of decoded media beyond the classifier (video: motion)."""
         return {}
 
-    def prime_tokens(self, path: str, cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling."""
+    def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling; `options` holds
+        how much of the file stays (`prime_frames` for video, `prime_seconds` for audio)."""
         raise NotImplementedError(f"modality {self.name} has no continuation (prime=...) support")
 
     def encode_media(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,7 @@ import functools
 import importlib.util
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -384,15 +384,15 @@ class VideoAdapter(ModalityAdapter):
 
     # --------------------------------------------------------------- continuation
 
-    def prime_tokens(self, path: str, cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens of a real clip with those of its first `cfg.prime_frames` frames marked known."""
+    def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of a real clip with those of its first `options["prime_frames"]` frames marked known."""
         try:
             clip = read_clip(path, self.frames, self.frame_stride, self.image_size, self.channels)
         except ClipError as err:
             raise DataError(f"prime={path}: cannot read {self.frames} frames from it ({err})") from err
         mean, _ = self.encode_media(clip[None])
         tokens = self.to_tokens(mean.float().cpu())[0]
-        mask, _ = self.prime_mask(int(cfg.get("prime_frames", 4)))
+        mask, _ = self.prime_mask(int(options.get("prime_frames", 4)))
         return tokens.expand(count, -1, -1).clone(), mask.expand(count, -1).clone()
 
     def prime_mask(self, frames: int) -> tuple[torch.Tensor, int]:

@@ -46,7 +46,7 @@ def main(out: Path, parallel: str = "ddp", steps: int = 20, checkpoint_format: s
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(64) % 3
     mean = torch.randn(3, 16, 4, generator=g)[labels] + 0.1 * torch.randn(64, 16, 4, generator=g)
-    cfg = TrainConfig(
+    train_config = TrainConfig(
         steps=steps,
         batch_size=16,
         lr=2e-3,
@@ -59,7 +59,7 @@ def main(out: Path, parallel: str = "ddp", steps: int = 20, checkpoint_format: s
         parallel=parallel,
         checkpoint_format=checkpoint_format,
     )
-    trainer = Trainer(model, TokenData(mean, None, labels), cfg, out.parent / "run", device)
+    trainer = Trainer(model, TokenData(mean, None, labels), train_config, out.parent / "run", device)
     trainer.fit()
     full = distributed.full_tensors(trainer.model.state_dict())
     # The whole training state, by parameter name (layout-free): what a resume on any number of ranks restores.

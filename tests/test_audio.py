@@ -124,6 +124,7 @@ def trained_adapter(tmp_path_factory):
     return adapter, metrics, root
 
 
+@pytest.mark.slow
 def test_mel_tokenizer_trains_and_loads_through_the_pretrained_path(trained_adapter):
     adapter, metrics, root = trained_adapter
     assert (root / "tok" / "config.json").is_file() and (root / "tok" / "mel.json").is_file()
@@ -144,17 +145,18 @@ def test_mel_tokenizer_trains_and_loads_through_the_pretrained_path(trained_adap
     assert data.shape == (18, 1, 40, 51) and len(labels) == 18  # the folder's 6 clips plus 2 noisy copies of each
 
 
+@pytest.mark.slow
 def test_prime_tokens_keep_the_first_columns(trained_adapter):
     adapter, _, root = trained_adapter
-    cfg = OmegaConf.create({"prime_seconds": 0.1})
-    tokens, mask = adapter.prime_tokens(str(root / "data" / "one" / "0.wav"), cfg, 3)
+    options = OmegaConf.create({"prime_seconds": 0.1})
+    tokens, mask = adapter.prime_tokens(str(root / "data" / "one" / "0.wav"), options, 3)
     grid = adapter.token_grid  # (4, 8): one column = 4 frames of 128 samples at 8 kHz = 64 ms
     assert tokens.shape == (3, 32, 16) and mask.shape == (3, 32) and mask.dtype == torch.bool
     cols = mask[0].view(grid)
     assert cols[:, :2].all() and not cols[:, 2:].any()
     assert torch.equal(tokens[0], tokens[2])
     with pytest.raises(FileNotFoundError):
-        adapter.prime_tokens(str(root / "nope.wav"), cfg, 1)
+        adapter.prime_tokens(str(root / "nope.wav"), options, 1)
 
 
 def test_oobleck_loads_from_a_local_directory(tmp_path):

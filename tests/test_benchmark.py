@@ -1,8 +1,11 @@
 import json
 
+import pytest
 from PIL import Image
 
 from djepa.benchmarks import run as bench
+
+pytestmark = pytest.mark.slow  # the benchmark end to end: a tokenizer and three variants train
 
 
 def test_quick_benchmark_writes_results_plots_and_summary(tmp_path):

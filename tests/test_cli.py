@@ -9,6 +9,8 @@ from PIL import Image
 
 from djepa.cli import sample, train
 
+pytestmark = pytest.mark.slow  # the commands end to end on a tiny trained run
+
 
 @pytest.fixture(scope="module")
 def trained_run(image_run):

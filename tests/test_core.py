@@ -4,6 +4,7 @@ import torch
 from djepa.nn.masking import mask_from_orders, random_orders, sample_mask_ratio, training_mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [(12,), (4, 4), (2, 3, 3)])
 @pytest.mark.parametrize("head", ["diffusion", "flow"])
 def test_loss_falls_and_samples_have_grid_shape(make_tiny_model, grid, head):

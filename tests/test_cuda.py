@@ -19,6 +19,7 @@ from djepa.tokenizers.base import LatentTokenizer
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.mark.slow
 def test_two_bf16_steps_with_xformers_attention(tmp_path, make_tiny_model):
     pytest.importorskip("xformers.ops")
     attn.set_attention_backend("xformers")
@@ -26,8 +27,8 @@ def test_two_bf16_steps_with_xformers_attention(tmp_path, make_tiny_model):
         device = torch.device("cuda", torch.cuda.current_device())
         labels = torch.arange(32) % 3
         data = TokenData(torch.randn(32, 16, 4), torch.full((32, 16, 4), 0.1), labels)
-        cfg = TrainConfig(steps=2, batch_size=8, lr=1e-3, warmup_steps=1, precision="bf16", log_every=1)
-        trainer = Trainer(make_tiny_model((4, 4)).to(device), data, cfg, tmp_path / "run", device)
+        train_config = TrainConfig(steps=2, batch_size=8, lr=1e-3, warmup_steps=1, precision="bf16", log_every=1)
+        trainer = Trainer(make_tiny_model((4, 4)).to(device), data, train_config, tmp_path / "run", device)
         trainer.fit()
         assert trainer.step == 2
         assert all(p.dtype == torch.float32 for p in trainer.ema.parameters())  # EMA and optimizer stay fp32

@@ -4,6 +4,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from djepa.cli import sample, train
@@ -57,6 +58,7 @@ def test_a_user_folder_gets_its_own_tokenizer_location_and_rgb_a_longer_tokenize
     assert "Diffusion" in mine.loss.head._target_ and mine.temperature == 0.9 and mine.cfg_schedule == "constant"
 
 
+@pytest.mark.slow
 def test_a_64px_rgb_folder_trains_with_its_own_tokenizer_and_samples(tmp_path):
     home, run_dir, out = tmp_path / "home", tmp_path / "run", tmp_path / "out"
     data = write_rgb_folder(tmp_path / "shapes")

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
+pytestmark = pytest.mark.slow  # training in torchrun processes
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 

@@ -284,6 +284,7 @@ def tiny_run(tmp_path_factory):
         (["modality=audio"], "holds a modality=image run at step 4, not audio"),
     ],
 )
+@pytest.mark.slow
 def test_resume_with_another_model_or_modality_refuses_and_changes_nothing(tiny_run, capsys, change, message):
     args, run_dir = tiny_run
     before = {p: p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != ".lock"}
@@ -293,6 +294,7 @@ def test_resume_with_another_model_or_modality_refuses_and_changes_nothing(tiny_
     assert after == before  # config.yaml, checkpoints and metrics untouched
 
 
+@pytest.mark.slow
 def test_resume_with_allowed_changes_logs_them_trims_metrics_and_cleans_staging(tiny_run, capsys):
     args, run_dir = tiny_run
     saved = OmegaConf.load(run_dir / "config.yaml")

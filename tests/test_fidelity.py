@@ -69,21 +69,22 @@ def test_no_weight_decay_on_head_projector_and_embeddings(make_tiny_model):
 
 
 def test_teacher_ramp_and_validation():
-    cfg = config(steps=100, teacher_ema_start=0.996, teacher_ema_end=1.0)
-    assert teacher_decay(0, cfg) == pytest.approx(0.996)
-    assert teacher_decay(50, cfg) == pytest.approx(0.998)
-    assert teacher_decay(100, cfg) == pytest.approx(1.0)
+    train_config = config(steps=100, teacher_ema_start=0.996, teacher_ema_end=1.0)
+    assert teacher_decay(0, train_config) == pytest.approx(0.996)
+    assert teacher_decay(50, train_config) == pytest.approx(0.998)
+    assert teacher_decay(100, train_config) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="train.teacher"):
         config(teacher="online")
     with pytest.raises(ValueError, match="teacher_ema_start"):
         config(teacher_ema_start=1.5)
 
 
+@pytest.mark.slow
 def test_separate_teacher_moves_slower_than_the_sampling_ema(make_tiny_model, tmp_path):
     model = make_tiny_model((4, 4))
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = config(teacher_ema_start=0.999, teacher_ema_end=0.999)
-    trainer = Trainer(model, token_data(), cfg, tmp_path, torch.device("cpu"))
+    train_config = config(teacher_ema_start=0.999, teacher_ema_end=0.999)
+    trainer = Trainer(model, token_data(), train_config, tmp_path, torch.device("cpu"))
     trainer.fit()
 
     def drift(module, prefix):
@@ -94,7 +95,9 @@ def test_separate_teacher_moves_slower_than_the_sampling_ema(make_tiny_model, tm
     assert drift(trainer.teacher, "head.") == 0
     # The teacher is saved with the run, and MAR mode has none.
     assert (trainer.checkpoints.directories()[-1] / "teacher.safetensors").exists()
-    mar = Trainer(make_tiny_model((4, 4), jepa=False), token_data(), cfg, tmp_path / "mar", torch.device("cpu"))
+    mar = Trainer(
+        make_tiny_model((4, 4), jepa=False), token_data(), train_config, tmp_path / "mar", torch.device("cpu")
+    )
     assert mar.teacher is None
 
 
@@ -124,9 +127,10 @@ def test_no_context_batch_has_no_jepa_term_and_no_teacher_pass(make_tiny_model, 
     assert calls == [] and record["jepa_active"] is False and record["jepa"] == 0.0
 
 
+@pytest.mark.slow
 def test_metrics_log_gradient_interference_and_clipping(make_tiny_model, tmp_path):
-    cfg = config(steps=20, grad_probe_every=1, log_every=1, grad_clip=1e-3, mask_ratio_min=0.5)
-    Trainer(make_tiny_model((4, 4)), token_data(), cfg, tmp_path, torch.device("cpu")).fit()
+    train_config = config(steps=20, grad_probe_every=1, log_every=1, grad_clip=1e-3, mask_ratio_min=0.5)
+    Trainer(make_tiny_model((4, 4)), token_data(), train_config, tmp_path, torch.device("cpu")).fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     probed = [r for r in rows if "grad_norm_jepa" in r]
     assert probed, "every step with context is probed at grad_probe_every=1"
@@ -136,6 +140,6 @@ def test_metrics_log_gradient_interference_and_clipping(make_tiny_model, tmp_pat
     assert probed[-1]["grad_norm_denoise"] > 0
     assert all(r["clip_fraction"] == 1.0 for r in rows)  # a tiny clip threshold fires every step
     rows_mar = tmp_path / "mar"
-    Trainer(make_tiny_model((4, 4), jepa=False), token_data(), cfg, rows_mar, torch.device("cpu")).fit()
+    Trainer(make_tiny_model((4, 4), jepa=False), token_data(), train_config, rows_mar, torch.device("cpu")).fit()
     mar = [json.loads(line) for line in (rows_mar / "metrics.jsonl").read_text().splitlines()]
     assert not any("grad_norm_jepa" in r for r in mar)

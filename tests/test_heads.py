@@ -24,6 +24,7 @@ def fit_clusters(head, steps=300):
         lambda: FlowHead(2, 4, 64, 2, sampling_steps=10, sampler="heun"),
     ],
 )
+@pytest.mark.slow
 def test_head_samples_the_conditional_distribution(make):
     head = make()
     centres = fit_clusters(head)
@@ -34,6 +35,7 @@ def test_head_samples_the_conditional_distribution(make):
     assert 0.03 < err.std(0).mean() < 0.4
 
 
+@pytest.mark.slow
 def test_guidance_pushes_away_from_the_unconditional():
     head = FlowHead(2, 4, 64, 2, sampling_steps=10)
     centres = fit_clusters(head)

@@ -177,6 +177,7 @@ def test_ranks_encode_disjoint_shares(tmp_path):
     assert adapter.tokenizer.encoded == 5 and len(cache.pending()) == 0
 
 
+@pytest.mark.slow  # all 5,000 embedded digits through the cache
 def test_the_embedded_default_caches_as_before(tmp_path):
     weights = tmp_path / "weights.bin"
     weights.write_bytes(b"v1")
@@ -230,6 +231,7 @@ def test_a_clip_added_to_a_video_folder_reaches_the_data(tmp_path):
     assert data.mean.shape == (2, 4 * 2 * 2, 4)
 
 
+@pytest.mark.slow
 def test_the_trainer_steps_on_cached_tokens(tmp_path, make_tiny_model):
     from djepa.engine.trainer import TrainConfig, Trainer
 
@@ -237,14 +239,17 @@ def test_the_trainer_steps_on_cached_tokens(tmp_path, make_tiny_model):
     write_class(data_dir, "a", 4)
     write_class(data_dir, "b", 4)
     data = adapter_for(tmp_path, data_dir).token_data(batch_size=4, device="cpu", workers=0)
-    cfg = TrainConfig(steps=2, batch_size=4, lr=1e-3, warmup_steps=1, precision="fp32", log_every=1, checkpoint_every=2)
+    train_config = TrainConfig(
+        steps=2, batch_size=4, lr=1e-3, warmup_steps=1, precision="fp32", log_every=1, checkpoint_every=2
+    )
     trainer = Trainer(
-        make_tiny_model((2, 2), token_dim=12, num_classes=2), data, cfg, tmp_path / "run", torch.device("cpu")
+        make_tiny_model((2, 2), token_dim=12, num_classes=2), data, train_config, tmp_path / "run", torch.device("cpu")
     )
     result = trainer.fit()
     assert trainer.step == 2 and result
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_each_cache_their_share(tmp_path):
     import json
     import os

@@ -158,6 +158,7 @@ def _is_ours(file: str | None) -> bool:
     return file is not None and Path(file).resolve().is_relative_to(ROOT / "tokenizers")
 
 
+@pytest.mark.slow
 def test_the_tokenizers_folder_does_not_shadow_hugging_face_tokenizers_from_the_repo_root():
     result = _import_from_repo_root(IMPORT_TOKENIZERS)
     assert not _is_ours(result["file"]), f"`import tokenizers` from the repo root found our folder: {result}"
@@ -173,6 +174,7 @@ def test_the_tokenizers_folder_does_not_shadow_hugging_face_tokenizers_from_the_
         )
 
 
+@pytest.mark.slow
 def test_importing_tokenizers_from_the_repo_root_hands_over_to_an_installed_package(tmp_path):
     # A stand-in for Hugging Face's package, later on sys.path than the repository root (as site-packages is).
     fake = tmp_path / "tokenizers"
@@ -185,6 +187,7 @@ def test_importing_tokenizers_from_the_repo_root_hands_over_to_an_installed_pack
     assert _is_ours(result["ours"])
 
 
+@pytest.mark.slow
 def test_transformers_imports_from_the_repo_root_when_installed():
     for name in ("transformers", "tokenizers"):
         try:

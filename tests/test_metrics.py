@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from djepa.benchmarks.classifiers import ConvClassifier, random_shift, train_classifier
@@ -22,6 +23,7 @@ def test_accuracy():
     assert accuracy(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0])) == 0.5
 
 
+@pytest.mark.slow
 def test_classifier_learns_separable_images():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(200) % 2
@@ -31,8 +33,17 @@ def test_classifier_learns_separable_images():
     assert isinstance(model, ConvClassifier) and heldout >= 0.9
 
 
-def test_random_shift_keeps_shape_and_content():
-    x = torch.zeros(4, 1, 8, 8)
-    x[:, :, 3:5, 3:5] = 1
+def test_random_shift_moves_each_item_by_its_own_offset_within_the_bound():
+    x = torch.zeros(32, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = 1  # a 2x2 square that a shift of up to 2 px keeps on the canvas
     out = random_shift(x, 2, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and torch.allclose(out.sum((1, 2, 3)), x.sum((1, 2, 3)))
+    assert out.shape == x.shape
+    offsets = set()
+    for item, shifted in zip(x, out):
+        dy, dx = (shifted[0].nonzero().min(0).values - 3).tolist()
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        assert torch.equal(shifted, item.roll((dy, dx), dims=(-2, -1)))  # the same square, moved, nothing else
+        offsets.add((dy, dx))
+    assert len(offsets) >= 10  # items draw their own offsets (25 possible); none at all would give one
+    assert torch.equal(random_shift(x, 2, torch.Generator().manual_seed(0)), out)  # seeded
+    assert random_shift(x, 0, torch.Generator()) is x

@@ -32,6 +32,7 @@ def pipe(image_run):
     return Pipeline.from_pretrained(image_run[1], device="cpu")
 
 
+@pytest.mark.slow
 def test_pipeline_gives_pil_images_for_ids_and_names(pipe):
     out = pipe(class_labels=[3, "7"], num_samples=2, seed=0)
     assert out.labels == [3, 3, 7, 7] and out.names == ["3", "3", "7", "7"]
@@ -45,13 +46,15 @@ def test_pipeline_gives_pil_images_for_ids_and_names(pipe):
         pipe(class_labels=["twelve"])
 
 
+@pytest.mark.slow
 def test_pipeline_reads_sampling_defaults_from_the_run(pipe):
     # The run was trained with num_steps=2 and loss.head.sampling_steps=3: both come back without being asked.
     assert pipe.defaults.num_steps == 2
     assert pipe.model.head.sampling_steps == 3
-    assert pipe.settings(cfg=1.5).cfg == 1.5 and pipe.settings().cfg == pipe.defaults.cfg
+    assert pipe.settings(cfg=1.5).guidance == 1.5 and pipe.settings().guidance == pipe.defaults.guidance
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_and_the_global_rng_is_left_alone(pipe, tmp_path):
     before = torch.get_rng_state()
     a, b, c = (pipe(class_labels=[1, 2], num_samples=2, seed=s) for s in (5, 5, 6))
@@ -64,6 +67,7 @@ def test_same_seed_same_bytes_and_the_global_rng_is_left_alone(pipe, tmp_path):
     assert sorted(file_bytes(tmp_path / "a")) == ["1_000.png", "1_001.png", "2_002.png", "2_003.png", "grid.png"]
 
 
+@pytest.mark.slow
 def test_sample_command_with_a_seed_repeats_itself_and_matches_the_api(pipe, image_run, tmp_path):
     common, run_dir = image_run
     for name in ("x", "y"):
@@ -86,6 +90,7 @@ def test_sample_command_with_a_seed_repeats_itself_and_matches_the_api(pipe, ima
         ("loss=flow", "loss.head._target_=djepa.nn.heads.FlowHead"),
     ],
 )
+@pytest.mark.slow
 def test_overrides_that_contradict_training_are_one_line_errors(image_run, override, key, capsys):
     common, run_dir = image_run
     with pytest.raises(SystemExit) as exit_info:
@@ -96,6 +101,7 @@ def test_overrides_that_contradict_training_are_one_line_errors(image_run, overr
     assert key in err and "contradicts how the model was trained" in err
 
 
+@pytest.mark.slow
 def test_sampling_only_overrides_are_allowed(image_run, tmp_path):
     common, run_dir = image_run
     written = sample.run(
@@ -107,6 +113,7 @@ def test_sampling_only_overrides_are_allowed(image_run, tmp_path):
     assert [p.name for p in written] == ["0_000.png"]
 
 
+@pytest.mark.slow
 def test_a_modality_group_choice_is_compared_by_name_only(image_run, tmp_path):
     # A run trained with a non-default image size: `modality=image` (whose preset says 32) is no contradiction.
     _, run_dir = image_run
@@ -120,6 +127,7 @@ def test_a_modality_group_choice_is_compared_by_name_only(image_run, tmp_path):
         apply_overrides(config, {"modality": compose_config(["modality=video"]).modality}, run_dir)
 
 
+@pytest.mark.slow
 def test_export_is_self_describing_and_samples_like_the_run(pipe, image_run, tmp_path):
     common, run_dir = image_run
     out = tmp_path / "export"
@@ -145,6 +153,7 @@ def test_export_is_self_describing_and_samples_like_the_run(pipe, image_run, tmp
         Pipeline.from_pretrained(out, device="cpu")
 
 
+@pytest.mark.slow
 def test_export_refuses_a_non_empty_folder_and_unknown_keys(image_run, tmp_path, capsys):
     _, run_dir = image_run
     (tmp_path / "full").mkdir()
@@ -159,6 +168,7 @@ def test_export_refuses_a_non_empty_folder_and_unknown_keys(image_run, tmp_path,
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_readme_image_notebook_example_runs(image_run, tmp_path, monkeypatch):
     text = README.read_text()
     block = re.search(r"<!-- notebook: image -->\s*```python\n(.*?)```", text, re.S)
@@ -190,6 +200,7 @@ def test_cfg_job_prints_the_composed_config(capsys):
     assert "num_samples: 3" in text and "name: audio" in text
 
 
+@pytest.mark.slow
 def test_console_scripts_answer_help():
     scripts = Path(sys.executable).parent
     for name in ("train", "sample", "export"):
@@ -207,6 +218,7 @@ def help_text(function, capsys) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_run_with_sharded_checkpoints_samples_and_exports_as_the_same_run_in_full(pipe, image_run, tmp_path):
     # The same training with train.checkpoint_format=sharded (what FSDP runs write): sample, the pipeline and
     # export read its consolidated EMA and give the very files the gathered-checkpoint run gives.
@@ -244,12 +256,14 @@ def test_python_m_prints_the_console_scripts_help(module, command, monkeypatch, 
     assert help_text(lambda: runpy.run_module(module, run_name="__main__", alter_sys=True), capsys) == expected
 
 
+@pytest.mark.slow
 def test_python_m_train_help_in_a_fresh_interpreter():
     proc = subprocess.run([sys.executable, "-m", "djepa.cli.train", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == scripts.usage("train") + "\n"
 
 
+@pytest.mark.slow
 def test_an_older_checkpoint_loads_with_its_runs_config(image_run):
     _, run_dir = image_run
     pipe = Pipeline.from_pretrained(run_dir, device="cpu", checkpoint=run_dir / "checkpoints" / "step_0000006")
@@ -257,6 +271,7 @@ def test_an_older_checkpoint_loads_with_its_runs_config(image_run):
     assert len(pipe(class_labels=[0], seed=0).images) == 1
 
 
+@pytest.mark.slow
 def test_a_tokenizer_that_cannot_load_is_one_line_before_any_sampling(image_run, tmp_path):
     import shutil
 

@@ -4,6 +4,8 @@ seeded outputs that repeat byte for byte (WAVs, Griffin-Lim included; MP4s and v
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # tiny video and audio tokenizers train first
+
 
 def file_bytes(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}

@@ -129,6 +129,7 @@ def test_old_style_head_type_and_tokenizer_kind_map_to_the_same_parts(tmp_path, 
     assert upgrade_config(upgraded) == upgraded  # today's form passes unchanged
 
 
+@pytest.mark.slow
 def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path):
     """A run written before `_target_`: config.yaml with no tokenizer target and `loss.head.type`, and a
     checkpoint whose model config names its head by `type`."""
@@ -155,3 +156,25 @@ def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path)
     assert pipe.model.head.sampling_steps == 4
     out = pipe(class_labels=[0, 1], num_steps=2, seed=0)
     assert len(out.media) == 2
+
+
+def test_every_adapter_has_what_the_core_calls():
+    """The adapters implement djepa.engine.adapter.Adapter, the interface train, the pipeline and export call (the
+    type checker sees the core's side only): every member, methods taking the protocol's arguments in order."""
+    import inspect
+
+    from djepa.engine.adapter import Adapter
+    from djepa.modalities.audio import AudioAdapter
+    from djepa.modalities.video import VideoAdapter
+
+    members = sorted(name for name in vars(Adapter) if not name.startswith("_"))
+    assert {"decode_tokens", "save_grid", "token_grid", "train_tokenizer"} <= set(members)
+    for cls in (ImageAdapter, VideoAdapter, AudioAdapter):
+        for name in members:
+            declared = any(name in vars(c) or name in getattr(c, "__annotations__", {}) for c in cls.__mro__)
+            assert declared, f"{cls.__name__} has no {name}"
+            wanted = vars(Adapter)[name]
+            if inspect.isfunction(wanted):
+                expected = list(inspect.signature(wanted).parameters)
+                found = list(inspect.signature(getattr(cls, name)).parameters)
+                assert found[: len(expected)] == expected, f"{cls.__name__}.{name}{tuple(found)}"

@@ -183,6 +183,7 @@ def test_roundtrip_scores_report_the_tokenizer_ceiling():
     assert lossy["roundtrip_psnr_db"] < exact["roundtrip_psnr_db"]
 
 
+@pytest.mark.slow
 def test_roundtrip_command_on_a_tiny_folder(tmp_path, monkeypatch):
     from djepa.benchmarks import evaluate, roundtrip
     from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, build_autoencoder_kl

@@ -91,6 +91,7 @@ def loaded_grid(browser) -> list[int] | None:
     return size if size and size[0] else None
 
 
+@pytest.mark.slow
 @needs_browser
 def test_pick_a_class_generate_and_see_the_image_grid(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
@@ -114,6 +115,7 @@ def test_pick_a_class_generate_and_see_the_image_grid(server, browser, tmp_path)
     assert (tmp_path / "serve.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 @needs_browser
 def test_video_page_plays_the_first_clip_and_shows_the_frame_strips(video_server, browser, tmp_path):
     browser.get(video_server)
@@ -133,6 +135,7 @@ def test_video_page_plays_the_first_clip_and_shows_the_frame_strips(video_server
     browser.save_screenshot(str(tmp_path / "video.png"))
 
 
+@pytest.mark.slow
 @needs_browser
 def test_audio_page_loads_the_first_clip_and_shows_the_spectrograms(audio_server, browser, tmp_path):
     from selenium.webdriver.common.by import By
@@ -150,6 +153,7 @@ def test_audio_page_loads_the_first_clip_and_shows_the_spectrograms(audio_server
     browser.save_screenshot(str(tmp_path / "audio.png"))
 
 
+@pytest.mark.slow
 @needs_browser
 def test_a_mistake_shows_one_message_in_the_page_not_a_traceback(server, browser):
     from selenium.webdriver.common.by import By

@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import free_port
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # training in torchrun processes
 
 WORKER = Path(__file__).with_name("dcp_worker.py")
 

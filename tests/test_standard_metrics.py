@@ -45,12 +45,31 @@ def pool_net(tmp_path):
     return path
 
 
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every attempt to reach the network (a weights download) is recorded and refused; the test asserts none."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access in a test that promises none")
+
+    for owner, name in [(socket, "create_connection"), (socket, "getaddrinfo"), (socket.socket, "connect")]:
+        monkeypatch.setattr(owner, name, refuse)
+    return attempts
+
+
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])
 @pytest.mark.parametrize("weights", [None, ""])
-def test_no_weights_gives_the_skip_note(modality, weights):
+def test_no_weights_gives_the_skip_note_and_downloads_nothing(modality, weights, no_network, monkeypatch):
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: no_network.append(a))
     x = torch.zeros(2, 1, 8, 8)
     assert standard_metrics(modality, x, x, weights) == {"standard_metrics": SKIP_NOTE}
-    assert "nothing is downloaded" in SKIP_NOTE
+    assert no_network == []
 
 
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])
@@ -142,7 +161,8 @@ def low_rank_fd(a: torch.Tensor, b: torch.Tensor) -> float:
     return frechet_distance(a.double() @ q, b.double() @ q)
 
 
-def test_image_fid_with_a_local_inception_file(inception_file):
+@pytest.mark.slow
+def test_image_fid_with_a_local_inception_file(inception_file, no_network):
     path, net = inception_file
     g = torch.Generator().manual_seed(0)
     real = torch.rand(3, 1, 28, 28, generator=g) * 2 - 1  # grayscale in [-1, 1], as the adapter decodes
@@ -155,6 +175,7 @@ def test_image_fid_with_a_local_inception_file(inception_file):
         as_rgb = [((x + 1) * 127.5).round().to(torch.uint8).expand(-1, 3, -1, -1) for x in (real, fake)]
         feats = [net(x)[0] for x in as_rgb]
     assert fid == pytest.approx(low_rank_fd(*feats), rel=1e-3)
+    assert no_network == []  # the local file only
 
 
 def test_a_file_that_is_not_an_inception_state_dict_is_a_clear_error(tmp_path):

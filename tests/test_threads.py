@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # fresh interpreters importing torch
+
 CODE = "import os, djepa.cli.train, torch; torch.ones(4).sum(); print(os.environ.get('GOMP_SPINCOUNT'))"
 
 

@@ -1,7 +1,10 @@
+import pytest
 import torch
 
 from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
 from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, train_autoencoder_kl
+
+pytestmark = pytest.mark.slow  # trains an autoencoder
 
 
 def test_trained_autoencoder_loads_back_through_the_pretrained_path(tmp_path):
@@ -9,8 +12,10 @@ def test_trained_autoencoder_loads_back_through_the_pretrained_path(tmp_path):
     # smooth blobs: learnable in a few dozen steps
     base = torch.nn.functional.interpolate(torch.rand(64, 1, 4, 4, generator=g), size=16, mode="bilinear")
     data = base * 2 - 1
-    cfg = AutoencoderTrainConfig(block_out_channels=[8, 16], norm_num_groups=4, steps=60, batch_size=16, lr=3e-3)
-    metrics = train_autoencoder_kl(data, tmp_path / "vae", cfg)
+    train_config = AutoencoderTrainConfig(
+        block_out_channels=[8, 16], norm_num_groups=4, steps=60, batch_size=16, lr=3e-3
+    )
+    metrics = train_autoencoder_kl(data, tmp_path / "vae", train_config)
     assert (tmp_path / "vae" / "config.json").is_file()
     assert metrics["psnr_db"] > 15
     tok = AutoencoderKLTokenizer(tmp_path / "vae")

@@ -40,6 +40,30 @@ class Stop(Exception):
     pass
 
 
+def assert_bit_identical(straight: Trainer, resumed: Trainer) -> None:
+    """A resumed run ends with the very bits of the uninterrupted one: model, sampling EMA, JEPA teacher and
+    the optimizer's moments (torch.equal, no tolerance)."""
+    for kind in ("model", "ema", "teacher"):
+        a, b = getattr(straight, kind), getattr(resumed, kind)
+        assert (a is None) == (b is None), kind
+        if a is None:
+            continue
+        a, b = a.state_dict(), b.state_dict()
+        assert list(a) == list(b), kind
+        different = [name for name in a if not torch.equal(a[name], b[name])]
+        assert not different, f"{kind}: {len(different)} tensors differ, first {different[:3]}"
+    compared = 0
+    for group_a, group_b in zip(straight.optimizer.param_groups, resumed.optimizer.param_groups, strict=True):
+        for p, q in zip(group_a["params"], group_b["params"], strict=True):
+            a, b = straight.optimizer.state.get(p, {}), resumed.optimizer.state.get(q, {})
+            assert a.keys() == b.keys()
+            for key in a:
+                assert torch.equal(torch.as_tensor(a[key]), torch.as_tensor(b[key])), key
+                compared += 1
+    assert compared > 0
+
+
+@pytest.mark.slow
 def test_loss_falls_and_metrics_are_written(make_tiny_model, tmp_path):
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=60), tmp_path, torch.device("cpu"))
     trainer.fit()
@@ -50,6 +74,7 @@ def test_loss_falls_and_metrics_are_written(make_tiny_model, tmp_path):
     assert len(CheckpointManager(tmp_path).directories()) == 3
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_identical_weights(make_tiny_model, tmp_path, capsys):
     straight = Trainer(make_tiny_model((4, 4)), token_data(), config(), tmp_path / "a", torch.device("cpu"))
     straight.fit()
@@ -80,12 +105,10 @@ def test_interrupted_run_resumes_to_identical_weights(make_tiny_model, tmp_path,
     second.fit()
     captured = capsys.readouterr()
     assert "resumed from step 15" in captured.out + captured.err
-    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
-    for a, b in zip(straight.ema.state_dict().values(), second.ema.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert_bit_identical(straight, second)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_previous(make_tiny_model, tmp_path):
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=20), tmp_path, torch.device("cpu"))
     trainer.fit()
@@ -97,6 +120,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(make_tiny_model, tmp_p
     assert state["step"] == 10 and directory != latest
 
 
+@pytest.mark.slow
 def test_sharded_checkpoints_resume_exactly_and_are_verified(make_tiny_model, tmp_path):
     # torch.distributed.checkpoint in one process (the 2-rank cases are in test_distributed): the same
     # step directories, every file checksummed, the EMA consolidated for sampling, resumed exactly.
@@ -122,10 +146,7 @@ def test_sharded_checkpoints_resume_exactly_and_are_verified(make_tiny_model, tm
     resumed = Trainer(make_tiny_model((4, 4)), token_data(), config(), run, torch.device("cpu"))
     resumed.fit()  # auto: a one-process run writes full checkpoints from here, and reads either
     assert resumed.step == 30 and not (CheckpointManager(run).directories()[-1] / "dcp").exists()
-    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
-    for a, b in zip(straight.ema.state_dict().values(), resumed.ema.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert_bit_identical(straight, resumed)
     shard = latest / "dcp" / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:-16] + bytes(16))
     with pytest.raises(ValueError, match="checksum mismatch"):
@@ -135,6 +156,7 @@ def test_sharded_checkpoints_resume_exactly_and_are_verified(make_tiny_model, tm
         assert CheckpointManager(run).latest_valid()[1]["step"] == 10
 
 
+@pytest.mark.slow
 def test_pickle_in_a_checkpoint_is_never_executed(make_tiny_model, tmp_path):
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=10), tmp_path, torch.device("cpu"))
     trainer.fit()
@@ -156,6 +178,7 @@ def test_pickle_in_a_checkpoint_is_never_executed(make_tiny_model, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_non_finite_losses_stop_the_run_with_a_message(make_tiny_model, tmp_path):
     data = token_data()
     data.mean[:] = float("nan")
@@ -172,11 +195,11 @@ def test_data_order_is_a_permutation_per_epoch():
 
 
 def test_lr_warms_up_then_follows_cosine():
-    cfg = config(steps=100, warmup_steps=10, lr=1e-3, min_lr=0.0)
-    assert lr_at(0, cfg) == pytest.approx(1e-4)
-    assert lr_at(10, cfg) == pytest.approx(1e-3)
-    assert lr_at(55, cfg) == pytest.approx(0.5e-3, rel=1e-6)
-    assert math.isclose(lr_at(100, cfg), 0.0, abs_tol=1e-12)
+    train_config = config(steps=100, warmup_steps=10, lr=1e-3, min_lr=0.0)
+    assert lr_at(0, train_config) == pytest.approx(1e-4)
+    assert lr_at(10, train_config) == pytest.approx(1e-3)
+    assert lr_at(55, train_config) == pytest.approx(0.5e-3, rel=1e-6)
+    assert math.isclose(lr_at(100, train_config), 0.0, abs_tol=1e-12)
 
 
 def test_bad_train_settings_name_the_key():
@@ -190,6 +213,7 @@ def test_bad_train_settings_name_the_key():
         TrainConfig(checkpoint_format="zarr")
 
 
+@pytest.mark.slow
 def test_compile_switch_compiles_each_block_and_trains_the_same(make_tiny_model, tmp_path):
     # aot_eager traces the blocks through dynamo + AOTAutograd without a C++ build; inductor is the default.
     runs = {}

@@ -1,5 +1,6 @@
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +187,7 @@ def test_patchify_3d_grid_round_trips_time_slowest():
     assert torch.equal(first, latents[:, :, :4])
 
 
+@pytest.mark.slow
 def test_per_frame_tokenizer_trains_loads_and_primes(tmp_path):
     tiny = dict(block_out_channels=[8, 16], norm_num_groups=4, steps=3, batch_size=16, holdout=0.1)
     adapter = adapter_for(tmp_path, frames=8, image_size=16, digit_size=12, patch_size=[2, 2, 2])
@@ -317,9 +319,16 @@ def test_video_config_composes():
     assert compose_config(["modality=video", "loss=diffusion"]).loss.head._target_ == "djepa.nn.heads.DiffusionHead"
     assert compose_config(["modality=image"]).loss.head._target_ == "djepa.nn.heads.DiffusionHead"
     assert cfg.modality.adapter.tokenizer.path == "/tmp/djepa-video-test/tokenizers/video"
-    for key in ("model", "train", "tokenizer", "sample"):
-        assert cfg[key] is not None
-    assert cfg.sample.preview_per_class >= 1
+    # every per-modality group comes from its video file (not the image default's)
+    from djepa import configs
+
+    image = compose_config(["modality=image", "home=/tmp/djepa-video-test"])
+    for key in ("model", "train", "tokenizer", "sample", "benchmark"):  # loss: its head is checked above
+        video_file = OmegaConf.load(Path(configs.__file__).parent / key / "video.yaml")
+        expected = OmegaConf.create({"seed": cfg.seed, "home": cfg.home, key: video_file})  # what it may interpolate
+        assert OmegaConf.to_container(cfg[key], resolve=True) == OmegaConf.to_container(expected, resolve=True)[key]
+    assert cfg.train != image.train and cfg.sample != image.sample  # the groups that differ, told apart
+    assert (cfg.temperature, cfg.cfg_schedule) == (cfg.sample.temperature, cfg.sample.cfg_schedule)
 
 
 def test_centroid_travel_tells_moving_digits_from_still_ones():

@@ -36,49 +36,49 @@ def psnr(reference: torch.Tensor, estimate: torch.Tensor, data_range: float = 2.
     return 10 * math.log10(data_range**2 / max(mse, 1e-12))
 
 
-def build_autoencoder_kl(in_channels: int, sample_size: int, cfg: AutoencoderTrainConfig):
+def build_autoencoder_kl(in_channels: int, sample_size: int, config: AutoencoderTrainConfig):
     from diffusers import AutoencoderKL
 
-    blocks = len(cfg.block_out_channels)
+    blocks = len(config.block_out_channels)
     return AutoencoderKL(
         in_channels=in_channels,
         out_channels=in_channels,
         down_block_types=("DownEncoderBlock2D",) * blocks,
         up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=tuple(cfg.block_out_channels),
-        layers_per_block=cfg.layers_per_block,
-        latent_channels=cfg.latent_channels,
-        norm_num_groups=cfg.norm_num_groups,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_num_groups,
         sample_size=sample_size,
-        mid_block_add_attention=cfg.mid_block_add_attention,
+        mid_block_add_attention=config.mid_block_add_attention,
     )
 
 
-def train_autoencoder_kl(data: torch.Tensor, out_dir: str | Path, cfg: AutoencoderTrainConfig) -> dict:
+def train_autoencoder_kl(data: torch.Tensor, out_dir: str | Path, config: AutoencoderTrainConfig) -> dict:
     """Fit on `data` [M, C, H, W] in [-1, 1]; store unit-variance latent shift/scale in the config.
 
     Returns metrics including the held-out reconstruction PSNR (dB, data range 2).
     """
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
     perm = torch.randperm(len(data), generator=gen)
-    n_hold = max(1, int(len(data) * cfg.holdout))
+    n_hold = max(1, int(len(data) * config.holdout))
     held, train = data[perm[:n_hold]], data[perm[n_hold:]]
-    vae = build_autoencoder_kl(data.shape[1], data.shape[-1], cfg)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    warmup = max(1, cfg.steps // 20)
+    vae = build_autoencoder_kl(data.shape[1], data.shape[-1], config)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=0.0)
+    warmup = max(1, config.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / config.steps))
     )
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="train tokenizer", dynamic_ncols=True)
+    bar = tqdm(range(config.steps), desc="train tokenizer", dynamic_ncols=True)
     for _ in bar:
-        x = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
+        x = train[torch.randint(len(train), (config.batch_size,), generator=gen)]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         rec_loss = F.mse_loss(recon, x)
         kl = posterior.kl().mean() / posterior.mean[0].numel()
-        loss = rec_loss + cfg.kl_weight * kl
+        loss = rec_loss + config.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -98,7 +98,7 @@ def train_autoencoder_kl(data: torch.Tensor, out_dir: str | Path, cfg: Autoencod
         "params": sum(p.numel() for p in vae.parameters()),
         "shift": shift,
         "scale": 1.0 / std,
-        "config": asdict(cfg),
+        "config": asdict(config),
     }
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")

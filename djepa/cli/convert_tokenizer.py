@@ -36,7 +36,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -189,7 +189,8 @@ def build_autoencoder(config: Mapping[str, Any], weights: Mapping[str, torch.Ten
     from diffusers import AutoencoderKL
 
     with torch.device("meta"):
-        vae = AutoencoderKL(**config)
+        # cast: diffusers' lazy imports hide from mypy that AutoencoderKL is a torch Module
+        vae = cast(torch.nn.Module, AutoencoderKL(**config))
     expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))

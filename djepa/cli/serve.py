@@ -46,7 +46,7 @@ def generate_files(
     pipe: Pipeline,
     label: str,
     num_samples: int,
-    cfg: float,
+    guidance: float,
     temperature: float,
     num_steps: int,
     seed: int,
@@ -61,13 +61,14 @@ def generate_files(
     result = pipe(
         [label],
         int(num_samples),
-        cfg=float(cfg),
+        cfg=float(guidance),
         temperature=float(temperature),
         num_steps=int(num_steps),
         seed=int(seed),
         prime=prime or None,
     )
     written = result.save(out)
+    assert result.grid_path is not None  # save() sets it
     return Path(result.grid_path), written[0]
 
 
@@ -80,14 +81,14 @@ def build_app(pipe: Pipeline) -> Any:
     modality = pipe.modality
     d = pipe.defaults
 
-    def run(label, num_samples, cfg, temperature, num_steps, seed, prime):
+    def run(label, num_samples, guidance, temperature, num_steps, seed, prime):
         if label is None or label == "":
             raise gr.Error("pick a class first")
         prime_path = prime if isinstance(prime, str) else getattr(prime, "name", None)
         try:
             with lock:
                 out = workdir / str(next(counter))
-                settings = (num_samples, cfg, temperature, num_steps, seed)
+                settings = (num_samples, guidance, temperature, num_steps, seed)
                 grid, first = generate_files(pipe, label, *settings, prime_path, out)
         except (UsageError, FileNotFoundError, ValueError) as err:
             raise gr.Error(str(err).splitlines()[0]) from err
@@ -104,7 +105,7 @@ def build_app(pipe: Pipeline) -> Any:
             with gr.Column(scale=1):
                 label = gr.Dropdown(pipe.class_names, value=pipe.class_names[0], label="class", elem_id="class")
                 num_samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="samples", elem_id="samples")
-                cfg = gr.Slider(1.0, 10.0, value=d.cfg, step=0.1, label="guidance (cfg)", elem_id="cfg")
+                guidance = gr.Slider(1.0, 10.0, value=d.guidance, step=0.1, label="guidance (cfg)", elem_id="cfg")
                 temperature = gr.Slider(0.1, 1.5, value=d.temperature, step=0.05, label="temperature")
                 num_steps = gr.Slider(1, 128, value=d.num_steps, step=1, label="steps", elem_id="steps")
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
@@ -128,7 +129,7 @@ def build_app(pipe: Pipeline) -> Any:
                         gr.Audio(label="first clip", type="filepath", elem_id="result"),
                         gr.Image(label="spectrograms", type="filepath", elem_id="grid"),
                     ]
-        button.click(run, [label, num_samples, cfg, temperature, num_steps, seed, prime], outputs)
+        button.click(run, [label, num_samples, guidance, temperature, num_steps, seed, prime], outputs)
     return app
 
 

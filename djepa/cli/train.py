@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from djepa.cli.config import cli_errors, compose_config, save_config
 from djepa.engine import distributed
-from djepa.engine.adapter import build_adapter, ensure_tokenizer
+from djepa.engine.adapter import Adapter, build_adapter, ensure_tokenizer
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.engine.model_config import build_model
 from djepa.engine.resume_check import check_model_config, check_resume, clean_staging, trim_metrics
@@ -31,7 +31,7 @@ from djepa.pipeline import Generation, tokenizer_hash
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
-    settings = OmegaConf.to_container(cfg.train, resolve=True)
+    settings = cast(dict[str, Any], OmegaConf.to_container(cfg.train, resolve=True))
     try:
         return TrainConfig(
             **settings, denoise_weight=float(cfg.loss.denoise_weight), jepa_weight=float(cfg.loss.jepa_weight)
@@ -41,7 +41,7 @@ def train_config(cfg: DictConfig) -> TrainConfig:
 
 
 def write_class_grid(
-    adapter: Any,
+    adapter: Adapter,
     model: DJEPA,
     cfg: DictConfig,
     path: Path,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -17,7 +17,7 @@ from djepa.errors import UsageError
 def run(cfg: DictConfig) -> dict[str, Any]:
     adapter = build_adapter(cfg)
     try:
-        metrics = adapter.train_tokenizer(OmegaConf.to_container(cfg.tokenizer, resolve=True))
+        metrics = adapter.train_tokenizer(cast(dict[str, Any], OmegaConf.to_container(cfg.tokenizer, resolve=True)))
     except TypeError as err:
         raise UsageError(f"bad tokenizer config: {err}") from err
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -12,6 +12,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:
+    from djepa.nn.model import DJEPA
 
 
 class WrongCollectiveDevice(RuntimeError):
@@ -94,7 +97,7 @@ def all_gather_objects(value: Any) -> list[Any]:
     return gathered
 
 
-def wrap_for_training(model: nn.Module, parallel: str) -> nn.Module:
+def wrap_for_training(model: DJEPA, parallel: str) -> nn.Module:
     """The module the training step calls: DDP or FSDP2 under torchrun, the model itself alone.
 
     FSDP shards every transformer and denoiser block, then the rest at the root, in place: `model`
@@ -111,7 +114,7 @@ def wrap_for_training(model: nn.Module, parallel: str) -> nn.Module:
     raise ValueError(f"train.parallel must be ddp, fsdp or none, got {parallel!r}")
 
 
-def shard_model(model: nn.Module) -> None:
+def shard_model(model: DJEPA) -> None:
     """FSDP2: each repeated block, then the root (a DJEPA model)."""
     mesh = init_device_mesh(next(model.parameters()).device.type, (world_size(),))
     for block in model.repeated_blocks():

@@ -39,6 +39,6 @@ def load_ema_model(
     model = DJEPA(**upgrade_model_config(state["model_config"]))
     model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))
     same_head = head is not None and upgrade_head(head).get("_target_") == model.config["head_config"]["_target_"]
-    if same_head and "sampling_steps" in head:
+    if same_head and head is not None and "sampling_steps" in head:
         model.head.set_sampling_steps(int(head.sampling_steps))
     return model.to(device).eval()

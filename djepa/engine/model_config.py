@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,7 +16,7 @@ def jepa_enabled(cfg: DictConfig) -> bool:
 
 
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs = cast(dict[str, Any], OmegaConf.to_container(cfg.model, resolve=True))
     if "jepa" in kwargs:
         raise UsageError(
             "model.jepa is no setting any more: MAR mode is loss.jepa_weight=0 (or model=mar_b|mar_l|mar_h)"

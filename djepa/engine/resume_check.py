@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,7 +49,8 @@ def config_changes(saved: DictConfig, new: DictConfig) -> tuple[list[str], list[
     version of djepa) are not changes; keys it has that the new one lacks are."""
     old = flatten(OmegaConf.to_container(saved, resolve=True))
     cur = flatten(OmegaConf.to_container(new, resolve=True))
-    frozen, free = [], []
+    frozen: list[str] = []
+    free: list[str] = []
     for key, before in old.items():
         after = cur.get(key, "(absent)")
         if key == "train.precision" and after == "auto":
@@ -76,7 +77,7 @@ def check_resume(cfg: DictConfig, run_dir: Path, step: int, state: dict[str, Any
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return []  # an older run without config.yaml: the model check after building still guards the weights
-    saved = upgrade_config(OmegaConf.load(saved_path))
+    saved = upgrade_config(cast(DictConfig, OmegaConf.load(saved_path)))  # a run's config is a mapping
     frozen, free = config_changes(saved, cfg)
     if frozen:
         raise UsageError(

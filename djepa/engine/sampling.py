@@ -14,9 +14,10 @@ from djepa.nn.model import CFG_SCHEDULES, DJEPA
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How tokens are drawn: guidance scale and schedule, temperature, reveal steps (CLI keys of the same names)."""
+    """How tokens are drawn: guidance scale and schedule, temperature, reveal steps. The CLI keys (and the
+    Pipeline's keywords) are `cfg`, `cfg_schedule`, `temperature` and `num_steps`."""
 
-    cfg: float = 1.0
+    guidance: float = 1.0  # the classifier-free guidance scale: the `cfg` key
     temperature: float = 1.0
     num_steps: int = 16
     cfg_schedule: str = "linear"
@@ -52,7 +53,7 @@ def generate(
             model.sample(
                 labels[sl].to(device),
                 num_steps=settings.num_steps,
-                guidance=settings.cfg,
+                guidance=settings.guidance,
                 temperature=settings.temperature,
                 cfg_schedule=settings.cfg_schedule,
                 known_tokens=None if known_tokens is None else known_tokens[sl],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -142,6 +142,7 @@ def consolidate_ema(directory: Path, ema: nn.Module) -> Path:
     weights = get_model_state_dict(ema, options=options)
     path = Path(directory) / EMA_FILE
     if distributed.is_main():
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(path))
+        # A module's state dict holds tensors only (torch types the values as any state value).
+        save_file({k: cast(torch.Tensor, v).detach().contiguous().cpu() for k, v in weights.items()}, str(path))
     distributed.barrier()
     return path

@@ -118,13 +118,13 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.peak_lr * (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
-        return cfg.peak_lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + (cfg.peak_lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.peak_lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.peak_lr
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.min_lr + (config.peak_lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # The reference's no_weight_decay set (models/djepa.py) in our names: the denoising head, the JEPA projector,
@@ -145,17 +145,18 @@ NO_DECAY_MODULES = (
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on the transformer blocks' matrices only; none on biases, norms or NO_DECAY_MODULES."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         skip = p.ndim < 2 or name.split(".", 1)[0] in NO_DECAY_MODULES
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def teacher_decay(step: int, cfg: TrainConfig) -> float:
+def teacher_decay(step: int, config: TrainConfig) -> float:
     """The teacher's EMA rate at `step`: linear from teacher_ema_start to teacher_ema_end over train.steps."""
-    progress = min(1.0, step / max(1, cfg.teacher_ramp_steps or cfg.steps))
-    return cfg.teacher_ema_start + (cfg.teacher_ema_end - cfg.teacher_ema_start) * progress
+    progress = min(1.0, step / max(1, config.teacher_ramp_steps or config.steps))
+    return config.teacher_ema_start + (config.teacher_ema_end - config.teacher_ema_start) * progress
 
 
 def trunk_parameters(model: DJEPA) -> list[torch.nn.Parameter]:
@@ -176,7 +177,7 @@ def step_seed(seed: int, step: int) -> int:
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """The data order is a function of (seed, step): a fresh permutation per epoch, no state to save."""
     start = step * batch_size
-    out = []
+    out: list[int] = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), num_items)
         perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
@@ -189,7 +190,7 @@ class Trainer:
         self,
         model: DJEPA,
         data: TokenData,
-        cfg: TrainConfig,
+        config: TrainConfig,
         run_dir: str | Path,
         device: torch.device,
         preview: Callable[[DJEPA, int], None] | None = None,
@@ -199,44 +200,44 @@ class Trainer:
         time_axis: int | None = None,
     ):
         # Prefix masks (train.prefix_mask_prob) need to know which token-grid axis is time.
-        if cfg.prefix_mask_prob > 0 and (token_grid is None or time_axis is None):
+        if config.prefix_mask_prob > 0 and (token_grid is None or time_axis is None):
             raise ValueError("train.prefix_mask_prob needs a modality with a time axis (video, audio)")
         self.token_grid, self.time_axis = token_grid, time_axis
         self.model = model.to(device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         # MAR mode is decided once, when the model is built (loss.jepa_weight=0: no projector); here it only
         # follows the model: a JEPA term with weight 0 would cost the teacher pass for nothing.
-        if model.jepa and cfg.jepa_weight <= 0:
+        if model.jepa and config.jepa_weight <= 0:
             raise ValueError("train.jepa_weight=0 is MAR mode: build the model with jepa=False (build_model does)")
         self.use_jepa = model.jepa
         # The JEPA teacher: the sampling EMA, or an EMA of its own that moves slowly (DESIGN.md section 3).
         # Copied before any wrapping: FSDP modules cannot be deep-copied.
         self.teacher = None
-        if self.use_jepa and cfg.teacher == "separate":
+        if self.use_jepa and config.teacher == "separate":
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
-        if cfg.compile:
-            compile_blocks(self.model, cfg.compile_backend)
-        self.sharded = cfg.parallel == "fsdp" and distributed.world_size() > 1
+        if config.compile:
+            compile_blocks(self.model, config.compile_backend)
+        self.sharded = config.parallel == "fsdp" and distributed.world_size() > 1
         # What the step calls; under FSDP both models are sharded in place, before the optimizer sees them.
-        self.train_module = distributed.wrap_for_training(self.model, cfg.parallel)
+        self.train_module = distributed.wrap_for_training(self.model, config.parallel)
         if self.sharded:
             distributed.shard_model(self.ema)
             if self.teacher is not None:
                 distributed.shard_model(self.teacher)
         self.data = data
-        self.cfg = cfg
+        self.config = config
         self.device = device
         self.run_dir = Path(run_dir)
         self.preview = preview
         self.tensorboard = tensorboard  # gets each metrics.jsonl record (rank 0; None: off)
         self.extra_state = extra_state or {}
-        self.dtype = resolve_precision(device, cfg.precision)
+        self.dtype = resolve_precision(device, config.precision)
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.weight_decay), lr=cfg.peak_lr, betas=(0.9, 0.95)
+            param_groups(self.model, config.weight_decay), lr=config.peak_lr, betas=(0.9, 0.95)
         )
-        self.checkpoints = CheckpointManager(self.run_dir, keep=cfg.keep_checkpoints)
-        self.sharded_checkpoints = cfg.checkpoint_format == "sharded" or (
-            cfg.checkpoint_format == "auto" and self.sharded
+        self.checkpoints = CheckpointManager(self.run_dir, keep=config.keep_checkpoints)
+        self.sharded_checkpoints = config.checkpoint_format == "sharded" or (
+            config.checkpoint_format == "auto" and self.sharded
         )
         self.step = 0
         self.skipped = 0
@@ -247,7 +248,7 @@ class Trainer:
         # The EMA pairs, listed once after any sharding (FSDP replaces the parameters; loading a checkpoint
         # copies into them in place). The teacher tracks only what the targets come from.
         online = [p.detach() for p in self.model.parameters()]
-        self.ema_pairs = (list(self.ema.parameters()), online)
+        self.ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] = (list(self.ema.parameters()), online)
         self.teacher_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
         if self.teacher is not None:
             tracked = [
@@ -256,9 +257,9 @@ class Trainer:
                 if name.split(".", 1)[0] in DJEPA.TARGET_MODULES
             ]
             self.teacher_pairs = ([t for t, _ in tracked], [p for _, p in tracked])
-        if cfg.batch_size % distributed.world_size():
+        if config.batch_size % distributed.world_size():
             raise ValueError(
-                f"train.batch_size={cfg.batch_size} (the global batch) must divide by the "
+                f"train.batch_size={config.batch_size} (the global batch) must divide by the "
                 f"{distributed.world_size()} processes"
             )
 
@@ -271,14 +272,15 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         return {
             "model_config": self.model.config,
-            "train": asdict(self.cfg),
+            "train": asdict(self.config),
             "skipped_steps": self.skipped,
             **self.extra_state,
         }
 
     def copies(self) -> dict[str, torch.nn.Module]:
         """The EMA copies saved beside the model: the sampling EMA and, when separate, the JEPA teacher."""
-        return {"ema": self.ema} | ({"teacher": self.teacher} if self.teacher is not None else {})
+        copies: dict[str, torch.nn.Module] = {"ema": self.ema}
+        return copies | ({"teacher": self.teacher} if self.teacher is not None else {})
 
     def save_full(self) -> Path | None:
         """Rank 0 writes; the others wait, so no rank runs ahead of a checkpoint."""
@@ -353,6 +355,7 @@ class Trainer:
         present = {name: module for name, module in copies.items() if name in saved}
         sharded_checkpoint.read_shards(directory, self.model, self.optimizer, present)
         if missing == ["teacher"]:  # a run that switches to a separate teacher starts it from the sampling EMA
+            assert self.teacher is not None  # copies() lists it only then
             set_model_state_dict(self.teacher, get_model_state_dict(self.ema))
         elif missing:
             raise ValueError(f"{directory}: the sharded checkpoint holds no {', '.join(missing)}")
@@ -360,29 +363,30 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cfg = self.cfg
-        idx = batch_indices(len(self.data), cfg.batch_size, cfg.seed, step)
-        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+        config = self.config
+        idx = batch_indices(len(self.data), config.batch_size, config.seed, step)
+        gen = torch.Generator().manual_seed(step_seed(config.seed, step))
         tokens = self.data.mean[idx]
         if self.data.std is not None:
             tokens = tokens + self.data.std[idx] * torch.randn(tokens.shape, generator=gen)
         # The extra draw happens only when prefix masks are on, so runs without them keep their random stream.
-        if cfg.prefix_mask_prob > 0 and float(torch.rand((), generator=gen)) < cfg.prefix_mask_prob:
-            mask = prefix_mask(tokens.shape[0], self.token_grid, self.time_axis, cfg.mask_ratio_min, gen)
+        if config.prefix_mask_prob > 0 and float(torch.rand((), generator=gen)) < config.prefix_mask_prob:
+            assert self.token_grid is not None and self.time_axis is not None  # checked in __init__
+            mask = prefix_mask(tokens.shape[0], self.token_grid, self.time_axis, config.mask_ratio_min, gen)
         else:
-            mask = training_mask(tokens.shape[0], tokens.shape[1], cfg.mask_ratio_min, gen)
+            mask = training_mask(tokens.shape[0], tokens.shape[1], config.mask_ratio_min, gen)
         labels = self.data.labels[idx]
         # Under torchrun each rank takes every world-th row of the same global batch.
         shard = slice(distributed.rank(), None, distributed.world_size())
         return tokens[shard].to(self.device), labels[shard].to(self.device), mask[shard].to(self.device)
 
     def train_step(self) -> dict[str, float]:
-        cfg = self.cfg
+        config = self.config
         # Every random draw of a step (dropout, label drop, noise, timesteps) follows from (seed, step),
         # so a resumed run repeats the uninterrupted one exactly.
-        torch.manual_seed(step_seed(cfg.seed, self.step))
+        torch.manual_seed(step_seed(config.seed, self.step))
         tokens, labels, mask = self.batch(self.step)
-        lr = lr_at(self.step, cfg)
+        lr = lr_at(self.step, config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -393,11 +397,13 @@ class Trainer:
         with autocast(self.device, self.dtype):
             targets = teacher(tokens, labels) if self.use_jepa and has_context else None
             if self.sharded and targets is not None:
-                teacher.reshard()  # FSDP keeps a root unsharded after forward, expecting a backward
+                # FSDP keeps a root unsharded after forward, expecting a backward. fully_shard gives the
+                # module's class its reshard method at run time, which the type checker cannot see.
+                teacher.reshard()  # type: ignore[operator]
             losses = self.train_module(tokens, labels, mask, targets)
-        total = cfg.denoise_weight * losses["denoise"]
+        total = config.denoise_weight * losses["denoise"]
         if self.use_jepa:
-            total = total + cfg.jepa_weight * losses["jepa"]
+            total = total + config.jepa_weight * losses["jepa"]
         record = distributed.mean_over_ranks({k: v.item() for k, v in losses.items()} | {"loss": total.item()})
         record["lr"] = lr
         if self.use_jepa:
@@ -410,9 +416,9 @@ class Trainer:
         if self.probe_due() and has_context:
             record |= self.gradient_probe(losses)
         total.backward()
-        norm = float(distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)))
+        norm = float(distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)))
         record["grad_norm"] = norm
-        self.clipped_since_log += norm > cfg.grad_clip
+        self.clipped_since_log += norm > config.grad_clip
         self.steps_since_log += 1
         self.optimizer.step()
         self.update_ema()
@@ -420,7 +426,7 @@ class Trainer:
 
     def probe_due(self) -> bool:
         # autograd.grad beside DDP's reducer hooks is not supported: the probe runs in one process only.
-        every = self.cfg.grad_probe_every
+        every = self.config.grad_probe_every
         return self.use_jepa and every > 0 and (self.step + 1) % every == 0 and distributed.world_size() == 1
 
     def gradient_probe(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -430,7 +436,7 @@ class Trainer:
         against it, slows denoising. Two extra backward passes, every grad_probe_every steps.
         """
         params = [p for p in trunk_parameters(self.model) if p.requires_grad]
-        weights = {"denoise": self.cfg.denoise_weight, "jepa": self.cfg.jepa_weight}
+        weights = {"denoise": self.config.denoise_weight, "jepa": self.config.jepa_weight}
         flat = {}
         for name, weight in weights.items():
             grads = torch.autograd.grad(weight * losses[name], params, retain_graph=True, allow_unused=True)
@@ -455,27 +461,27 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
         torch._foreach_lerp_(*self.ema_pairs, 1 - decay)
         if self.teacher_pairs is not None:
-            torch._foreach_lerp_(*self.teacher_pairs, 1 - teacher_decay(self.step, self.cfg))
+            torch._foreach_lerp_(*self.teacher_pairs, 1 - teacher_decay(self.step, self.config))
 
     # ------------------------------------------------------------------ loop
 
     def fit(self) -> dict[str, Any]:
-        cfg = self.cfg
+        config = self.config
         main = distributed.is_main()
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
         self.resume()
         bad_in_a_row = 0
-        tokens_per_step = cfg.batch_size * self.model.num_tokens
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not main)
+        tokens_per_step = config.batch_size * self.model.num_tokens
+        bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not main)
         last: dict[str, Any] = {}
         with contextlib.ExitStack() as stack:
             metrics = stack.enter_context(open(self.run_dir / "metrics.jsonl", "a")) if main else None
-            while self.step < cfg.steps:
+            while self.step < config.steps:
                 if self.before_step is not None:
                     self.before_step()  # at a step boundary model, EMA, optimizer and step agree
                 start = time.perf_counter()
@@ -486,7 +492,7 @@ class Trainer:
                     self.skipped += 1
                     bad_in_a_row += 1
                     tqdm.write(f"step {self.step}: non-finite loss {record}, step skipped")
-                    if bad_in_a_row >= cfg.max_bad_steps:
+                    if bad_in_a_row >= config.max_bad_steps:
                         raise NonFiniteLoss(
                             f"{bad_in_a_row} non-finite losses in a row ending at step {self.step}: "
                             f"{record}; the last good checkpoint is intact"
@@ -502,7 +508,7 @@ class Trainer:
                 last = record
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['step_ms']:.0f}")
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.step % config.log_every == 0 or self.step == config.steps:
                     # How often clipping fired over the steps since the last logged line.
                     record["clip_fraction"] = self.clipped_since_log / max(1, self.steps_since_log)
                     self.clipped_since_log = self.steps_since_log = 0
@@ -512,9 +518,9 @@ class Trainer:
                         metrics.flush()
                     if self.tensorboard is not None and main:
                         self.tensorboard.scalars(logged)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                     self.save()
-                if self.preview and cfg.preview_every and self.step % cfg.preview_every == 0:
+                if self.preview and config.preview_every and self.step % config.preview_every == 0:
                     ema = self.sampling_model()
                     if main:
                         self.preview(ema, self.step)

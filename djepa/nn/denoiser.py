@@ -25,6 +25,12 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(timestep_embedding(t, self.freq_dim))
 
 
+def linear(layer: nn.Module) -> nn.Linear:
+    """A Linear entry of an nn.Sequential, as a Linear (torch types `Sequential[i]` as any Module)."""
+    assert isinstance(layer, nn.Linear), type(layer).__name__
+    return layer
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -70,14 +76,15 @@ class DenoiserMLP(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
+        nn.init.normal_(linear(self.time_embed.mlp[0]).weight, std=0.02)
+        nn.init.normal_(linear(self.time_embed.mlp[2]).weight, std=0.02)
         # Zero modulation and output: every block starts as the identity, the net predicts zero.
         for block in self.blocks:
-            nn.init.zeros_(block.modulation[-1].weight)
-            nn.init.zeros_(block.modulation[-1].bias)
-        nn.init.zeros_(self.final.modulation[-1].weight)
-        nn.init.zeros_(self.final.modulation[-1].bias)
+            assert isinstance(block, ResBlock)
+            nn.init.zeros_(linear(block.modulation[-1]).weight)
+            nn.init.zeros_(linear(block.modulation[-1]).bias)
+        nn.init.zeros_(linear(self.final.modulation[-1]).weight)
+        nn.init.zeros_(linear(self.final.modulation[-1]).bias)
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
 

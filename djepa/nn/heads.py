@@ -16,12 +16,17 @@ from djepa.nn.denoiser import DenoiserMLP
 
 
 class TokenHead(nn.Module):
+    sampling_steps: int  # set by each head: the steps `sample` takes
+
     def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, out_channels: int):
         super().__init__()
         self.token_dim = token_dim
         self.net = DenoiserMLP(token_dim, cond_dim, width, depth, out_channels)
 
     def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def set_sampling_steps(self, steps: int) -> None:
         raise NotImplementedError
 
     def sample(
@@ -65,10 +70,21 @@ def spaced_timesteps(num_timesteps: int, count: int) -> list[int]:
 class Schedule(nn.Module):
     """Closed-form quantities of a discrete Gaussian diffusion, kept in float64."""
 
-    def __init__(self, betas: list[float], timestep_map: list[int]):
+    # The buffers registered below, by name (`take` reads them by name too).
+    betas: torch.Tensor
+    sqrt_ac: torch.Tensor
+    sqrt_1m_ac: torch.Tensor
+    sqrt_recip_ac: torch.Tensor
+    sqrt_recipm1_ac: torch.Tensor
+    post_log_var: torch.Tensor
+    post_coef_x0: torch.Tensor
+    post_coef_xt: torch.Tensor
+    timestep_map: torch.Tensor
+
+    def __init__(self, beta_values: list[float], timestep_map: list[int]):
         super().__init__()
         # Built on the CPU whatever the default device (meta included), moved with the module.
-        betas = torch.tensor(betas, dtype=torch.float64, device="cpu")
+        betas = torch.tensor(beta_values, dtype=torch.float64, device="cpu")
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         prev = torch.cat([torch.ones(1, dtype=torch.float64, device="cpu"), alphas_cumprod[:-1]])
         posterior_var = betas * (1 - prev) / (1 - alphas_cumprod)
@@ -88,11 +104,13 @@ class Schedule(nn.Module):
 
     @classmethod
     def respaced(cls, base_betas: list[float], use: list[int]) -> Schedule:
-        alphas_cumprod, running = [], 1.0
+        alphas_cumprod: list[float] = []
+        running = 1.0
         for beta in base_betas:
             running *= 1 - beta
             alphas_cumprod.append(running)
-        betas, last = [], 1.0
+        betas: list[float] = []
+        last = 1.0
         for i in use:
             betas.append(1 - alphas_cumprod[i] / last)
             last = alphas_cumprod[i]

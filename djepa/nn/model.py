@@ -194,6 +194,7 @@ class DJEPA(nn.Module):
         mul = self.diffusion_batch_mul
         losses = {"denoise": self.head.loss(target.repeat(mul, 1), cond.repeat(mul, 1)).mean()}
         if self.jepa:
+            assert self.jepa_proj is not None  # built exactly when jepa is on
             pred = self.jepa_proj(cond).float()
             if visible.shape[1] == 0:
                 # No visible token (a quarter of batches at 16 tokens): nothing to predict the targets from,
@@ -248,6 +249,7 @@ class DJEPA(nn.Module):
         tokens = torch.zeros(b, n, self.token_dim, device=device)
         mask = torch.ones(b, n, dtype=torch.bool, device=device)
         if known_mask is not None:
+            assert known_tokens is not None, "known_mask needs known_tokens"
             known_mask = known_mask.to(device)
             tokens[known_mask] = known_tokens.to(device, tokens.dtype)[known_mask]
             mask = ~known_mask

@@ -38,6 +38,8 @@ class GridPositionalEmbedding(nn.Module):
     another size at inference interpolates each table instead of a whole 2-D/3-D block.
     """
 
+    fixed: torch.Tensor  # a buffer
+
     def __init__(self, grid: tuple[int, ...], dim: int, learned: bool = True):
         super().__init__()
         self.grid = tuple(int(g) for g in grid)
