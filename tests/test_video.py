@@ -309,6 +309,18 @@ def test_missing_tokenizers_say_what_to_do(tmp_path):
         _ = adapter_for(tmp_path, tokenizer={"kind": "mochi", "path": "x"}).tokenizer
 
 
+def group_file(group: str, name: str):
+    """A config group option's settings as its file states them: its defaults list (the group's shared `_base`
+    first), then its own keys."""
+    from djepa import configs
+
+    node = OmegaConf.load(Path(configs.__file__).parent / group / f"{name}.yaml")
+    merged = OmegaConf.create()
+    for entry in node.pop("defaults", ["_self_"]):
+        merged = OmegaConf.merge(merged, node if entry == "_self_" else group_file(group, entry))
+    return merged
+
+
 def test_video_config_composes():
     from djepa.cli.config import compose_config
 
@@ -320,11 +332,9 @@ def test_video_config_composes():
     assert compose_config(["modality=image"]).loss.head._target_ == "djepa.nn.heads.DiffusionHead"
     assert cfg.modality.adapter.tokenizer.path == "/tmp/djepa-video-test/tokenizers/video"
     # every per-modality group comes from its video file (not the image default's)
-    from djepa import configs
-
     image = compose_config(["modality=image", "home=/tmp/djepa-video-test"])
     for key in ("model", "train", "tokenizer", "sample", "benchmark"):  # loss: its head is checked above
-        video_file = OmegaConf.load(Path(configs.__file__).parent / key / "video.yaml")
+        video_file = group_file(key, "video")
         expected = OmegaConf.create({"seed": cfg.seed, "home": cfg.home, key: video_file})  # what it may interpolate
         assert OmegaConf.to_container(cfg[key], resolve=True) == OmegaConf.to_container(expected, resolve=True)[key]
     assert cfg.train != image.train and cfg.sample != image.sample  # the groups that differ, told apart

@@ -97,7 +97,8 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
             for line in lines[start:]:
                 if not line.startswith("\t"):
                     break
-                options.append(line.strip())
+                if not line.strip().startswith("_"):  # a group's `_base`: shared settings, not an option
+                    options.append(line.strip())
         hint = f" (options: {', '.join(options)})" if options else ""
         raise UsageError(lines[0] + hint) from err
     return cfg

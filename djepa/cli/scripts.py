@@ -77,12 +77,15 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Config groups and their options, read from the installed configs package."""
+    """Config groups and their options, read from the installed configs package (without a group's `_base`
+    and other `_`-named files: the settings its options share, listed in their defaults, not options)."""
     root = resources.files("djepa.configs")
     groups = {}
     for entry in sorted(root.iterdir(), key=lambda e: e.name):
         if entry.is_dir() and not entry.name.startswith(("_", ".")):
-            groups[entry.name] = sorted(f.name[:-5] for f in entry.iterdir() if f.name.endswith(".yaml"))
+            groups[entry.name] = sorted(
+                f.name[:-5] for f in entry.iterdir() if f.name.endswith(".yaml") and not f.name.startswith("_")
+            )
     return groups
 
 

@@ -1,0 +1,40 @@
+"""configs/: every option of every group composes, and a group's shared `_base` is no option of its own."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from djepa.cli.config import MODALITIES, compose_config
+from djepa.cli.scripts import config_groups
+from djepa.errors import UsageError
+
+
+def test_every_option_of_every_group_composes_and_the_shared_files_are_not_options():
+    groups = config_groups()
+    assert set(groups) == {"benchmark", "loss", "modality", "model", "sample", "tokenizer", "train"}
+    for group, options in groups.items():
+        assert not [o for o in options if o.startswith("_")], group  # `_base`, `_paper`: listed in defaults only
+        for option in options:
+            if group != "modality":
+                assert compose_config([f"{group}={option}"])[group] is not None
+    assert set(groups["modality"]) == set(MODALITIES)
+    for modality in MODALITIES:
+        assert compose_config([f"modality={modality}"]).modality.name == modality
+    with pytest.raises(UsageError, match=r"options: audio, djepa_b, .*, video\)$") as err:
+        compose_config(["model=nope"])
+    assert "_base" not in str(err.value) and "_paper" not in str(err.value)
+
+
+def test_each_modality_file_keeps_the_shared_settings_and_states_its_own():
+    image, video, audio = (compose_config([f"modality={m}"]) for m in ("image", "video", "audio"))
+    # the shared base, once: the same network and tokenizer trainer where no file says otherwise
+    assert image.model == video.model == audio.model
+    assert image.tokenizer == video.tokenizer and audio.tokenizer.block_out_channels == [16, 32, 64, 64]
+    assert image.train == audio.train and video.train == OmegaConf.merge(image.train, {"steps": 1000})
+    assert image.sample == audio.sample and (video.sample.temperature, video.sample.num_steps) == (0.7, 32)
+    assert list(video.benchmark.variants) == ["djepa", "mar", "flow"] and video.benchmark.variants.flow == ["loss=flow"]
+    # the paper sizes: their shared settings, and MAR mode is the same network under the one switch
+    for size in ("b", "l", "h"):
+        djepa = compose_config([f"model=djepa_{size}"])
+        mar = compose_config([f"model=mar_{size}"])
+        assert (djepa.model.attn_drop, djepa.model.buffer_size, djepa.model.diffusion_batch_mul) == (0.1, 64, 4)
+        assert mar.model == djepa.model and (mar.loss.jepa_weight, djepa.loss.jepa_weight) == (0.0, 1.0)
