@@ -1,7 +1,8 @@
 """Configs written before parts were plugged in by `_target_` (djepa.plugins), mapped to today's form.
 
 Saved runs' config.yaml, checkpoints' model config and export folders in the wild name a tokenizer by
-`modality.adapter.tokenizer.kind`, a denoising head by `loss.head.type`, and MAR mode by `model.jepa: false`.
+`modality.adapter.tokenizer.kind`, a denoising head by `loss.head.type`, MAR mode by `model.jepa: false`, and
+the attention heads per block `model.heads` (today `model.num_heads`, so it cannot be read as `loss.head`).
 This module is the one place that knows those old names; everything else reads only the new form.
 """
 
@@ -55,6 +56,9 @@ def upgrade_head(config: Mapping[str, Any] | None) -> dict[str, Any]:
 
 # DJEPA's constructor arguments renamed so that attention heads and the denoising head cannot be confused
 MODEL_ARGUMENTS = {"heads": "num_heads", "head": "head_config"}
+# Config keys renamed, old -> new, each within its section: a saved config's old key is read as the new one
+# (upgrade_config); on the command line the old key is refused with the new name (djepa.cli.checks).
+RENAMED_KEYS = {"model.heads": "model.num_heads"}
 
 
 def upgrade_model_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,6 +81,14 @@ def upgrade_config(cfg: DictConfig) -> DictConfig:
         OmegaConf.update(
             cfg, "loss.head", upgrade_head(cast(dict[str, Any], OmegaConf.to_container(head))), merge=False
         )
+    for old_key, new_key in RENAMED_KEYS.items():
+        section, old_name = old_key.rsplit(".", 1)
+        new_name = new_key.rsplit(".", 1)[1]
+        node = OmegaConf.select(cfg, section)
+        if node is not None and old_name in node and new_name not in node:
+            settings = cast(dict[str, Any], OmegaConf.to_container(node))
+            renamed = {new_name if k == old_name else k: v for k, v in settings.items()}  # in place, order kept
+            OmegaConf.update(cfg, section, renamed, merge=False)
     model = OmegaConf.select(cfg, "model")
     if model is not None and "jepa" in model:
         # Before the one switch, `model.jepa: false` was MAR mode whatever the weight; the weight is the switch now.

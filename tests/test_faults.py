@@ -20,7 +20,7 @@ from djepa.cli import sample, train, train_tokenizer
 from djepa.cli.checks import resolve_prompt_class
 from djepa.cli.config import cli_errors
 from djepa.engine.checkpoint import CheckpointManager
-from djepa.engine.resume_check import check_model_config, config_changes, trim_metrics
+from djepa.engine.resume_check import check_model_config, check_resume, config_changes, trim_metrics
 from djepa.engine.run_lock import RunLock
 from djepa.errors import Terminated, UsageError
 
@@ -104,6 +104,7 @@ TRAIN_CASES = [
     (["hydra.run.dir=/tmp/elsewhere"], "hydra settings are not used by djepa"),
     (["+new_key=1"], "+new_key: unknown key, nothing reads it"),
     (["+sample.foo=1"], "+sample.foo: unknown key"),
+    (["model.heads=8"], "model.heads: renamed model.num_heads"),  # the attention heads, apart from loss.head
     (["device=gpu"], "device='gpu' must be auto, cpu, cuda or cuda:N"),
 ]
 
@@ -195,12 +196,27 @@ def test_a_pickle_renamed_safetensors_with_a_forged_checksum_falls_back(tmp_path
 
 def test_config_changes_split_frozen_from_free():
     saved = OmegaConf.create(
-        {"seed": 0, "model": {"heads": 4}, "train": {"steps": 10, "precision": "bf16"}, "loss": {"head": {}}}
+        {"seed": 0, "model": {"num_heads": 4}, "train": {"steps": 10, "precision": "bf16"}, "loss": {"head": {}}}
     )
-    new = OmegaConf.create({"seed": 0, "model": {"heads": 8}, "train": {"steps": 20, "precision": "auto"}, "extra": 1})
+    new = OmegaConf.create(
+        {"seed": 0, "model": {"num_heads": 8}, "train": {"steps": 20, "precision": "auto"}, "extra": 1}
+    )
     frozen, free = config_changes(saved, new)
-    assert frozen == ["model.heads 4 -> 8"]
+    assert frozen == ["model.num_heads 4 -> 8"]
     assert free == ["train.steps 10 -> 20"]  # precision auto keeps bf16; keys new to the config are no change
+
+
+def test_a_run_saved_with_model_heads_resumes_as_model_num_heads(tmp_path):
+    # config.yaml of a run from before the rename: `model.heads`, read as today's `model.num_heads`
+    from djepa.cli.config import compose_config
+
+    cfg = compose_config(["model=tiny", f"home={tmp_path}", f"run_dir={tmp_path}"])
+    saved = OmegaConf.to_container(cfg)
+    saved["model"] = {("heads" if k == "num_heads" else k): v for k, v in saved["model"].items()}
+    OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
+    assert check_resume(cfg, tmp_path, 4, {"modality": "image"}) == []
+    with pytest.raises(UsageError, match="model.num_heads 2 -> 4"):
+        check_resume(compose_config(["model=tiny", "model.num_heads=4", f"home={tmp_path}"]), tmp_path, 4, {})
 
 
 def test_the_built_model_must_match_the_checkpoint(tmp_path):
@@ -278,7 +294,7 @@ def tiny_run(tmp_path_factory):
     "change,message",
     [
         (["model.encoder_depth=2"], "model.encoder_depth 1 -> 2"),
-        (["model.heads=4"], "model.heads 2 -> 4"),
+        (["model.num_heads=4"], "model.num_heads 2 -> 4"),
         (["loss=flow"], "loss.head._target_ djepa.nn.heads.DiffusionHead -> djepa.nn.heads.FlowHead"),
         (["seed=1"], "seed 0 -> 1"),
         (["modality=audio"], "holds a modality=image run at step 4, not audio"),

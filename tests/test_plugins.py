@@ -116,10 +116,12 @@ def test_old_style_head_type_and_tokenizer_kind_map_to_the_same_parts(tmp_path, 
     saved_run = OmegaConf.create(
         {
             "modality": {"adapter": {"tokenizer": {"kind": "wan", "path": "v"}}},
+            "model": {"encoder_depth": 1, "heads": 2, "mlp_ratio": 2.0},  # `model.heads`: today's num_heads
             "loss": {"head": {"type": "diffusion", "sampling_steps": 7}, "jepa_weight": 1.0},
         }
     )
     upgraded = upgrade_config(saved_run)
+    assert list(upgraded.model.items()) == [("encoder_depth", 1), ("num_heads", 2), ("mlp_ratio", 2.0)]
     assert OmegaConf.to_container(upgraded.modality.adapter.tokenizer) == {
         "_target_": "djepa.tokenizers.video_vae.VideoVAETokenizer",
         "family": "wan",
@@ -131,8 +133,8 @@ def test_old_style_head_type_and_tokenizer_kind_map_to_the_same_parts(tmp_path, 
 
 @pytest.mark.slow
 def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path):
-    """A run written before `_target_`: config.yaml with no tokenizer target and `loss.head.type`, and a
-    checkpoint whose model config names its head by `type`."""
+    """A run written before `_target_`: config.yaml with no tokenizer target, `loss.head.type` and `model.heads`,
+    and a checkpoint whose model config names its head by `type`."""
     from djepa.pipeline import Pipeline
 
     common, run_dir = image_run
@@ -143,6 +145,7 @@ def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path)
     head = OmegaConf.to_container(config.loss.head)
     head.pop("_target_")
     config.loss.head = {"type": "diffusion", **head}
+    config.model = {("heads" if k == "num_heads" else k): v for k, v in config.model.items()}
     OmegaConf.save(config, old_run / "config.yaml")
     for state_file in (old_run / "checkpoints").glob("*/state.json"):
         state = json.loads(state_file.read_text())

@@ -48,7 +48,7 @@ def test_one_switch_for_mar_mode(make_tiny_model, tmp_path):
         model_kwargs(compose_config(["+model.jepa=false"]))
     # a saved config from before the switch (model.jepa: false, weight 1) is MAR mode
     old = OmegaConf.create({"model": {"jepa": False, "heads": 2}, "loss": {"jepa_weight": 1.0}})
-    assert OmegaConf.to_container(upgrade_config(old)) == {"model": {"heads": 2}, "loss": {"jepa_weight": 0.0}}
+    assert OmegaConf.to_container(upgrade_config(old)) == {"model": {"num_heads": 2}, "loss": {"jepa_weight": 0.0}}
     # the trainer follows the model; a JEPA model asked to train with weight 0 is refused, not half-run
     data = TokenData(torch.randn(8, 4, 4), None, torch.arange(8) % 3)
     mar = Trainer(

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from djepa.errors import UsageError
+from djepa.legacy import RENAMED_KEYS
 
 MAX_SAMPLES = 100_000  # one call writes one file per sample; more is a typo, not a plan
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -193,10 +194,13 @@ def validate(cfg: DictConfig) -> None:
 
 
 def validate_overrides(overrides: Sequence[str]) -> None:
-    """Refuse `hydra.*` settings (compose() ignores them) and `+key=...` additions that nothing reads."""
+    """Refuse `hydra.*` settings (compose() ignores them), `+key=...` additions that nothing reads, and keys
+    renamed since (djepa.legacy.RENAMED_KEYS), naming the new key."""
     for item in overrides:
         key = item.split("=", 1)[0]
         bare = key.lstrip("+~")
+        if bare in RENAMED_KEYS:
+            raise UsageError(f"{key}: renamed {RENAMED_KEYS[bare]} (saved runs that use the old name still load)")
         if bare == "hydra" or bare.startswith(("hydra.", "hydra/")):
             raise UsageError(
                 f"{key}: hydra settings are not used by djepa (outputs go to run_dir=..., or out=... for sample)"

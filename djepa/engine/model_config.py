@@ -23,8 +23,6 @@ def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
         )
     kwargs["jepa"] = jepa_enabled(cfg)
     kwargs["head_config"] = OmegaConf.to_container(cfg.loss.head, resolve=True)
-    if "heads" in kwargs:
-        kwargs["num_heads"] = kwargs.pop("heads")  # the config key model.heads: attention heads per block
     return kwargs
 
 
@@ -49,8 +47,7 @@ def validate_model_config(kwargs: dict[str, Any]) -> None:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            name = "heads" if key == "num_heads" else key
-            raise UsageError(f"model.{name} must be a positive number, got {value!r}")
+            raise UsageError(f"model.{key} must be a positive number, got {value!r}")
     for key in ("label_drop", "attn_drop", "proj_drop"):
         value = kwargs.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:

@@ -29,7 +29,7 @@ SHOWN = 4  # changes named in one line; the rest are counted
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """{'model.heads': 4, ...} from a nested container; lists are leaves."""
+    """{'model.num_heads': 4, ...} from a nested container; lists are leaves."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():

@@ -12,7 +12,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by the {num_heads} attention heads (model.heads)")
+            raise ValueError(f"width {dim} is not divisible by the {num_heads} attention heads (model.num_heads)")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=True)
         self.proj = nn.Linear(dim, dim)
