@@ -38,3 +38,12 @@ def test_each_modality_file_keeps_the_shared_settings_and_states_its_own():
         mar = compose_config([f"model=mar_{size}"])
         assert (djepa.model.attn_drop, djepa.model.buffer_size, djepa.model.diffusion_batch_mul) == (0.1, 64, 4)
         assert mar.model == djepa.model and (mar.loss.jepa_weight, djepa.loss.jepa_weight) == (0.0, 1.0)
+
+
+def test_train_blr_is_read_only_when_train_lr_is_null():
+    # every config sets train.lr; the README's paper recipes set train.lr=null and scale train.blr by the batch
+    from djepa.cli.train import train_config
+
+    assert train_config(compose_config(["train.blr=1"])).peak_lr == 1e-3  # the default lr; blr unread
+    recipe = train_config(compose_config(["train.lr=null", "train.blr=1e-4", "train.batch_size=1024"]))
+    assert recipe.peak_lr == pytest.approx(4e-4)

@@ -32,7 +32,7 @@ from djepa.nn.model import DJEPA
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 64
-    blr: float = 1e-4
+    blr: float = 1e-4  # the base lr, read only when lr is None (the paper's rule, which the README's recipes use)
     lr: float | None = None  # absolute; defaults to blr * batch_size / 256
     warmup_steps: int = 100
     lr_schedule: str = "constant"  # or cosine
