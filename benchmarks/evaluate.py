@@ -31,7 +31,8 @@ from djepa.nn.model import DJEPA
 
 
 class RealMedia:
-    """The fixed random subset of the dataset that generated samples are compared with, loaded once on first use."""
+    """The fixed random subset of the dataset that generated samples are compared with, loaded once on first use
+    (drawn from the bounded subset `in_memory_data` reads of a user folder)."""
 
     def __init__(self, adapter: Any, count: int = 2000):
         self.adapter = adapter
@@ -40,7 +41,8 @@ class RealMedia:
 
     def __call__(self) -> torch.Tensor:
         if self._media is None:
-            media, _ = self.adapter.load_dataset()
+            # A user folder: at most modality.adapter.memory_items of it, never the whole folder.
+            media, _ = self.adapter.in_memory_data()
             order = torch.randperm(len(media), generator=torch.Generator().manual_seed(0))
             self._media = media[order[: self.count]]
         return self._media

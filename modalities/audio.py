@@ -186,8 +186,9 @@ class AudioAdapter(ModalityAdapter):
         normalize: bool = True,
         mel: dict[str, Any] | None = None,
         seed: int = 0,
+        memory_items: int = 5000,
     ):
-        super().__init__(tokenizer, patch_size, cache_dir, seed)
+        super().__init__(tokenizer, patch_size, cache_dir, seed, memory_items)
         self.sample_rate = int(sample_rate)
         self.seconds = float(seconds)
         self.num_samples = round(self.sample_rate * self.seconds)
@@ -273,7 +274,7 @@ class AudioAdapter(ModalityAdapter):
 
         self.require_default_tokenizer()
         self._tokenizer = None
-        audio = self.load_dataset()[0]
+        audio = self.in_memory_data()[0]  # a user folder: at most memory_items clips
         raw = MelFrontEnd(self.mel_settings)
         db = map_chunks(raw.db, audio)
         fitted = fit_mel_normalisation(db, self.mel_settings)
@@ -316,7 +317,7 @@ class AudioAdapter(ModalityAdapter):
         if self.data_dir is None:
             audio, labels = listener_clips(self.cache_dir, LISTENER_CLIPS, self.sample_rate, self.num_samples)
         else:
-            audio, labels = self.load_dataset()
+            audio, labels = self.in_memory_data()  # at most memory_items clips
         audio, labels = with_noisy_copies(audio, labels)
         return self.classifier_input(audio)[0], labels
 

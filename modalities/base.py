@@ -8,20 +8,20 @@ import logging
 import math
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from einops import rearrange
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from djepa.chunks import map_chunks
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
 from djepa.errors import UsageError
 from djepa.legacy import upgrade_tokenizer
-from djepa.modalities.folder import DataError, FolderScan, MemoryDataset, load_folder
+from djepa.modalities.folder import DataError, FolderScan, MappedDataset, MemoryDataset, load_folder
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
 from djepa.plugins import build, plugin_class
@@ -77,11 +77,17 @@ class ModalityAdapter(ABC):
     data_dir: Path | None = None  # a user folder root/<class>/<files>; None: the embedded default
     time_axis: int | None = None  # the token grid's time axis (video, audio): prefix masks and continuation
 
-    def __init__(self, tokenizer: dict[str, Any], patch_size: list[int], cache_dir: str, seed: int = 0):
+    def __init__(
+        self, tokenizer: dict[str, Any], patch_size: list[int], cache_dir: str, seed: int = 0, memory_items: int = 10000
+    ):
         self.tokenizer_config = upgrade_tokenizer(tokenizer, self.default_tokenizer)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.cache_dir = Path(cache_dir)
         self.seed = seed
+        if int(memory_items) < 1:
+            raise DataError(f"modality.adapter.memory_items must be at least 1, got {memory_items}")
+        # User folders: the most items tokenizer training and the benchmark classifier hold in memory.
+        self.memory_items = int(memory_items)
         self._tokenizer: LatentTokenizer | None = None
         self._class_names: list[str] | None = None  # set by load_dataset for user folders
         self.skipped_files = 0
@@ -181,6 +187,37 @@ class ModalityAdapter(ABC):
             log.warning("%d unusable files skipped in %s", self.skipped_files, self.data_dir)
         return items, labels
 
+    def folder_subset(
+        self, augment: bool = False, per_item: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """At most `memory_items` items of the user folder in memory, with labels: all of them, in order, when
+        the folder holds no more (as `load_folder`), else a random subset seeded by `seed`, kept in folder order.
+        Only the chosen files are read, one at a time (`per_item` applied to each as it is read), so memory
+        does not grow with the folder. Unusable files among them are skipped and counted."""
+        assert self.data_dir is not None
+        scan = self.scan()
+        dataset: Dataset = self.folder_dataset(scan, augment)
+        total = len(dataset)  # type: ignore[arg-type]
+        if total > self.memory_items:
+            order = torch.randperm(total, generator=torch.Generator().manual_seed(int(self.seed)))
+            dataset = Subset(dataset, order[: self.memory_items].sort().values.tolist())
+            log.info(
+                "%s: %d of %d items read into memory (modality.adapter.memory_items)", scan.root, len(dataset), total
+            )
+        if per_item is not None:
+            dataset = MappedDataset(dataset, per_item)
+        items, labels, self._class_names, self.skipped_files = load_folder(
+            scan, dataset, self.data_dir, self.folder_items
+        )
+        if self.skipped_files:
+            log.warning("%d unusable files skipped in %s", self.skipped_files, self.data_dir)
+        return items, labels
+
+    def in_memory_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items and labels in memory for tokenizer training and the benchmarks: the embedded default whole
+        (`load_dataset`), a user folder's bounded subset (`folder_subset`, with the cached copies, e.g. mirrored)."""
+        return self.folder_subset(augment=True) if self.data_dir is not None else self.load_dataset()
+
     @property
     def class_names(self) -> list[str]:
         if self._class_names is None:
@@ -223,8 +260,9 @@ class ModalityAdapter(ABC):
         return map_chunks(lambda z: self.tokenizer.decode(z).cpu(), latents, batch_size)
 
     def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real examples and labels to train the benchmark classifier on (the dataset by default)."""
-        return self.load_dataset()
+        """Real examples and labels to train the benchmark classifier on (the dataset by default; at most
+        `memory_items` of a user folder)."""
+        return self.in_memory_data()
 
     def heldout_dataset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Real items nobody trained on, where the adapter can make them (the audio default synthesises new

@@ -112,6 +112,22 @@ class MemoryDataset(Dataset):
         return index, self.media[index], int(self.labels[index])
 
 
+class MappedDataset(Dataset):
+    """Another dataset's items with `fn` applied to each usable one as it is read (e.g. thinning a clip's frames
+    before it is kept in memory); len and labels as the original's."""
+
+    def __init__(self, dataset: Dataset, fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.dataset = dataset
+        self.fn = fn
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int]:
+        i, media, label = self.dataset[index]
+        return i, None if media is None else self.fn(media), label
+
+
 def collate_items(items: list[tuple[int, torch.Tensor | None, int]]) -> dict[str, torch.Tensor]:
     """A batch: every item's index, label and ok flag, and the media of the usable ones stacked."""
     good = [m for _, m, _ in items if m is not None]

@@ -162,8 +162,9 @@ class ImageAdapter(ModalityAdapter):
         flip: bool = False,
         seed: int = 0,
         classifier: str = "auto",
+        memory_items: int = 10000,
     ):
-        super().__init__(tokenizer, patch_size, cache_dir, seed)
+        super().__init__(tokenizer, patch_size, cache_dir, seed, memory_items)
         self.image_size = image_size
         self.channels = channels
         self.flip = flip
@@ -246,7 +247,7 @@ class ImageAdapter(ModalityAdapter):
                 )
             images, labels = mnist_images(self.image_size)
         else:
-            images, labels = self.load_dataset()
+            images, labels = self.in_memory_data()
         return colour_blind(images), labels
 
     def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -269,7 +270,8 @@ class ImageAdapter(ModalityAdapter):
         return path
 
     def tokenizer_training_data(self) -> torch.Tensor:
-        return self.load_dataset()[0]
+        """The embedded digits, or at most `memory_items` images of a user folder (a seeded random subset)."""
+        return self.in_memory_data()[0]
 
     def train_tokenizer(self, settings: dict[str, Any]) -> dict[str, Any]:
         """Train the default AutoencoderKL on this adapter's data and save it at tokenizer.path."""

@@ -253,6 +253,9 @@ def upscale_even(frames: np.ndarray, min_size: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ adapter
 
+# Tokenizer training and the benchmark classifier keep at most about this many frames of a user folder in memory.
+MAX_FRAMES_IN_MEMORY = 16000
+
 
 class VideoAdapter(ModalityAdapter):
     name = "video"
@@ -275,8 +278,9 @@ class VideoAdapter(ModalityAdapter):
         digit_size: int = 20,
         fps: int = 8,
         seed: int = 0,
+        memory_items: int = 2000,
     ):
-        super().__init__(tokenizer, patch_size, cache_dir, seed)
+        super().__init__(tokenizer, patch_size, cache_dir, seed, memory_items)
         self.frames = int(frames)
         self.frame_stride = max(1, int(frame_stride))
         self.image_size = int(image_size)
@@ -349,8 +353,7 @@ class VideoAdapter(ModalityAdapter):
             start = torch.rand(len(digits), 1, 2, generator=gen) * (self.image_size - self.digit_size)
             frames = render_digits(digits, start, self.image_size)[:, 0]
             return self._expand(frames, 1), labels
-        clips, labels = self.load_dataset()
-        return clips.flatten(0, 1), labels.repeat_interleave(clips.shape[1])
+        return self.folder_frames(MAX_FRAMES_IN_MEMORY)
 
     def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Every frame is one classifier row; the logits of a clip's frames are averaged."""
@@ -361,8 +364,19 @@ class VideoAdapter(ModalityAdapter):
         travel = centroid_travel(media)
         return {"centroid_travel_px": float(travel.mean()), "moving_share": float((travel >= 3).float().mean())}
 
-    def tokenizer_training_data(self, max_frames: int = 16000) -> torch.Tensor:
-        """Frames [M, C, H, W] of the dataset's clips (evenly thinned to at most `max_frames`)."""
+    def folder_frames(self, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames [M, C, H, W] and their clips' labels from at most `memory_items` clips of the user folder (a
+        seeded random subset), each clip's frames thinned evenly as it is read so that about `max_frames` stay."""
+        clips = min(len(self.scan().files), self.memory_items)
+        step = max(1, math.ceil(clips * self.frames / max_frames))
+        kept, labels = self.folder_subset(per_item=lambda clip: clip[::step].clone())
+        return kept.flatten(0, 1), labels.repeat_interleave(kept.shape[1])
+
+    def tokenizer_training_data(self, max_frames: int = MAX_FRAMES_IN_MEMORY) -> torch.Tensor:
+        """Frames [M, C, H, W] of the dataset's clips (evenly thinned to at most `max_frames`; of a user folder,
+        from at most `memory_items` clips)."""
+        if self.data_dir is not None:
+            return self.folder_frames(max_frames)[0]
         frames = self.load_dataset()[0].flatten(0, 1)
         step = max(1, math.ceil(len(frames) / max_frames))
         return frames[::step].contiguous()
