@@ -102,8 +102,9 @@ def write_image_folder(root: Path, count: int, size: int, channels: int, seed: i
         image.save(path)
 
 
-def write_video_folder(root: Path, count: int, frames: int, size: int, seed: int, chunk: int = 256) -> None:
-    """`count` MP4s of one moving MNIST digit each (the embedded default's generator, new seeds), by digit."""
+def write_video_folder(root: Path, count: int, frames: int, size: int, seed: int, chunk: int = 250) -> None:
+    """`count` MP4s of one moving MNIST digit each (the embedded default's generator, new seeds), by digit; chunks
+    of a multiple of ten clips keep the classes balanced."""
     from djepa.modalities.video import moving_digits, write_mp4
 
     canvas = size + size % 2
