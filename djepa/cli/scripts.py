@@ -10,6 +10,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
+from types import ModuleType
 
 from omegaconf import OmegaConf
 
@@ -125,28 +126,28 @@ def dispatch(name: str, argv: Sequence[str] | None = None) -> None:
     main(argv)
 
 
+def _key_value_command(argv: Sequence[str] | None, usage: str, command: ModuleType, keys: dict[str, str]) -> None:
+    """A command that takes plain key=value arguments (not Hydra): --help lists its keys, then it runs."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(f"usage: {usage}\n")
+        print((command.__doc__ or "").strip() + "\n\nkeys:")
+        print("\n".join(f"  {k}=  {doc}" for k, doc in keys.items()))
+        sys.exit(0)
+    command.main(argv)
+
+
 def export(argv: Sequence[str] | None = None) -> None:
     from djepa.cli import export as command
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print("usage: export run_dir=RUN out=DIR [key=value ...]\n")
-        print((command.__doc__ or "").strip() + "\n\nkeys:")
-        print("\n".join(f"  {k}=  {doc}" for k, doc in command.EXPORT_KEYS.items()))
-        sys.exit(0)
-    command.main(argv)
+    _key_value_command(argv, "export run_dir=RUN out=DIR [key=value ...]", command, command.EXPORT_KEYS)
 
 
 def convert_tokenizer(argv: Sequence[str] | None = None) -> None:
     from djepa.cli import convert_tokenizer as command
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print("usage: convert_tokenizer checkpoint=kl16.ckpt out=DIR [source=mar_kl16] [scale=0.2325]\n")
-        print((command.__doc__ or "").strip() + "\n\nkeys:")
-        print("\n".join(f"  {k}=  {doc}" for k, doc in command.CONVERT_KEYS.items()))
-        sys.exit(0)
-    command.main(argv)
+    usage = "convert_tokenizer checkpoint=kl16.ckpt out=DIR [source=mar_kl16] [scale=0.2325]"
+    _key_value_command(argv, usage, command, command.CONVERT_KEYS)
 
 
 def train(argv: Sequence[str] | None = None) -> None:
