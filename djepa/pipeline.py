@@ -13,6 +13,7 @@ export are thin layers over this class.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,9 @@ from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
 from djepa.io import tree_sha256
 from djepa.legacy import upgrade_config, upgrade_head, upgrade_model_config
+from djepa.nn.heads import TokenHead
 from djepa.nn.model import DJEPA
+from djepa.plugins import plugin_class
 
 EXPORT_INDEX = "model_index.json"
 
@@ -247,9 +250,11 @@ class Pipeline:
         head = cast(dict[str, Any], OmegaConf.to_container(config.loss.head, resolve=True)) if "loss" in config else {}
         trained_head = model_config["head_config"]
         if upgrade_head(head).get("_target_") == trained_head["_target_"]:
+            # A setting the head takes counts even where the run was trained before its config named it (`sampler`).
+            takes = inspect.signature(plugin_class(trained_head, "loss.head", TokenHead)).parameters
             model_config["head_config"] = {
                 **trained_head,
-                **{k: v for k, v in head.items() if k in FREE_HEAD_KEYS and k in trained_head},
+                **{k: v for k, v in head.items() if k in FREE_HEAD_KEYS and (k in trained_head or k in takes)},
             }
         model = DJEPA(**model_config)
         model.load_state_dict(weights)

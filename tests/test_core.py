@@ -117,3 +117,22 @@ def test_sampling_steps_of_a_checkpoint_follow_the_loss_head_config(make_tiny_mo
     assert load_ema_model(directory, state, torch.device("cpu"), head).head.sampling_steps == 7
     other = OmegaConf.create({"type": "flow", "sampling_steps": 3})  # another head type: left as trained
     assert load_ema_model(directory, state, torch.device("cpu"), other).head.sampling_steps == 10
+
+
+def test_the_sampler_of_a_checkpoint_follows_the_loss_head_config(make_tiny_model, tmp_path):
+    from omegaconf import OmegaConf
+
+    from djepa.engine.checkpoint import CheckpointManager
+    from djepa.engine.loading import load_ema_model
+
+    model = make_tiny_model((4, 4))  # its head config names no sampler, as checkpoints from before it
+    assert "sampler" not in model.config["head_config"]
+    directory = CheckpointManager(tmp_path).save(1, {"ema": model.state_dict()}, {"model_config": model.config})
+    state = CheckpointManager.verify(directory)
+    assert load_ema_model(directory, state, torch.device("cpu")).head.sampler == "ddpm"
+    head = OmegaConf.create({"_target_": "djepa.nn.heads.DiffusionHead", "sampling_steps": 4, "sampler": "dpm_solver"})
+    loaded = load_ema_model(directory, state, torch.device("cpu"), head)
+    assert loaded.head.sampler == "dpm_solver" and loaded.head.sampling_steps == 4
+    assert loaded.sample(torch.tensor([0, 1]), num_steps=2).shape[0] == 2
+    other = OmegaConf.create({"type": "flow", "sampler": "euler"})  # another head type: left as trained
+    assert load_ema_model(directory, state, torch.device("cpu"), other).head.sampler == "ddpm"

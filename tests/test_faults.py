@@ -98,7 +98,7 @@ TRAIN_CASES = [
     (["train.warmup_steps=-5"], "train.warmup_steps=-5 must be a whole number >= 0"),
     (["train.checkpoint_format=zarr"], "train.checkpoint_format='zarr' must be one of auto, full, sharded"),
     (["attention_backend=flash"], "attention_backend='flash' must be one of auto, xformers, sdpa, math"),
-    (["loss=flow", "loss.head.sampler=rk45"], "loss.head.sampler='rk45' must be one of euler, heun"),
+    (["loss=flow", "loss.head.sampler=rk45"], "loss.head.sampler='rk45' must be one of ddpm, dpm_solver, euler, heun"),
     (["loss.head._target_=gan.Head"], "loss.head._target_='gan.Head' cannot be imported"),
     (["loss.head._target_=torch.nn.Linear"], "loss.head._target_='torch.nn.Linear' is not a TokenHead"),
     (["hydra.run.dir=/tmp/elsewhere"], "hydra settings are not used by djepa"),
@@ -224,6 +224,12 @@ def test_the_built_model_must_match_the_checkpoint(tmp_path):
     check_model_config(tmp_path, 3, state, {"grid": (4, 4), "token_dim": 16})
     with pytest.raises(UsageError, match="token_dim 16 -> 8"):
         check_model_config(tmp_path, 3, state, {"grid": (4, 4), "token_dim": 8})
+    # a head setting added since the checkpoint was written (the diffusion head's sampler) is no change
+    head = {"_target_": "djepa.nn.heads.DiffusionHead", "num_timesteps": 1000, "sampling_steps": 100}
+    state = {"model_config": {"grid": [4, 4], "head_config": head}}
+    check_model_config(tmp_path, 3, state, {"grid": (4, 4), "head_config": {**head, "sampler": "ddpm"}})
+    with pytest.raises(UsageError, match="head_config"):
+        check_model_config(tmp_path, 3, state, {"grid": (4, 4), "head_config": {**head, "num_timesteps": 500}})
 
 
 def test_trim_metrics_drops_records_past_the_checkpoint_and_torn_lines(tmp_path):

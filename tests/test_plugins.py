@@ -144,6 +144,7 @@ def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path)
     del config.modality.adapter.tokenizer["_target_"]
     head = OmegaConf.to_container(config.loss.head)
     head.pop("_target_")
+    head.pop("sampler")  # older still than the diffusion head's sampler
     config.loss.head = {"type": "diffusion", **head}
     config.model = {("heads" if k == "num_heads" else k): v for k, v in config.model.items()}
     OmegaConf.save(config, old_run / "config.yaml")
@@ -152,6 +153,7 @@ def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path)
         model = state["model_config"]
         model_head = model.pop("head_config")
         model_head.pop("_target_")
+        model_head.pop("sampler")
         model["head"] = {"type": "diffusion", **model_head}
         model["heads"] = model.pop("num_heads")
         state_file.write_text(json.dumps(state))
@@ -159,6 +161,9 @@ def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path)
     assert pipe.model.head.sampling_steps == 4
     out = pipe(class_labels=[0, 1], num_steps=2, seed=0)
     assert len(out.media) == 2
+    pipe = Pipeline.from_pretrained(old_run, overrides={"loss.head.sampler": "dpm_solver"})
+    assert pipe.model.head.sampler == "dpm_solver" and pipe.model.head.sampling_steps == 3
+    assert len(pipe(class_labels=[0], num_steps=2, seed=0).media) == 1
 
 
 def test_every_adapter_has_what_the_core_calls():

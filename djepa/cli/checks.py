@@ -21,7 +21,9 @@ from djepa.legacy import RENAMED_KEYS
 MAX_SAMPLES = 100_000  # one call writes one file per sample; more is a typo, not a plan
 PRECISIONS = ("auto", "bf16", "fp32")
 ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")  # djepa.nn.attention.BACKENDS, without importing torch
-FLOW_SAMPLERS = ("euler", "heun")
+# DiffusionHead: ddpm | dpm_solver; FlowHead: euler | heun. The composed config need not name the run's head
+# (`sample` reads it from the run), so each head refuses the other's samplers itself when it is built.
+SAMPLERS = ("ddpm", "dpm_solver", "euler", "heun")
 # cfg_schedule is checked by SamplingSettings.from_config, with the message tests/test_cli.py expects.
 _MISSING = object()
 
@@ -175,7 +177,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "loss.denoise_weight": number(0.0),
     "loss.jepa_weight": number(0.0),
     "loss.head._target_": head_class,
-    "loss.head.sampler": one_of(FLOW_SAMPLERS),
+    "loss.head.sampler": one_of(SAMPLERS),
     "loss.head.sampling_steps": integer(1),
     "loss.head.num_timesteps": integer(1),
     "sample.preview_per_class": integer(0),

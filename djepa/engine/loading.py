@@ -35,10 +35,12 @@ def find_checkpoint(run_dir: str | Path, checkpoint: str | None) -> tuple[Path, 
 def load_ema_model(
     directory: Path, state: dict[str, Any], device: torch.device, head: DictConfig | None = None
 ) -> DJEPA:
-    """The checkpoint's EMA model; `head` (the `loss.head` config) may change its sampling steps."""
+    """The checkpoint's EMA model; `head` (the `loss.head` config) may change its sampling steps and sampler."""
     model = DJEPA(**upgrade_model_config(state["model_config"]))
     model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))
     same_head = head is not None and upgrade_head(head).get("_target_") == model.config["head_config"]["_target_"]
     if same_head and head is not None and "sampling_steps" in head:
         model.head.set_sampling_steps(int(head.sampling_steps))
+    if same_head and head is not None and "sampler" in head:
+        model.head.set_sampler(str(head.sampler))
     return model.to(device).eval()

@@ -94,6 +94,11 @@ def check_model_config(run_dir: Path, step: int, state: dict[str, Any], model_co
     """The built model must be the checkpoint's (token dim and grid come from the tokenizer and data)."""
     saved = _normalise(upgrade_model_config(state.get("model_config", {})))
     new = _normalise(model_config)
+    saved_head, new_head = saved.get("head_config"), new.get("head_config")
+    if isinstance(saved_head, dict) and isinstance(new_head, dict):
+        # A head setting the checkpoint lacks (added to its config by a later version of djepa, such as the
+        # diffusion head's `sampler`) is no change, as in config_changes.
+        new["head_config"] = {k: v for k, v in new_head.items() if k in saved_head}
     keys = sorted(set(saved) | set(new))
     changed = [f"{k} {saved.get(k)} -> {new.get(k)}" for k in keys if saved.get(k) != new.get(k)]
     if changed:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
+from djepa.errors import UsageError
 from djepa.nn.denoiser import DenoiserMLP
 
 
@@ -27,6 +29,9 @@ class TokenHead(nn.Module):
         raise NotImplementedError
 
     def set_sampling_steps(self, steps: int) -> None:
+        raise NotImplementedError
+
+    def set_sampler(self, sampler: str) -> None:
         raise NotImplementedError
 
     def sample(
@@ -171,7 +176,13 @@ def discretized_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: tor
 
 
 class DiffusionHead(TokenHead):
-    """DDPM with a cosine schedule, learned variance (hybrid loss) and respaced sampling."""
+    """DDPM with a cosine schedule, learned variance (hybrid loss) and respaced sampling.
+
+    `sampler`: "ddpm" (respaced ancestral sampling with the learned variance) or "dpm_solver" (DPM-Solver++ 2M,
+    an ODE solver on the same schedule that reads only the eps channels).
+    """
+
+    SAMPLERS = ("ddpm", "dpm_solver")
 
     def __init__(
         self,
@@ -182,10 +193,12 @@ class DiffusionHead(TokenHead):
         num_timesteps: int = 1000,
         sampling_steps: int = 100,
         clip_x0: float | None = 5.0,
+        sampler: str = "ddpm",
     ):
         super().__init__(token_dim, cond_dim, width, depth, out_channels=2 * token_dim)
         self.num_timesteps = num_timesteps
         self.clip_x0 = clip_x0
+        self.set_sampler(sampler)
         betas = cosine_betas(num_timesteps)
         self.train_schedule = Schedule(betas, list(range(num_timesteps)))
         self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(num_timesteps, sampling_steps))
@@ -196,6 +209,11 @@ class DiffusionHead(TokenHead):
         betas = cosine_betas(self.num_timesteps)
         self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(self.num_timesteps, steps)).to(device)
         self.sampling_steps = len(self.sample_schedule.betas)
+
+    def set_sampler(self, sampler: str) -> None:
+        if sampler not in self.SAMPLERS:
+            raise UsageError(f"loss.head.sampler must be 'ddpm' or 'dpm_solver' for DiffusionHead, got {sampler!r}")
+        self.sampler = sampler
 
     def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         s = self.train_schedule
@@ -218,6 +236,8 @@ class DiffusionHead(TokenHead):
     def sample(
         self, cond: torch.Tensor, uncond: torch.Tensor | None = None, temperature: float = 1.0, guidance: float = 1.0
     ) -> torch.Tensor:
+        if self.sampler == "dpm_solver":
+            return self._sample_dpm_solver(cond, uncond, temperature, guidance)
         s = self.sample_schedule
         rows = cond.shape[0]
         x = torch.randn(rows, self.token_dim, device=cond.device)
@@ -227,6 +247,38 @@ class DiffusionHead(TokenHead):
             mean, log_var = s.p_mean_log_var(out, x, t, clamp=True, clip_x0=self.clip_x0)
             noise = torch.randn_like(x) if i > 0 else torch.zeros_like(x)
             x = mean + torch.exp(0.5 * log_var) * noise * temperature
+        return x
+
+    def _sample_dpm_solver(
+        self, cond: torch.Tensor, uncond: torch.Tensor | None, temperature: float, guidance: float
+    ) -> torch.Tensor:
+        """DPM-Solver++(2M) (Lu et al. 2022): the probability-flow ODE solved in the data prediction, second order
+        from the previous step's x0. Steps as diffusers' DPMSolverMultistepScheduler (algorithm_type="dpmsolver++",
+        solver_order=2, "linspace" timesteps from num_timesteps - 1, final sigma 0 reached by a first-order step)."""
+        rows, d = cond.shape[0], self.token_dim
+        alphas_cumprod = torch.cumprod(1 - self.train_schedule.betas.cpu(), dim=0).tolist()  # float64
+        spaced = np.linspace(0, self.num_timesteps - 1, self.sampling_steps + 1).round()[::-1][:-1]
+        timesteps = sorted({int(t) for t in spaced}, reverse=True)
+        alpha = [math.sqrt(alphas_cumprod[t]) for t in timesteps] + [1.0]
+        sigma = [math.sqrt(1 - alphas_cumprod[t]) for t in timesteps] + [0.0]
+        lam = [math.log(a / s) if s > 0 else math.inf for a, s in zip(alpha, sigma)]  # log-SNR / 2
+        # A deterministic sampler draws noise only once: temperature scales that initial noise.
+        x = torch.randn(rows, d, device=cond.device) * temperature
+        prev_x0: torch.Tensor | None = None
+        for i, t in enumerate(timesteps):
+            t_rows = torch.full((rows,), float(t), device=cond.device)
+            eps = self._guided(x, t_rows, cond, uncond, guidance)[:, :d].float()
+            x0 = (x - sigma[i] * eps) / alpha[i]
+            if self.clip_x0 is not None:
+                x0 = x0.clamp(-self.clip_x0, self.clip_x0)  # as the ddpm path does (see Schedule.p_mean_log_var)
+            h = lam[i + 1] - lam[i]
+            if prev_x0 is None or i == len(timesteps) - 1:
+                data = x0  # first order at the first step and at the last (lower_order_final)
+            else:
+                r = (lam[i] - lam[i - 1]) / h
+                data = x0 + (x0 - prev_x0) / (2 * r)
+            x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * math.expm1(-h) * data
+            prev_x0 = x0
         return x
 
 
@@ -247,14 +299,17 @@ class FlowHead(TokenHead):
         time_shift: float = 1.0,
     ):
         super().__init__(token_dim, cond_dim, width, depth, out_channels=token_dim)
-        if sampler not in ("euler", "heun"):
-            raise ValueError(f"loss.head.sampler must be 'euler' or 'heun', got {sampler!r}")
+        self.set_sampler(sampler)
         self.sampling_steps = sampling_steps
-        self.sampler = sampler
         self.time_shift = time_shift
 
     def set_sampling_steps(self, steps: int) -> None:
         self.sampling_steps = steps
+
+    def set_sampler(self, sampler: str) -> None:
+        if sampler not in ("euler", "heun"):
+            raise UsageError(f"loss.head.sampler must be 'euler' or 'heun' for FlowHead, got {sampler!r}")
+        self.sampler = sampler
 
     def shift(self, t: torch.Tensor) -> torch.Tensor:
         """Spend more of the path near the noise end when time_shift > 1."""
