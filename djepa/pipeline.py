@@ -32,7 +32,7 @@ from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
 from djepa.io import tree_sha256
 from djepa.legacy import upgrade_config, upgrade_head, upgrade_model_config
-from djepa.nn.heads import TokenHead
+from djepa.nn.heads import FREE_HEAD_KEYS, TokenHead
 from djepa.nn.model import DJEPA
 from djepa.plugins import plugin_class
 
@@ -57,8 +57,6 @@ FREE_ADAPTER_KEYS = {
 }
 # What a group choice on the command line (`modality=video`, `loss=flow`) is compared by.
 GROUP_IDENTITY = {"modality": "modality.name", "loss": "loss.head._target_"}
-# Head keys that only change how the trained denoiser is sampled.
-FREE_HEAD_KEYS = {"sampling_steps", "sampler", "time_shift", "clip_x0"}
 
 
 def tokenizer_hash(path: str | Path) -> str:

@@ -228,6 +228,9 @@ def test_the_built_model_must_match_the_checkpoint(tmp_path):
     head = {"_target_": "djepa.nn.heads.DiffusionHead", "num_timesteps": 1000, "sampling_steps": 100}
     state = {"model_config": {"grid": [4, 4], "head_config": head}}
     check_model_config(tmp_path, 3, state, {"grid": (4, 4), "head_config": {**head, "sampler": "ddpm"}})
+    # sampling-only settings leave the weights alone: a resume may change them
+    sampled = {**head, "sampler": "dpm_solver", "sampling_steps": 20}
+    check_model_config(tmp_path, 3, state, {"grid": (4, 4), "head_config": sampled})
     with pytest.raises(UsageError, match="head_config"):
         check_model_config(tmp_path, 3, state, {"grid": (4, 4), "head_config": {**head, "num_timesteps": 500}})
 

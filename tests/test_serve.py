@@ -132,6 +132,7 @@ def test_video_page_plays_the_first_clip_and_shows_the_frame_strips(video_server
     assert src.endswith(".mp4") and error is None
     assert abs(duration - 8 / 6) < 0.1 and width == 64  # 8 frames at 6 fps, 16 px upscaled to 64
     assert wait_for(lambda: loaded_grid(browser))[0] > 0
+    assert "None" not in browser.find_element("tag name", "h2").text  # a model built in code has no step to show
     browser.save_screenshot(str(tmp_path / "video.png"))
 
 

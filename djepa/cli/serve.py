@@ -100,7 +100,8 @@ def build_app(pipe: Pipeline) -> Any:
         return str(grid) if modality == "image" else (str(first), str(grid))
 
     with gr.Blocks(title=f"D-JEPA {modality}") as app:
-        gr.Markdown(f"## D-JEPA {modality} model\n`{pipe.source}` (step {pipe.step}), {len(pipe.class_names)} classes")
+        trained = f" (step {pipe.step})" if pipe.step is not None else ""  # a model built in code has no step
+        gr.Markdown(f"## D-JEPA {modality} model\n`{pipe.source}`{trained}, {len(pipe.class_names)} classes")
         with gr.Row():
             with gr.Column(scale=1):
                 label = gr.Dropdown(pipe.class_names, value=pipe.class_names[0], label="class", elem_id="class")

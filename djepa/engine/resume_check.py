@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from djepa.errors import UsageError
 from djepa.legacy import upgrade_config, upgrade_model_config
+from djepa.nn.heads import FREE_HEAD_KEYS
 
 # Prefixes of keys that define the run; a change means a different model or data. The tokenizer the latents
 # come from is `modality.adapter.tokenizer.*` (path, shift, scale); the top-level `tokenizer.*` only says how
@@ -96,9 +97,10 @@ def check_model_config(run_dir: Path, step: int, state: dict[str, Any], model_co
     new = _normalise(model_config)
     saved_head, new_head = saved.get("head_config"), new.get("head_config")
     if isinstance(saved_head, dict) and isinstance(new_head, dict):
-        # A head setting the checkpoint lacks (added to its config by a later version of djepa, such as the
-        # diffusion head's `sampler`) is no change, as in config_changes.
-        new["head_config"] = {k: v for k, v in new_head.items() if k in saved_head}
+        # A head setting the checkpoint lacks (added to its config by a later version of djepa) is no change,
+        # as in config_changes; nor is a sampling-only one (steps, sampler): it does not touch the weights.
+        new["head_config"] = {k: v for k, v in new_head.items() if k in saved_head and k not in FREE_HEAD_KEYS}
+        saved["head_config"] = {k: v for k, v in saved_head.items() if k not in FREE_HEAD_KEYS}
     keys = sorted(set(saved) | set(new))
     changed = [f"{k} {saved.get(k)} -> {new.get(k)}" for k in keys if saved.get(k) != new.get(k)]
     if changed:

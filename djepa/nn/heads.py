@@ -16,6 +16,9 @@ from torch import nn
 from djepa.errors import UsageError
 from djepa.nn.denoiser import DenoiserMLP
 
+# Head arguments that only change how a trained denoiser is sampled: free to change at sample time and on resume.
+FREE_HEAD_KEYS = frozenset({"sampling_steps", "sampler", "time_shift", "clip_x0"})
+
 
 class TokenHead(nn.Module):
     sampling_steps: int  # set by each head: the steps `sample` takes
