@@ -1,0 +1,259 @@
+"""`python -m djepa.benchmarks.speed [mar_repo=PATH] [steps=20] [out=DIR] [overrides...]`: where a step goes.
+
+Times, one after another in this process, at the MAR-comparison shape (`model=small`, 8x8 tokens of dim 4,
+batch 64, bf16 by default; any train/model/loss override passes through):
+
+- a D-JEPA training step and a MAR-mode one (`loss.jepa_weight=0`) through the real `Trainer.train_step`,
+  with the D-JEPA extra split into the teacher's target pass, the EMA updates and the rest (projector,
+  JEPA loss and their backward);
+- with `mar_repo=PATH` (a local checkout of LTH14/mar, plus `pip install timm`), MAR's own model on the same
+  shape: its forward, backward, clip at 3.0, AdamW and its per-tensor EMA loop, dropout 0, same autocast;
+- sampling at MAR's settings (16 reveal steps, 50 diffusion steps, guidance 3 linear, batch 16): ours, ours
+  with `sampler=dpm_solver` at `dpm_steps` steps, and MAR's code.
+
+Prints the ratios the speed issue asks about and writes them to OUT/speed.json. Data are random tokens: speed
+does not depend on them. Run it alone on the machine: anything beside it changes every figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from djepa.benchmarks.run import machine
+from djepa.cli.config import cli_errors, compose_config
+from djepa.cli.train import train_config
+from djepa.engine.data import TokenData
+from djepa.engine.model_config import build_model
+from djepa.engine.runtime import autocast
+from djepa.engine.trainer import Trainer
+from djepa.errors import UsageError
+from djepa.nn.model import DJEPA
+
+SHAPE = ["modality=image", "model=small", "modality.adapter.patch_size=[1,1]", "train.precision=bf16"]
+GRID, TOKEN_DIM, CLASSES = (8, 8), 4, 10
+# MAR's sampling settings, as the issue measured its code: 16 reveal steps x 50 diffusion steps, CFG 3.
+SAMPLE = {"num_steps": 16, "diffusion_steps": 50, "guidance": 3.0, "batch": 16, "temperature": 1.0}
+OWN_KEYS = ("mar_repo", "steps", "warmup", "out", "dpm_steps")
+
+
+def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
+    times = []
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        fn()
+        if i >= warmup:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def random_tokens(items: int, seed: int = 0) -> TokenData:
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(items, GRID[0] * GRID[1], TOKEN_DIM, generator=gen)
+    return TokenData(tokens, None, torch.randint(0, CLASSES, (items,), generator=gen))
+
+
+def trainer_for(overrides: Sequence[str], run_dir: Path) -> Trainer:
+    cfg = compose_config([*SHAPE, "train.grad_probe_every=0", *overrides])
+    model = build_model(cfg, TOKEN_DIM, GRID, CLASSES)
+    return Trainer(model, random_tokens(1024), train_config(cfg), run_dir, torch.device("cpu"))
+
+
+def time_training(trainer: Trainer, steps: int, warmup: int) -> float:
+    def step() -> None:
+        trainer.train_step()
+        trainer.step += 1
+
+    return median_ms(step, steps, warmup)
+
+
+def djepa_breakdown(trainer: Trainer, repeats: int) -> dict[str, float]:
+    """The parts of a D-JEPA step that MAR mode does not have, timed alone."""
+    tokens, labels, _ = trainer.batch(0)
+    teacher = trainer.teacher if trainer.teacher is not None else trainer.ema
+
+    @torch.no_grad()
+    def target_pass() -> None:
+        with autocast(trainer.device, trainer.dtype):
+            teacher(tokens, labels)
+
+    return {
+        "teacher_pass_ms": median_ms(target_pass, repeats, 2),
+        "ema_updates_ms": median_ms(trainer.update_ema, repeats, 2),
+    }
+
+
+def time_our_sampling(model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int) -> float:
+    head = model.head
+    if hasattr(head, "set_sampler"):
+        head.set_sampler(sampler)
+    elif sampler != "ddpm":
+        raise UsageError(f"this head has no sampler {sampler!r}")
+    head.set_sampling_steps(steps)
+    labels = torch.arange(SAMPLE["batch"]) % CLASSES
+
+    @torch.no_grad()
+    def draw() -> None:
+        with autocast(torch.device("cpu"), dtype):
+            model.sample(labels, num_steps=SAMPLE["num_steps"], guidance=SAMPLE["guidance"], temperature=1.0)
+
+    return median_ms(draw, repeats, 1) / SAMPLE["batch"]
+
+
+@contextlib.contextmanager
+def mar_code(repo: Path) -> Iterator[Any]:
+    """LTH14/mar's `models.mar` module, its `.cuda()` calls made no-ops so it runs on the CPU."""
+    if not (repo / "models" / "mar.py").is_file():
+        raise UsageError(f"mar_repo={repo}: no models/mar.py there (a checkout of github.com/LTH14/mar)")
+    try:
+        import timm  # noqa: F401  (MAR's blocks)
+    except ImportError as err:
+        raise UsageError("mar_repo needs timm for MAR's transformer blocks: pip install timm") from err
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    sys.path.insert(0, str(repo))
+    try:
+        import models.mar as mar_module
+
+        yield mar_module
+    finally:
+        sys.path.remove(str(repo))
+        torch.Tensor.cuda = cuda  # type: ignore[method-assign]
+
+
+def build_mar(mar_module: Any, ours: DJEPA, diffusion_steps: int) -> torch.nn.Module:
+    c = ours.config
+    return mar_module.MAR(
+        img_size=GRID[0] * 16,
+        vae_stride=16,
+        patch_size=1,
+        encoder_embed_dim=c["encoder_width"],
+        encoder_depth=c["encoder_depth"],
+        encoder_num_heads=c["num_heads"],
+        decoder_embed_dim=c["predictor_width"],
+        decoder_depth=c["predictor_depth"],
+        decoder_num_heads=c["num_heads"],
+        mlp_ratio=c["mlp_ratio"],
+        vae_embed_dim=TOKEN_DIM,
+        class_num=CLASSES,
+        attn_dropout=0.0,
+        proj_dropout=0.0,
+        buffer_size=c["buffer_size"],
+        diffloss_d=c["denoiser_depth"],
+        diffloss_w=c["denoiser_width"],
+        num_sampling_steps=str(diffusion_steps),
+        diffusion_batch_mul=c["diffusion_batch_mul"],
+    )
+
+
+def time_mar_code(repo: Path, ours: DJEPA, dtype: torch.dtype, batch: int, steps: int, warmup: int) -> dict[str, Any]:
+    with mar_code(repo) as mar_module:
+        torch.manual_seed(0)
+        model = build_mar(mar_module, ours, SAMPLE["diffusion_steps"])
+        ema = [p.detach().clone() for p in model.parameters()]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.02)
+        latents = torch.randn(batch, TOKEN_DIM, *GRID)
+        labels = torch.randint(0, CLASSES, (batch,))
+        device = torch.device("cpu")
+
+        def train_step() -> None:  # engine_mar.train_one_epoch's step, less the data loading
+            model.train()
+            with autocast(device, dtype):
+                loss = model(latents, labels)
+            loss.item()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            with torch.no_grad():
+                for target, source in zip(ema, model.parameters()):
+                    target.mul_(0.9999).add_(source, alpha=1 - 0.9999)
+
+        step_ms = median_ms(train_step, steps, warmup)
+        model.eval()
+        sample_labels = torch.arange(SAMPLE["batch"]) % CLASSES
+
+        @torch.no_grad()
+        def draw() -> None:
+            with autocast(device, dtype):
+                model.sample_tokens(
+                    SAMPLE["batch"], num_iter=SAMPLE["num_steps"], cfg=SAMPLE["guidance"], labels=sample_labels
+                )
+
+        sample_ms = median_ms(draw, 2, 1) / SAMPLE["batch"]
+        params = sum(p.numel() for p in model.parameters())
+    return {"mar_code_step_ms": step_ms, "mar_code_sample_ms_per_item": sample_ms, "mar_code_params": params}
+
+
+def parse(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    own, passthrough = {}, []
+    for arg in argv:
+        key = arg.split("=", 1)[0]
+        if key in OWN_KEYS and "=" in arg:
+            own[key] = arg.split("=", 1)[1]
+        else:
+            passthrough.append(arg)
+    return own, passthrough
+
+
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    own, overrides = parse(argv)
+    steps, warmup = int(own.get("steps", 20)), int(own.get("warmup", 5))
+    dpm_steps = int(own.get("dpm_steps", 20))
+    torch.manual_seed(0)
+    results: dict[str, Any] = {"machine": machine(), "overrides": list(overrides), "sampling": SAMPLE}
+    with tempfile.TemporaryDirectory() as tmp:
+        djepa = trainer_for(overrides, Path(tmp) / "djepa")
+        dtype = djepa.dtype
+        results["precision"] = str(dtype)
+        results["djepa_step_ms"] = time_training(djepa, steps, warmup)
+        results |= djepa_breakdown(djepa, steps)
+        print(f"D-JEPA step {results['djepa_step_ms']:.0f} ms", flush=True)
+        mar = trainer_for([*overrides, "loss.jepa_weight=0"], Path(tmp) / "mar")
+        results["mar_mode_step_ms"] = time_training(mar, steps, warmup)
+        print(f"MAR-mode step {results['mar_mode_step_ms']:.0f} ms", flush=True)
+    extra = results["djepa_step_ms"] - results["mar_mode_step_ms"]
+    results["djepa_extra_ms"] = extra
+    results["djepa_extra_rest_ms"] = extra - results["teacher_pass_ms"] - results["ema_updates_ms"]
+    results["djepa_over_mar_mode"] = results["djepa_step_ms"] / results["mar_mode_step_ms"]
+    sampler_model = mar.ema
+    results["sample_ms_per_item_ddpm"] = time_our_sampling(
+        sampler_model, dtype, "ddpm", SAMPLE["diffusion_steps"], repeats=2
+    )
+    print(f"sampling (ddpm, {SAMPLE['diffusion_steps']} steps) {results['sample_ms_per_item_ddpm']:.0f} ms/item")
+    if hasattr(sampler_model.head, "set_sampler"):
+        results[f"sample_ms_per_item_dpm_solver_{dpm_steps}"] = time_our_sampling(
+            sampler_model, dtype, "dpm_solver", dpm_steps, repeats=2
+        )
+    if "mar_repo" in own:
+        batch = int(compose_config(SHAPE).train.batch_size)
+        results |= time_mar_code(Path(own["mar_repo"]), mar.model, dtype, batch, steps, warmup)
+        results["mar_code_over_mar_mode"] = results["mar_code_step_ms"] / results["mar_mode_step_ms"]
+        for key in [k for k in results if k.startswith("sample_ms_per_item_")]:
+            results[f"mar_code_sampling_over_{key.removeprefix('sample_ms_per_item_')}"] = (
+                results["mar_code_sample_ms_per_item"] / results[key]
+            )
+    if "out" in own:
+        out = Path(own["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with cli_errors():
+        results = run(sys.argv[1:] if argv is None else argv)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
