@@ -109,15 +109,19 @@ def time_our_sampling(model: DJEPA, dtype: torch.dtype, sampler: str, steps: int
     return median_ms(draw, repeats, 1) / SAMPLE["batch"]
 
 
-@contextlib.contextmanager
-def mar_code(repo: Path) -> Iterator[Any]:
-    """LTH14/mar's `models.mar` module, its `.cuda()` calls made no-ops so it runs on the CPU."""
+def check_mar_repo(repo: Path) -> None:
     if not (repo / "models" / "mar.py").is_file():
         raise UsageError(f"mar_repo={repo}: no models/mar.py there (a checkout of github.com/LTH14/mar)")
     try:
         import timm  # noqa: F401  (MAR's blocks)
     except ImportError as err:
         raise UsageError("mar_repo needs timm for MAR's transformer blocks: pip install timm") from err
+
+
+@contextlib.contextmanager
+def mar_code(repo: Path) -> Iterator[Any]:
+    """LTH14/mar's `models.mar` module, its `.cuda()` calls made no-ops so it runs on the CPU."""
+    check_mar_repo(repo)
     cuda = torch.Tensor.cuda
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
     sys.path.insert(0, str(repo))
@@ -209,6 +213,8 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     own, overrides = parse(argv)
     steps, warmup = int(own.get("steps", 20)), int(own.get("warmup", 5))
     dpm_steps = int(own.get("dpm_steps", 20))
+    if "mar_repo" in own:
+        check_mar_repo(Path(own["mar_repo"]))  # before minutes of timing, not after
     torch.manual_seed(0)
     results: dict[str, Any] = {"machine": machine(), "overrides": list(overrides), "sampling": SAMPLE}
     with tempfile.TemporaryDirectory() as tmp:

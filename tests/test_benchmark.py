@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from djepa.benchmarks import run as bench
+from djepa.errors import UsageError
 
 pytestmark = pytest.mark.slow  # the benchmark end to end: a tokenizer and three variants train
 
@@ -77,3 +78,15 @@ def test_benchmark_with_seeds_gives_standard_errors_and_steps_to_reach(tmp_path)
     assert fds[0] != fds[1]
     assert results["variants"]["mar"]["steps_to_reference_fd"] is not None  # MAR reaches its own final FD
     assert "±" in (out / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_speed_benchmark_times_both_modes_and_writes_its_ratios(tmp_path):
+    from djepa.benchmarks import speed
+
+    results = speed.run(["model=tiny", "steps=1", "warmup=0", "dpm_steps=5", f"out={tmp_path}"])
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    assert saved["djepa_over_mar_mode"] == pytest.approx(results["djepa_step_ms"] / results["mar_mode_step_ms"])
+    assert results["teacher_pass_ms"] > 0 and results["sample_ms_per_item_dpm_solver_5"] > 0
+    with pytest.raises(UsageError, match="no models/mar.py"):
+        speed.run(["model=tiny", "steps=1", "warmup=0", f"mar_repo={tmp_path}"])
