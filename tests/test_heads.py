@@ -177,3 +177,9 @@ def test_heads_reject_unknown_or_the_other_heads_samplers():
     flow = FlowHead(2, 4, 8, 1)
     flow.set_sampler("euler")
     assert flow.sampler == "euler"
+
+
+def test_one_sampling_step_is_a_valid_schedule():
+    head = DiffusionHead(2, 4, 16, 1, sampling_steps=1)
+    out = head.sample(torch.randn(3, 4))
+    assert out.shape == (3, 2) and torch.isfinite(out).all()

@@ -102,7 +102,9 @@ class Schedule(nn.Module):
             "sqrt_1m_ac": (1 - alphas_cumprod).sqrt(),
             "sqrt_recip_ac": (1 / alphas_cumprod).sqrt(),
             "sqrt_recipm1_ac": (1 / alphas_cumprod - 1).sqrt(),
-            "post_log_var": torch.log(torch.cat([posterior_var[1:2], posterior_var[1:]])),
+            # Step 0's posterior variance is 0: improved DDPM uses step 1's there; a one-step schedule has
+            # none, and its only step adds no noise, so beta stands in (any finite value would do).
+            "post_log_var": torch.log(torch.cat([posterior_var[1:2] if len(betas) > 1 else betas, posterior_var[1:]])),
             "post_coef_x0": betas * prev.sqrt() / (1 - alphas_cumprod),
             "post_coef_xt": (1 - prev) * (1 - betas).sqrt() / (1 - alphas_cumprod),
             "timestep_map": torch.tensor(timestep_map, dtype=torch.float64, device="cpu"),
