@@ -18,6 +18,8 @@ does not depend on them. Run it alone on the machine: anything beside it changes
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import json
 import statistics
 import sys
@@ -112,10 +114,8 @@ def time_our_sampling(model: DJEPA, dtype: torch.dtype, sampler: str, steps: int
 def check_mar_repo(repo: Path) -> None:
     if not (repo / "models" / "mar.py").is_file():
         raise UsageError(f"mar_repo={repo}: no models/mar.py there (a checkout of github.com/LTH14/mar)")
-    try:
-        import timm  # noqa: F401  (MAR's blocks)
-    except ImportError as err:
-        raise UsageError("mar_repo needs timm for MAR's transformer blocks: pip install timm") from err
+    if importlib.util.find_spec("timm") is None:  # MAR's transformer blocks; only its code imports it
+        raise UsageError("mar_repo needs timm for MAR's transformer blocks: pip install timm")
 
 
 @contextlib.contextmanager
@@ -126,9 +126,7 @@ def mar_code(repo: Path) -> Iterator[Any]:
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
     sys.path.insert(0, str(repo))
     try:
-        import models.mar as mar_module
-
-        yield mar_module
+        yield importlib.import_module("models.mar")  # MAR's own package, from the checkout, not a dependency
     finally:
         sys.path.remove(str(repo))
         torch.Tensor.cuda = cuda  # type: ignore[method-assign]
