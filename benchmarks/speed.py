@@ -39,6 +39,7 @@ from djepa.engine.model_config import build_model
 from djepa.engine.runtime import autocast
 from djepa.engine.trainer import Trainer
 from djepa.errors import UsageError
+from djepa.nn.heads import DiffusionHead
 from djepa.nn.model import DJEPA
 
 SHAPE = ["modality=image", "model=small", "modality.adapter.patch_size=[1,1]", "train.precision=bf16"]
@@ -95,18 +96,16 @@ def djepa_breakdown(trainer: Trainer, repeats: int) -> dict[str, float]:
 
 
 def time_our_sampling(model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int) -> float:
-    head = model.head
-    if hasattr(head, "set_sampler"):
-        head.set_sampler(sampler)
-    elif sampler != "ddpm":
-        raise UsageError(f"this head has no sampler {sampler!r}")
-    head.set_sampling_steps(steps)
+    model.head.set_sampler(sampler)  # a diffusion head's: run() times these only for one
+    model.head.set_sampling_steps(steps)
     labels = torch.arange(SAMPLE["batch"]) % CLASSES
 
     @torch.no_grad()
     def draw() -> None:
         with autocast(torch.device("cpu"), dtype):
-            model.sample(labels, num_steps=SAMPLE["num_steps"], guidance=SAMPLE["guidance"], temperature=1.0)
+            model.sample(
+                labels, num_steps=SAMPLE["num_steps"], guidance=SAMPLE["guidance"], temperature=SAMPLE["temperature"]
+            )
 
     return median_ms(draw, repeats, 1) / SAMPLE["batch"]
 
@@ -188,7 +187,11 @@ def time_mar_code(repo: Path, ours: DJEPA, dtype: torch.dtype, batch: int, steps
         def draw() -> None:
             with autocast(device, dtype):
                 model.sample_tokens(
-                    SAMPLE["batch"], num_iter=SAMPLE["num_steps"], cfg=SAMPLE["guidance"], labels=sample_labels
+                    SAMPLE["batch"],
+                    num_iter=SAMPLE["num_steps"],
+                    cfg=SAMPLE["guidance"],
+                    labels=sample_labels,
+                    temperature=SAMPLE["temperature"],
                 )
 
         sample_ms = median_ms(draw, 2, 1) / SAMPLE["batch"]
@@ -230,17 +233,15 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     results["djepa_extra_rest_ms"] = extra - results["teacher_pass_ms"] - results["ema_updates_ms"]
     results["djepa_over_mar_mode"] = results["djepa_step_ms"] / results["mar_mode_step_ms"]
     sampler_model = mar.ema
-    results["sample_ms_per_item_ddpm"] = time_our_sampling(
-        sampler_model, dtype, "ddpm", SAMPLE["diffusion_steps"], repeats=2
-    )
-    print(f"sampling (ddpm, {SAMPLE['diffusion_steps']} steps) {results['sample_ms_per_item_ddpm']:.0f} ms/item")
-    if hasattr(sampler_model.head, "set_sampler"):
-        results[f"sample_ms_per_item_dpm_solver_{dpm_steps}"] = time_our_sampling(
-            sampler_model, dtype, "dpm_solver", dpm_steps, repeats=2
-        )
+    # MAR's settings are a diffusion head's; another head (loss=flow) has no DDPM to compare.
+    if isinstance(sampler_model.head, DiffusionHead):
+        timed = (("ddpm", "ddpm", SAMPLE["diffusion_steps"]), (f"dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps))
+        for name, sampler, sampler_steps in timed:
+            ms = time_our_sampling(sampler_model, dtype, sampler, sampler_steps, repeats=2)
+            results[f"sample_ms_per_item_{name}"] = ms
+            print(f"sampling ({sampler}, {sampler_steps} steps) {ms:.0f} ms/item", flush=True)
     if "mar_repo" in own:
-        batch = int(compose_config(SHAPE).train.batch_size)
-        results |= time_mar_code(Path(own["mar_repo"]), mar.model, dtype, batch, steps, warmup)
+        results |= time_mar_code(Path(own["mar_repo"]), mar.model, dtype, mar.config.batch_size, steps, warmup)
         results["mar_code_over_mar_mode"] = results["mar_code_step_ms"] / results["mar_mode_step_ms"]
         for key in [k for k in results if k.startswith("sample_ms_per_item_")]:
             results[f"mar_code_sampling_over_{key.removeprefix('sample_ms_per_item_')}"] = (

@@ -38,9 +38,9 @@ def load_ema_model(
     """The checkpoint's EMA model; `head` (the `loss.head` config) may change its sampling steps and sampler."""
     model = DJEPA(**upgrade_model_config(state["model_config"]))
     model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))
-    same_head = head is not None and upgrade_head(head).get("_target_") == model.config["head_config"]["_target_"]
-    if same_head and head is not None and "sampling_steps" in head:
-        model.head.set_sampling_steps(int(head.sampling_steps))
-    if same_head and head is not None and "sampler" in head:
-        model.head.set_sampler(str(head.sampler))
+    if head is not None and upgrade_head(head).get("_target_") == model.config["head_config"]["_target_"]:
+        if "sampling_steps" in head:
+            model.head.set_sampling_steps(int(head.sampling_steps))
+        if "sampler" in head:
+            model.head.set_sampler(str(head.sampler))
     return model.to(device).eval()
