@@ -3,6 +3,8 @@
 Written without a GPU at hand (issue 17); the README says which of these have been run.
 """
 
+import math
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -34,6 +36,26 @@ def test_two_bf16_steps_with_xformers_attention(tmp_path, make_tiny_model):
         assert all(p.dtype == torch.float32 for p in trainer.ema.parameters())  # EMA and optimizer stay fp32
     finally:
         attn.set_attention_backend("auto")
+
+
+@pytest.mark.slow
+def test_a_training_step_never_syncs_with_the_host(tmp_path, make_tiny_model):
+    """No step waits for the GPU: the loss terms, gradient norm and non-finite skip stay on the device until the
+    log line reads them (issue 18). The sync debug mode raises on any synchronising call."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    labels = torch.arange(32) % 3
+    data = TokenData(torch.randn(32, 16, 4), torch.full((32, 16, 4), 0.1), labels)
+    train_config = TrainConfig(steps=4, batch_size=8, lr=1e-3, warmup_steps=1, precision="bf16", grad_probe_every=0)
+    trainer = Trainer(make_tiny_model((4, 4)).to(device), data, train_config, tmp_path / "run", device)
+    trainer.train_step()  # first-call set-up
+    trainer.step += 1
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        record = trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(trainer.settle([record | {"step": 2}])[0]["loss"])
 
 
 @pytest.fixture

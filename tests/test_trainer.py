@@ -232,3 +232,45 @@ def test_compile_switch_compiles_each_block_and_trains_the_same(make_tiny_model,
     assert blocks and all(m._compiled_call_impl is not None for m in blocks)
     for a, b in zip(runs[False].model.parameters(), runs[True].model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_step_reads_nothing_back_from_the_device_until_the_log_line(make_tiny_model, tmp_path, monkeypatch):
+    """On a GPU every tensor-to-Python read waits for the device. A step makes one, of the host mask's visible
+    count (a CPU tensor, free); the loss terms, the gradient norm and the non-finite decision stay on the device
+    until `settle` reads a whole logging interval back. Counted here on the Python entry points of a read."""
+    trainer = Trainer(make_tiny_model((4, 4)), token_data(), config(steps=4, grad_probe_every=0), tmp_path, "cpu")
+    trainer.train_step()  # first-call set-up (optimizer state) is not the steady state
+    trainer.step += 1
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original):
+            reads.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    batches = [trainer.batch(step) for step in (1, 2)]  # the masks are drawn on the host, before counting
+    monkeypatch.setattr(trainer, "batch", lambda step: batches[step - 1])
+    reads.clear()
+    records = [trainer.train_step(), trainer.train_step()]
+    assert reads == ["__int__", "__int__"], reads  # each step: the host mask's visible count, nothing else
+    assert isinstance(records[0]["loss"], torch.Tensor) and isinstance(records[0]["grad_norm"], torch.Tensor)
+    reads.clear()
+    settled = trainer.settle([r | {"step": i} for i, r in enumerate(records)])
+    assert reads == ["tolist"]  # the interval's one read
+    assert all(isinstance(r["loss"], float) and math.isfinite(r["loss"]) for r in settled)
+
+
+def test_a_non_finite_step_leaves_the_weights_and_optimizer_untouched(make_tiny_model, tmp_path):
+    data = token_data()
+    trainer = Trainer(make_tiny_model((4, 4)), data, config(steps=4), tmp_path, "cpu")
+    trainer.train_step()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in trainer.optimizer.state.values()]
+    data.mean[:] = float("nan")
+    record = trainer.train_step()
+    assert bool(record["bad"])
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, trainer.optimizer.state.values()))
+    assert trainer.settle([record | {"step": 2}]) == [] and trainer.skipped == 1

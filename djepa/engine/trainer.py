@@ -232,8 +232,14 @@ class Trainer:
         self.tensorboard = tensorboard  # gets each metrics.jsonl record (rank 0; None: off)
         self.extra_state = extra_state or {}
         self.dtype = resolve_precision(device, config.precision)
+        # Fused AdamW skips a step with non-finite gradients on the device (its found_inf), so deciding the
+        # skip needs no host sync; FSDP's DTensor parameters keep the foreach kernel and decide on the host.
+        self.fused_optimizer = not self.sharded
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, config.weight_decay), lr=config.peak_lr, betas=(0.9, 0.95)
+            param_groups(self.model, config.weight_decay),
+            lr=config.peak_lr,
+            betas=(0.9, 0.95),
+            fused=self.fused_optimizer or None,
         )
         self.checkpoints = CheckpointManager(self.run_dir, keep=config.keep_checkpoints)
         self.sharded_checkpoints = config.checkpoint_format == "sharded" or (
@@ -241,8 +247,7 @@ class Trainer:
         )
         self.step = 0
         self.skipped = 0
-        self.clipped_since_log = 0
-        self.steps_since_log = 0
+        self.bad_in_a_row = 0
         # Called at every step boundary (the command line's signal handling saves and stops there).
         self.before_step: Callable[[], None] | None = None
         # The EMA pairs, listed once after any sharding (FSDP replaces the parameters; loading a checkpoint
@@ -363,6 +368,7 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This rank's tokens, labels and mask of a step, on the host (the step reads the mask's counts there)."""
         config = self.config
         idx = batch_indices(len(self.data), config.batch_size, config.seed, step)
         gen = torch.Generator().manual_seed(step_seed(config.seed, step))
@@ -378,21 +384,33 @@ class Trainer:
         labels = self.data.labels[idx]
         # Under torchrun each rank takes every world-th row of the same global batch.
         shard = slice(distributed.rank(), None, distributed.world_size())
-        return tokens[shard].to(self.device), labels[shard].to(self.device), mask[shard].to(self.device)
+        return tokens[shard], labels[shard], mask[shard]
 
-    def train_step(self) -> dict[str, float]:
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor onto the training device; to a GPU from pinned memory, so the copy does not block."""
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step. Its values stay on the device as 0-dim tensors, so on a GPU the step costs no
+        host sync; `settle` reads a whole logging interval back at once and applies the non-finite rule."""
         config = self.config
         # Every random draw of a step (dropout, label drop, noise, timesteps) follows from (seed, step),
         # so a resumed run repeats the uninterrupted one exactly.
         torch.manual_seed(step_seed(config.seed, self.step))
         tokens, labels, mask = self.batch(self.step)
+        # Every row shares its visible count (training_mask, prefix_mask): read here on the host, it spares the
+        # model a device sync to size its gathers.
+        num_visible = int((~mask[0]).sum()) if mask.numel() else 0
+        tokens, labels, mask = (self.to_device(t) for t in (tokens, labels, mask))
         lr = lr_at(self.step, config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
         # With no visible token there is no context to predict targets from: the JEPA term is off for
         # the batch (DJEPA.loss), and the teacher pass is skipped.
-        has_context = not bool(mask.all())
+        has_context = num_visible > 0
         teacher = self.teacher if self.teacher is not None else self.ema
         with autocast(self.device, self.dtype):
             targets = teacher(tokens, labels) if self.use_jepa and has_context else None
@@ -400,36 +418,68 @@ class Trainer:
                 # FSDP keeps a root unsharded after forward, expecting a backward. fully_shard gives the
                 # module's class its reshard method at run time, which the type checker cannot see.
                 teacher.reshard()  # type: ignore[operator]
-            losses = self.train_module(tokens, labels, mask, targets)
+            losses = self.train_module(tokens, labels, mask, targets, num_visible)
         total = config.denoise_weight * losses["denoise"]
         if self.use_jepa:
             total = total + config.jepa_weight * losses["jepa"]
-        record = distributed.mean_over_ranks({k: v.item() for k, v in losses.items()} | {"loss": total.item()})
-        record["lr"] = lr
+        record: dict[str, Any] = {"lr": lr}
         if self.use_jepa:
             record["jepa_active"] = has_context
-        if not math.isfinite(record["loss"]):
-            self.optimizer.zero_grad(set_to_none=True)
-            record["skipped"] = True
-            return record
         self.optimizer.zero_grad(set_to_none=True)
         if self.probe_due() and has_context:
             record |= self.gradient_probe(losses)
         total.backward()
-        norm = float(distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)))
-        record["grad_norm"] = norm
-        self.clipped_since_log += norm > config.grad_clip
-        self.steps_since_log += 1
-        self.optimizer.step()
-        self.update_ema()
-        return record
+        norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
+        # A non-finite loss (on any rank: the sum goes through a collective) or gradient skips the update. The
+        # gradients are averaged over ranks, so every rank decides alike.
+        loss_sum = distributed.all_reduce(total.detach().float().clone()) if distributed.world_size() > 1 else total
+        bad = ~(torch.isfinite(loss_sum.detach()) & torch.isfinite(norm))
+        if self.fused_optimizer:
+            self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # the fused kernel's skip flag
+            self.optimizer.step()
+        elif not bool(bad):  # a host sync, under FSDP only
+            self.optimizer.step()
+        self.update_ema()  # after a skipped update the EMAs move towards unchanged weights
+        return (
+            record
+            | {k: v.detach() for k, v in losses.items()}
+            | {"loss": total.detach(), "grad_norm": norm, "bad": bad}
+        )
+
+    def settle(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The steps' records with their device values read back in one sync and averaged over ranks; applies
+        the non-finite rule in step order: a bad step is counted and left out, `max_bad_steps` in a row stop
+        the run. Returns the good steps' records, all values plain numbers."""
+        slots = [(i, k) for i, r in enumerate(records) for k, v in r.items() if isinstance(v, torch.Tensor)]
+        out = [dict(r) for r in records]
+        if slots:
+            stacked = torch.stack([records[i][k].detach().float().reshape(()) for i, k in slots])
+            if distributed.world_size() > 1:
+                stacked = distributed.all_reduce(stacked.to(distributed.backend_device())) / distributed.world_size()
+            for (i, k), value in zip(slots, stacked.tolist()):
+                out[i][k] = value
+        good = []
+        for record in out:
+            if record.pop("bad", 0.0) > 0:
+                self.skipped += 1
+                self.bad_in_a_row += 1
+                tqdm.write(f"step {record['step']}: non-finite loss {record}, step skipped")
+                if self.bad_in_a_row >= self.config.max_bad_steps:
+                    raise NonFiniteLoss(
+                        f"{self.bad_in_a_row} non-finite losses in a row ending at step {record['step']}: "
+                        f"{record}; the weights kept the last finite step's values"
+                    )
+                continue
+            self.bad_in_a_row = 0
+            good.append(record)
+        return good
 
     def probe_due(self) -> bool:
         # autograd.grad beside DDP's reducer hooks is not supported: the probe runs in one process only.
         every = self.config.grad_probe_every
         return self.use_jepa and every > 0 and (self.step + 1) % every == 0 and distributed.world_size() == 1
 
-    def gradient_probe(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    def gradient_probe(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each loss's weighted gradient norm on the shared trunk and the cosine between them.
 
         Shows how the two terms interfere: a JEPA gradient much larger than the denoiser's, or pointing
@@ -444,11 +494,7 @@ class Trainer:
                 [(g if g is not None else torch.zeros_like(p)).flatten().float() for g, p in zip(grads, params)]
             )
         cos = torch.nn.functional.cosine_similarity(flat["denoise"], flat["jepa"], dim=0)
-        return {
-            "grad_norm_denoise": float(flat["denoise"].norm()),
-            "grad_norm_jepa": float(flat["jepa"].norm()),
-            "grad_cos": float(cos),
-        }
+        return {"grad_norm_denoise": flat["denoise"].norm(), "grad_norm_jepa": flat["jepa"].norm(), "grad_cos": cos}
 
     def sampling_model(self) -> DJEPA:
         """The EMA model whole, for sampling on one rank; under FSDP a collective that gathers a copy."""
@@ -475,54 +521,53 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
         self.resume()
-        bad_in_a_row = 0
         tokens_per_step = config.batch_size * self.model.num_tokens
         bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not main)
         last: dict[str, Any] = {}
+        pending: list[dict[str, Any]] = []  # the records since the last settle, values still on the device
+        since = time.perf_counter()
         with contextlib.ExitStack() as stack:
             metrics = stack.enter_context(open(self.run_dir / "metrics.jsonl", "a")) if main else None
             while self.step < config.steps:
                 if self.before_step is not None:
                     self.before_step()  # at a step boundary model, EMA, optimizer and step agree
-                start = time.perf_counter()
                 record = self.train_step()
-                elapsed = time.perf_counter() - start
                 self.step += 1
-                if record.get("skipped"):
-                    self.skipped += 1
-                    bad_in_a_row += 1
-                    tqdm.write(f"step {self.step}: non-finite loss {record}, step skipped")
-                    if bad_in_a_row >= config.max_bad_steps:
-                        raise NonFiniteLoss(
-                            f"{bad_in_a_row} non-finite losses in a row ending at step {self.step}: "
-                            f"{record}; the last good checkpoint is intact"
-                        )
-                    continue
-                bad_in_a_row = 0
-                record |= {
-                    "step": self.step,
-                    "step_ms": 1000 * elapsed,
-                    "tokens_per_s": tokens_per_step / elapsed,
-                    "peak_mem_mb": peak_memory_mb(self.device),
-                }
-                last = record
+                pending.append(record | {"step": self.step})
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", ms=f"{record['step_ms']:.0f}")
-                if self.step % config.log_every == 0 or self.step == config.steps:
-                    # How often clipping fired over the steps since the last logged line.
-                    record["clip_fraction"] = self.clipped_since_log / max(1, self.steps_since_log)
-                    self.clipped_since_log = self.steps_since_log = 0
-                    logged = record | {"skipped_steps": self.skipped}
-                    if metrics:
-                        metrics.write(json.dumps(logged) + "\n")
-                        metrics.flush()
-                    if self.tensorboard is not None and main:
-                        self.tensorboard.scalars(logged)
-                if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                log_due = self.step % config.log_every == 0 or self.step == config.steps
+                save_due = self.step % config.checkpoint_every == 0 or self.step == config.steps
+                preview_due = self.preview is not None and config.preview_every > 0
+                preview_due = preview_due and self.step % config.preview_every == 0
+                if not (log_due or save_due or preview_due):
+                    continue
+                # The interval's one host sync: reading its values back waits for the device, so the time per
+                # step is the interval's mean.
+                good = self.settle(pending)
+                step_s = (time.perf_counter() - since) / len(pending)
+                pending = []
+                if good and good[-1]["step"] == self.step:  # this step's update went through
+                    last = good[-1] | {
+                        "step_ms": 1000 * step_s,
+                        "tokens_per_s": tokens_per_step / step_s,
+                        "peak_mem_mb": peak_memory_mb(self.device),
+                    }
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", ms=f"{last['step_ms']:.0f}")
+                    if log_due:
+                        # How often clipping fired over the good steps since the last settle.
+                        clipped = sum(r["grad_norm"] > config.grad_clip for r in good)
+                        logged = last | {"clip_fraction": clipped / len(good), "skipped_steps": self.skipped}
+                        if metrics:
+                            metrics.write(json.dumps(logged) + "\n")
+                            metrics.flush()
+                        if self.tensorboard is not None and main:
+                            self.tensorboard.scalars(logged)
+                if save_due:
                     self.save()
-                if self.preview and config.preview_every and self.step % config.preview_every == 0:
+                if preview_due and self.preview is not None:
                     ema = self.sampling_model()
                     if main:
                         self.preview(ema, self.step)
+                since = time.perf_counter()  # checkpoints and previews are not step time
         bar.close()
         return last

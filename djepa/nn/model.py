@@ -33,13 +33,31 @@ def build_head(token_dim: int, cond_dim: int, width: int, depth: int, head: dict
     return build(upgrade_head(head), "loss.head", TokenHead, sizes)
 
 
+def split_indices(mask: torch.Tensor, num_visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The visible and the hidden token indices of each row, each in grid order; rows must share a count.
+
+    `num_visible`, when the caller knows it (the trainer draws its masks on the host), spares the device
+    sync that reading the count off the mask costs.
+    """
+    if num_visible is None:
+        counts = (~mask).sum(dim=1)
+        if counts.numel() and not bool((counts == counts[0]).all()):
+            raise ValueError("every row of a batch must have the same number of visible tokens")
+        num_visible = int(counts[0]) if counts.numel() else 0
+    # A stable sort puts the visible (False) positions first, then the hidden ones, each in grid order.
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+    return order[:, :num_visible], order[:, num_visible:]
+
+
 def visible_indices(mask: torch.Tensor) -> torch.Tensor:
     """Indices of the unmasked tokens of each row, in grid order; rows must share a count."""
-    counts = (~mask).sum(dim=1)
-    if counts.numel() and not bool((counts == counts[0]).all()):
-        raise ValueError("every row of a batch must have the same number of visible tokens")
-    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
-    return order[:, : int(counts[0]) if counts.numel() else 0]
+    return split_indices(mask)[0]
+
+
+def gather_rows(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """x[b, indices[b]] for every row, flattened to [B * K, ...]: x[mask] with the count known, so no sync."""
+    picked = torch.gather(x, 1, indices[..., None].expand(-1, -1, x.shape[-1]))
+    return picked.flatten(0, 1)
 
 
 def jepa_projector(predictor_width: int, encoder_width: int) -> nn.Sequential:
@@ -178,19 +196,21 @@ class DJEPA(nn.Module):
         labels: torch.Tensor,
         mask: torch.Tensor,
         targets: torch.Tensor | None = None,
+        num_visible: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-term losses for tokens [B, N, D] with `mask` [B, N] True where hidden.
 
         `targets` are the EMA model's `target_features`; required when the model has a JEPA loss.
+        `num_visible`, the visible count every row shares, lets the step run without a host sync.
         """
         b, n, _ = tokens.shape
         if n != self.num_tokens:
             raise ValueError(f"got {n} tokens, the model's grid {self.grid} holds {self.num_tokens}")
-        visible = visible_indices(mask)
+        visible, hidden = split_indices(mask, num_visible)
         z = self.predict(self.encode(tokens, visible, self.class_embedding(labels, b)), visible)
         # Only the hidden tokens are denoised: the reference multiplies the loss of all tokens by
         # the mask, which gives the same gradient for more work.
-        cond, target = z[mask], tokens[mask]
+        cond, target = gather_rows(z, hidden), gather_rows(tokens, hidden)
         mul = self.diffusion_batch_mul
         losses = {"denoise": self.head.loss(target.repeat(mul, 1), cond.repeat(mul, 1)).mean()}
         if self.jepa:
@@ -204,7 +224,7 @@ class DJEPA(nn.Module):
             elif targets is None:
                 raise ValueError("the JEPA loss needs target features from the EMA model")
             else:
-                losses["jepa"] = F.smooth_l1_loss(pred, targets[mask], beta=2.0)
+                losses["jepa"] = F.smooth_l1_loss(pred, gather_rows(targets, hidden), beta=2.0)
         return losses
 
     def forward(
@@ -213,11 +233,12 @@ class DJEPA(nn.Module):
         labels: torch.Tensor,
         mask: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
+        num_visible: int | None = None,
     ) -> dict[str, torch.Tensor] | torch.Tensor:
         """The entry DDP, FSDP and torch.compile wrap: `loss`, or with no mask the EMA's `target_features`."""
         if mask is None:
             return self.target_features(tokens, labels)
-        return self.loss(tokens, labels, mask, targets)
+        return self.loss(tokens, labels, mask, targets, num_visible)
 
     # ------------------------------------------------------------------ sampling
 
