@@ -9,7 +9,8 @@ batch 64, bf16 by default; any train/model/loss override passes through):
 - with `mar_repo=PATH` (a local checkout of LTH14/mar, plus `pip install timm`), MAR's own model on the same
   shape: its forward, backward, clip at 3.0, AdamW and its per-tensor EMA loop, dropout 0, same autocast;
 - sampling at MAR's settings (16 reveal steps, 50 diffusion steps, guidance 3 linear, batch 16): ours, ours
-  with `sampler=dpm_solver` at `dpm_steps` steps, and MAR's code.
+  with `sampler=dpm_solver` at `dpm_steps` steps, ours at `fast_reveal_steps` reveal steps with that sampler
+  (the fast setting; its quality is a separate measurement, README), and MAR's code.
 
 Prints the ratios the speed issue asks about and writes them to OUT/speed.json. Data are random tokens: speed
 does not depend on them. Run it alone on the machine: anything beside it changes every figure.
@@ -46,7 +47,7 @@ SHAPE = ["modality=image", "model=small", "modality.adapter.patch_size=[1,1]", "
 GRID, TOKEN_DIM, CLASSES = (8, 8), 4, 10
 # MAR's sampling settings, as the issue measured its code: 16 reveal steps x 50 diffusion steps, CFG 3.
 SAMPLE = {"num_steps": 16, "diffusion_steps": 50, "guidance": 3.0, "batch": 16, "temperature": 1.0}
-OWN_KEYS = ("mar_repo", "steps", "warmup", "out", "dpm_steps")
+OWN_KEYS = ("mar_repo", "steps", "warmup", "out", "dpm_steps", "fast_reveal_steps")
 
 
 def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
@@ -95,7 +96,9 @@ def djepa_breakdown(trainer: Trainer, repeats: int) -> dict[str, float]:
     }
 
 
-def time_our_sampling(model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int) -> float:
+def time_our_sampling(
+    model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int, reveal_steps: int = SAMPLE["num_steps"]
+) -> float:
     model.head.set_sampler(sampler)  # a diffusion head's: run() times these only for one
     model.head.set_sampling_steps(steps)
     labels = torch.arange(SAMPLE["batch"]) % CLASSES
@@ -103,9 +106,7 @@ def time_our_sampling(model: DJEPA, dtype: torch.dtype, sampler: str, steps: int
     @torch.no_grad()
     def draw() -> None:
         with autocast(torch.device("cpu"), dtype):
-            model.sample(
-                labels, num_steps=SAMPLE["num_steps"], guidance=SAMPLE["guidance"], temperature=SAMPLE["temperature"]
-            )
+            model.sample(labels, num_steps=reveal_steps, guidance=SAMPLE["guidance"], temperature=SAMPLE["temperature"])
 
     return median_ms(draw, repeats, 1) / SAMPLE["batch"]
 
@@ -214,6 +215,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     own, overrides = parse(argv)
     steps, warmup = int(own.get("steps", 20)), int(own.get("warmup", 5))
     dpm_steps = int(own.get("dpm_steps", 20))
+    fast_reveal_steps = int(own.get("fast_reveal_steps", 4))
     if "mar_repo" in own:
         check_mar_repo(Path(own["mar_repo"]))  # before minutes of timing, not after
     torch.manual_seed(0)
@@ -235,11 +237,16 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     sampler_model = mar.ema
     # MAR's settings are a diffusion head's; another head (loss=flow) has no DDPM to compare.
     if isinstance(sampler_model.head, DiffusionHead):
-        timed = (("ddpm", "ddpm", SAMPLE["diffusion_steps"]), (f"dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps))
-        for name, sampler, sampler_steps in timed:
-            ms = time_our_sampling(sampler_model, dtype, sampler, sampler_steps, repeats=2)
+        reveal = SAMPLE["num_steps"]
+        timed = (
+            ("ddpm", "ddpm", SAMPLE["diffusion_steps"], reveal),
+            (f"dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, reveal),
+            (f"reveal_{fast_reveal_steps}_dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, fast_reveal_steps),
+        )
+        for name, sampler, sampler_steps, reveal_steps in timed:
+            ms = time_our_sampling(sampler_model, dtype, sampler, sampler_steps, 2, reveal_steps)
             results[f"sample_ms_per_item_{name}"] = ms
-            print(f"sampling ({sampler}, {sampler_steps} steps) {ms:.0f} ms/item", flush=True)
+            print(f"sampling ({reveal_steps} reveal steps, {sampler} {sampler_steps}) {ms:.0f} ms/item", flush=True)
     if "mar_repo" in own:
         results |= time_mar_code(Path(own["mar_repo"]), mar.model, dtype, mar.config.batch_size, steps, warmup)
         results["mar_code_over_mar_mode"] = results["mar_code_step_ms"] / results["mar_mode_step_ms"]

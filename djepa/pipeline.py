@@ -13,7 +13,6 @@ export are thin layers over this class.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,15 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from djepa.engine.adapter import Adapter, HasFps, HasSampleRate, build_adapter
 from djepa.engine.checkpoint import CheckpointManager
-from djepa.engine.loading import find_checkpoint
+from djepa.engine.loading import find_checkpoint, sampling_head_config
 from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
 from djepa.io import tree_sha256
-from djepa.legacy import upgrade_config, upgrade_head, upgrade_model_config
-from djepa.nn.heads import FREE_HEAD_KEYS, TokenHead
+from djepa.legacy import upgrade_config, upgrade_model_config
+from djepa.nn.heads import FREE_HEAD_KEYS
 from djepa.nn.model import DJEPA
-from djepa.plugins import plugin_class
 
 EXPORT_INDEX = "model_index.json"
 
@@ -245,15 +243,8 @@ class Pipeline:
             raise UsageError(f"{path} holds a {state['modality']} model but its config says {config.modality.name}")
         model_config = upgrade_model_config(state["model_config"])
         # Sampling-only head settings may change; the denoiser's weights are the same.
-        head = cast(dict[str, Any], OmegaConf.to_container(config.loss.head, resolve=True)) if "loss" in config else {}
-        trained_head = model_config["head_config"]
-        if upgrade_head(head).get("_target_") == trained_head["_target_"]:
-            # A setting the head takes counts even where the run was trained before its config named it (`sampler`).
-            takes = inspect.signature(plugin_class(trained_head, "loss.head", TokenHead)).parameters
-            model_config["head_config"] = {
-                **trained_head,
-                **{k: v for k, v in head.items() if k in FREE_HEAD_KEYS and (k in trained_head or k in takes)},
-            }
+        head = config.loss.head if "loss" in config else None
+        model_config["head_config"] = sampling_head_config(model_config["head_config"], head)
         model = DJEPA(**model_config)
         model.load_state_dict(weights)
         adapter = build_adapter(config)

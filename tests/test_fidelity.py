@@ -143,3 +143,42 @@ def test_metrics_log_gradient_interference_and_clipping(make_tiny_model, tmp_pat
     Trainer(make_tiny_model((4, 4), jepa=False), token_data(), train_config, rows_mar, torch.device("cpu")).fit()
     mar = [json.loads(line) for line in (rows_mar / "metrics.jsonl").read_text().splitlines()]
     assert not any("grad_norm_jepa" in r for r in mar)
+
+
+def test_each_fidelity_fix_has_an_ablation_switch(make_tiny_model, tmp_path, monkeypatch):
+    """Issue 12's per-fix ablation: each switch brings back the behaviour from before the fixes, alone."""
+    torch.manual_seed(0)
+    reference = make_tiny_model((4, 4))
+    torch.manual_seed(0)
+    plain = make_tiny_model((4, 4), jepa_projector_norm=False, jepa_target_norm=True)
+    assert not any(isinstance(m, nn.LayerNorm) for m in plain.jepa_proj)
+    shared = {k: v for k, v in plain.state_dict().items() if not k.startswith("jepa_proj")}
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in shared.items())  # still an equal start
+    tokens, labels = torch.randn(4, 16, 4), torch.arange(4) % 3
+    for model in (reference, plain):  # a trained final norm's scale, which the second norm takes away
+        nn.init.constant_(model.encoder.norm.weight, 2.0)
+    normed = plain.target_features(tokens, labels)
+    assert torch.allclose(normed.mean(-1), torch.zeros(4, 16), atol=1e-5)
+    assert torch.allclose(normed.std(-1, unbiased=False), torch.ones(4, 16), atol=1e-3)
+    assert not torch.allclose(reference.target_features(tokens, labels).std(-1, unbiased=False), torch.ones(4, 16))
+
+    # Without context: the JEPA term and the teacher pass stay on when no token is visible.
+    always = make_tiny_model((4, 4), jepa_without_context=True)
+    all_hidden = torch.ones(4, 16, dtype=torch.bool)
+    assert always.loss(tokens, labels, all_hidden, always.target_features(tokens, labels))["jepa"].item() > 0
+    trainer = Trainer(always, token_data(), config(steps=1), tmp_path, "cpu")
+    calls = []
+    teacher_forward = trainer.teacher.forward
+    monkeypatch.setattr(trainer.teacher, "forward", lambda *a, **k: calls.append(1) or teacher_forward(*a, **k))
+    monkeypatch.setattr(trainer, "batch", lambda step: (tokens, labels, all_hidden))
+    assert trainer.train_step()["jepa_active"] is True and calls == [1]
+
+    # The no-decay set before the fixes decayed the head's, projector's and token embedding's matrices.
+    model = make_tiny_model((4, 4))
+    names = {id(p): n for n, p in model.named_parameters()}
+    for setting, head_decayed in (("reference", False), ("embeddings", True)):
+        decayed = {names[id(p)].split(".")[0] for p in param_groups(model, 0.02, setting)[0]["params"]}
+        assert ("head" in decayed) is head_decayed and ("jepa_proj" in decayed) is head_decayed
+        assert not decayed & {"class_emb", "buffer", "mask_token", "encoder_pos", "predictor_pos"}
+    with pytest.raises(ValueError, match="train.no_decay"):
+        config(no_decay="none")

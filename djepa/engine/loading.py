@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.errors import UsageError
 from djepa.legacy import upgrade_head, upgrade_model_config
+from djepa.nn.heads import FREE_HEAD_KEYS, TokenHead
 from djepa.nn.model import DJEPA
+from djepa.plugins import plugin_class
 
 
 def find_checkpoint(run_dir: str | Path, checkpoint: str | None) -> tuple[Path, dict[str, Any]]:
@@ -32,15 +36,27 @@ def find_checkpoint(run_dir: str | Path, checkpoint: str | None) -> tuple[Path, 
     return found
 
 
+def sampling_head_config(trained: dict[str, Any], head: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The trained head's config with the sample-time settings (FREE_HEAD_KEYS: sampler, steps, ...) that a
+    `loss.head` config gives; a `loss.head` of another head class changes nothing. The one place the sample
+    command, evaluate and the Pipeline apply them."""
+    if head is None:
+        return trained
+    head = dict(OmegaConf.to_container(head, resolve=True) if OmegaConf.is_config(head) else head)  # type: ignore[arg-type]
+    if upgrade_head(head).get("_target_") != trained["_target_"]:
+        return trained
+    # A setting the head takes counts even where the run was trained before its config named it (`sampler`).
+    takes = inspect.signature(plugin_class(trained, "loss.head", TokenHead)).parameters
+    free = {k: v for k, v in head.items() if k in FREE_HEAD_KEYS and (k in trained or k in takes)}
+    return {**trained, **free}
+
+
 def load_ema_model(
     directory: Path, state: dict[str, Any], device: torch.device, head: DictConfig | None = None
 ) -> DJEPA:
-    """The checkpoint's EMA model; `head` (the `loss.head` config) may change its sampling steps and sampler."""
-    model = DJEPA(**upgrade_model_config(state["model_config"]))
+    """The checkpoint's EMA model; `head` (the `loss.head` config) may change how it samples (sampling_head_config)."""
+    model_config = upgrade_model_config(state["model_config"])
+    model_config["head_config"] = sampling_head_config(model_config["head_config"], head)
+    model = DJEPA(**model_config)
     model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))
-    if head is not None and upgrade_head(head).get("_target_") == model.config["head_config"]["_target_"]:
-        if "sampling_steps" in head:
-            model.head.set_sampling_steps(int(head.sampling_steps))
-        if "sampler" in head:
-            model.head.set_sampler(str(head.sampler))
     return model.to(device).eval()

@@ -71,6 +71,10 @@ class TrainConfig:
     # (gathered safetensors). Resume reads either, whatever this says.
     checkpoint_format: str = "auto"
 
+    # Ablation switch of issue 12: "reference" excludes the reference's no_weight_decay set (NO_DECAY_MODULES);
+    # "embeddings" only the embeddings and tables, decaying the head and projectors (before the fidelity fixes).
+    no_decay: str = "reference"
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value, kind = getattr(self, f.name), str(f.type)
@@ -86,6 +90,8 @@ class TrainConfig:
                 raise ValueError(f"train.{key} must be positive, got {getattr(self, key)}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"train.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.no_decay not in ("reference", "embeddings"):
+            raise ValueError(f"train.no_decay must be reference or embeddings, got {self.no_decay!r}")
         if self.teacher not in ("separate", "sampling_ema"):
             raise ValueError(f"train.teacher must be separate or sampling_ema, got {self.teacher!r}")
         for key in ("ema_decay", "teacher_ema_start", "teacher_ema_end", "prefix_mask_prob"):
@@ -143,12 +149,17 @@ NO_DECAY_MODULES = (
 )
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+# The set excluded before the fidelity fixes, for `train.no_decay=embeddings` (an ablation).
+EMBEDDING_MODULES = ("class_emb", "fake_class", "buffer", "mask_token", "encoder_pos", "predictor_pos")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_set: str = "reference") -> list[dict[str, Any]]:
     """Weight decay on the transformer blocks' matrices only; none on biases, norms or NO_DECAY_MODULES."""
+    excluded = NO_DECAY_MODULES if no_decay_set == "reference" else EMBEDDING_MODULES
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
-        skip = p.ndim < 2 or name.split(".", 1)[0] in NO_DECAY_MODULES
+        skip = p.ndim < 2 or name.split(".", 1)[0] in excluded
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -226,7 +237,7 @@ class Trainer:
                 distributed.shard_model(self.teacher)
         self.data = data
         self.config = config
-        self.device = device
+        self.device = torch.device(device)
         self.run_dir = Path(run_dir)
         self.preview = preview
         self.tensorboard = tensorboard  # gets each metrics.jsonl record (rank 0; None: off)
@@ -236,7 +247,7 @@ class Trainer:
         # skip needs no host sync; FSDP's DTensor parameters keep the foreach kernel and decide on the host.
         self.fused_optimizer = not self.sharded
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, config.weight_decay),
+            param_groups(self.model, config.weight_decay, config.no_decay),
             lr=config.peak_lr,
             betas=(0.9, 0.95),
             fused=self.fused_optimizer or None,
@@ -410,7 +421,7 @@ class Trainer:
         self.model.train()
         # With no visible token there is no context to predict targets from: the JEPA term is off for
         # the batch (DJEPA.loss), and the teacher pass is skipped.
-        has_context = num_visible > 0
+        has_context = num_visible > 0 or self.model.jepa_without_context
         teacher = self.teacher if self.teacher is not None else self.ema
         with autocast(self.device, self.dtype):
             targets = teacher(tokens, labels) if self.use_jepa and has_context else None

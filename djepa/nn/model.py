@@ -60,15 +60,15 @@ def gather_rows(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return picked.flatten(0, 1)
 
 
-def jepa_projector(predictor_width: int, encoder_width: int) -> nn.Sequential:
+def jepa_projector(predictor_width: int, encoder_width: int, hidden_norm: bool = True) -> nn.Sequential:
     """Predictor features -> encoder width: an MLP with a LayerNorm on its hidden layer, as the reference.
 
-    Hidden 4x encoder width: with it the B/L/H sizes match the paper's parameter counts.
+    Hidden 4x encoder width: with it the B/L/H sizes match the paper's parameter counts. `hidden_norm` False
+    drops the LayerNorm (the projector before the fidelity fixes; an ablation switch).
     """
     hidden = 4 * encoder_width
-    proj = nn.Sequential(
-        nn.Linear(predictor_width, hidden), nn.LayerNorm(hidden, eps=1e-6), nn.GELU(), nn.Linear(hidden, encoder_width)
-    )
+    norm: nn.Module = nn.LayerNorm(hidden, eps=1e-6) if hidden_norm else nn.Identity()
+    proj = nn.Sequential(nn.Linear(predictor_width, hidden), norm, nn.GELU(), nn.Linear(hidden, encoder_width))
     for m in proj:
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
@@ -98,6 +98,10 @@ class DJEPA(nn.Module):
         jepa: bool = True,
         head_config: dict[str, Any] | None = None,
         grad_checkpointing: bool = False,
+        # Ablation switches of issue 12's fidelity fixes; the defaults are the reference's.
+        jepa_projector_norm: bool = True,  # the projector's hidden LayerNorm
+        jepa_target_norm: bool = False,  # a second layer norm over the targets (the pre-fix targets)
+        jepa_without_context: bool = False,  # the JEPA term also on batches with no visible token
     ):
         super().__init__()
         if buffer_size < 1:
@@ -113,6 +117,8 @@ class DJEPA(nn.Module):
         self.label_drop = label_drop
         self.diffusion_batch_mul = diffusion_batch_mul
         self.jepa = jepa
+        self.jepa_target_norm = jepa_target_norm
+        self.jepa_without_context = jepa_without_context
 
         self.class_emb = nn.Embedding(num_classes, encoder_width)
         self.fake_class = nn.Parameter(torch.zeros(1, encoder_width))
@@ -135,7 +141,7 @@ class DJEPA(nn.Module):
         self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head_config"])
         # The JEPA projector comes last, so building it draws nothing from the random stream before the
         # shared parameters: the same seed gives D-JEPA and MAR mode bit-identical shared weights.
-        self.jepa_proj = jepa_projector(predictor_width, encoder_width) if jepa else None
+        self.jepa_proj = jepa_projector(predictor_width, encoder_width, jepa_projector_norm) if jepa else None
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -186,7 +192,8 @@ class DJEPA(nn.Module):
         b, n, _ = tokens.shape
         visible = torch.arange(n, device=tokens.device).expand(b, n)
         emb = self.class_emb(labels)
-        return self.encode(tokens, visible, emb)[:, self.buffer_size :].float()
+        features = self.encode(tokens, visible, emb)[:, self.buffer_size :].float()
+        return F.layer_norm(features, features.shape[-1:]) if self.jepa_target_norm else features
 
     # ------------------------------------------------------------------ training
 
@@ -216,7 +223,7 @@ class DJEPA(nn.Module):
         if self.jepa:
             assert self.jepa_proj is not None  # built exactly when jepa is on
             pred = self.jepa_proj(cond).float()
-            if visible.shape[1] == 0:
+            if visible.shape[1] == 0 and not self.jepa_without_context:
                 # No visible token (a quarter of batches at 16 tokens): nothing to predict the targets from,
                 # so the JEPA term is off; zero-weighted, the projector still takes part (DDP needs every
                 # parameter used). The denoiser still learns the first, context-free token here.
