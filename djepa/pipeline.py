@@ -335,6 +335,7 @@ class Pipeline:
             float(d.temperature if temperature is None else temperature),
             int(d.num_steps if num_steps is None else num_steps),
             str(d.cfg_schedule if cfg_schedule is None else cfg_schedule),
+            d.precision,
         )
 
     @torch.no_grad()
