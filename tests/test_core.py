@@ -56,6 +56,10 @@ def test_known_tokens_are_kept_when_sampling(make_tiny_model):
     out = model.sample(torch.tensor([0, 1]), num_steps=5, known_tokens=known, known_mask=known_mask)
     torch.testing.assert_close(out[:, :6], known[:, :6])
     assert not torch.allclose(out[:, 6:], torch.zeros_like(out[:, 6:]))
+    uneven = known_mask.clone()
+    uneven[1, 6] = True
+    with pytest.raises(ValueError, match="same number of visible tokens"):
+        model.sample(torch.tensor([0, 1]), num_steps=5, known_tokens=known, known_mask=uneven)
 
 
 def test_constant_cfg_guides_the_first_tokens_and_linear_does_not(make_tiny_model):

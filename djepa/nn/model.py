@@ -19,7 +19,6 @@ from tqdm import tqdm
 from djepa.legacy import upgrade_head, upgrade_model_config
 from djepa.nn.denoiser import ResBlock
 from djepa.nn.heads import TokenHead
-from djepa.nn.masking import mask_from_orders
 from djepa.nn.pos_embed import GridPositionalEmbedding
 from djepa.nn.vit import Block, Transformer
 from djepa.plugins import build
@@ -275,43 +274,47 @@ class DJEPA(nn.Module):
         b = labels.shape[0] if labels is not None else int(batch or 1)
         n = self.num_tokens
         tokens = torch.zeros(b, n, self.token_dim, device=device)
-        mask = torch.ones(b, n, dtype=torch.bool, device=device)
+        hidden = torch.ones(b, n, dtype=torch.bool, device=device)
+        unknown = n
         if known_mask is not None:
             assert known_tokens is not None, "known_mask needs known_tokens"
+            # Counted where the caller made the mask (the host, usually): the one read of a count in sampling.
+            known_counts = known_mask.sum(dim=1)
+            if known_counts.numel() and not bool((known_counts == known_counts[0]).all()):
+                raise ValueError("every row of a batch must have the same number of visible tokens")
+            unknown = n - (int(known_counts[0]) if known_counts.numel() else 0)
             known_mask = known_mask.to(device)
-            tokens[known_mask] = known_tokens.to(device, tokens.dtype)[known_mask]
-            mask = ~known_mask
-        # Hidden positions first in a random order, known ones last, so mask_from_orders keeps them out.
-        scores = torch.rand(b, n, device=device).masked_fill(~mask, 2.0)
+            tokens = torch.where(known_mask[..., None], known_tokens.to(device, tokens.dtype), tokens)
+            hidden = ~known_mask
+        # Hidden positions first in a random order, known ones last: at every step the hidden tokens are
+        # orders[:, :remaining], so what each step reveals is a slice of it and no count is read off the device.
+        scores = torch.rand(b, n, device=device).masked_fill(~hidden, 2.0)
         orders = torch.argsort(scores, dim=1)
-        unknown = int(mask[0].sum())
         guided = guidance != 1.0 and labels is not None
         cond_emb = self.class_embedding(labels, b)
         if guided:
             cond_emb = torch.cat([cond_emb, self.fake_class.expand(b, -1)])
+        remaining = unknown
         steps = range(num_steps)
         for step in tqdm(steps, desc="sampling", leave=False) if progress else steps:
-            if not bool(mask.any()):
+            if remaining == 0:
                 break
-            visible = visible_indices(mask)
+            visible = orders[:, remaining:].sort(dim=1).values  # grid order, as the encoder takes them
             x, vis = (torch.cat([tokens, tokens]), torch.cat([visible, visible])) if guided else (tokens, visible)
             z = self.predict(self.encode(x, vis, cond_emb), vis)
-            remaining = int(mask[0].sum())
             mask_len = math.floor(unknown * math.cos(math.pi / 2 * (step + 1) / num_steps))
             mask_len = max(1, min(remaining - 1, mask_len))
             if step == num_steps - 1 or remaining == 1:
-                reveal, next_mask = mask, torch.zeros_like(mask)
-            else:
-                next_mask = mask_from_orders(orders, mask_len)
-                reveal = mask & ~next_mask
-            if bool(reveal.any()):
-                revealed = (unknown - int(next_mask[0].sum())) / unknown if cfg_schedule == "linear" else 1.0
-                step_guidance = 1.0 + (guidance - 1.0) * revealed if guided else 1.0
-                uncond = z[b:][reveal].float() if guided else None
-                tokens[reveal] = self.head.sample(z[:b][reveal].float(), uncond, temperature, step_guidance).to(
-                    tokens.dtype
-                )
-            mask = next_mask
+                mask_len = 0
+            # The tokens revealed now, in grid order: the rows the head samples, in the order its noise is drawn.
+            reveal = orders[:, mask_len:remaining].sort(dim=1).values
+            revealed = (unknown - mask_len) / unknown if cfg_schedule == "linear" else 1.0
+            step_guidance = 1.0 + (guidance - 1.0) * revealed if guided else 1.0
+            uncond = gather_rows(z[b:], reveal).float() if guided else None
+            new = self.head.sample(gather_rows(z[:b], reveal).float(), uncond, temperature, step_guidance)
+            index = reveal[..., None].expand(-1, -1, self.token_dim)
+            tokens = tokens.scatter(1, index, new.to(tokens.dtype).view(b, -1, self.token_dim))
+            remaining = mask_len
         return tokens
 
     def repeated_blocks(self) -> list[nn.Module]:
