@@ -9,7 +9,8 @@ batch 64, bf16 by default; any train/model/loss override passes through):
 - with `mar_repo=PATH` (a local checkout of LTH14/mar, plus `pip install timm`), MAR's own model on the same
   shape: its forward, backward, clip at 3.0, AdamW and its per-tensor EMA loop, dropout 0, same autocast;
 - sampling at MAR's settings (16 reveal steps, 50 diffusion steps, guidance 3 linear, batch 16): ours, ours
-  with `sampler=dpm_solver` at `dpm_steps` steps, ours at `fast_reveal_steps` reveal steps with that sampler
+  with `sampler=dpm_solver` at `dpm_steps` steps, ours at `fast_reveal_steps` reveal steps (a comma list,
+  default 8,4) with that sampler
   (the fast setting; its quality is a separate measurement, README), and MAR's code.
 
 Prints the ratios the speed issue asks about and writes them to OUT/speed.json. Data are random tokens: speed
@@ -215,7 +216,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     own, overrides = parse(argv)
     steps, warmup = int(own.get("steps", 20)), int(own.get("warmup", 5))
     dpm_steps = int(own.get("dpm_steps", 20))
-    fast_reveal_steps = int(own.get("fast_reveal_steps", 4))
+    fast_reveal_steps = [int(r) for r in own.get("fast_reveal_steps", "8,4").split(",")]
     if "mar_repo" in own:
         check_mar_repo(Path(own["mar_repo"]))  # before minutes of timing, not after
     torch.manual_seed(0)
@@ -238,11 +239,10 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     # MAR's settings are a diffusion head's; another head (loss=flow) has no DDPM to compare.
     if isinstance(sampler_model.head, DiffusionHead):
         reveal = SAMPLE["num_steps"]
-        timed = (
+        timed = [
             ("ddpm", "ddpm", SAMPLE["diffusion_steps"], reveal),
             (f"dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, reveal),
-            (f"reveal_{fast_reveal_steps}_dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, fast_reveal_steps),
-        )
+        ] + [(f"reveal_{r}_dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, r) for r in fast_reveal_steps]
         for name, sampler, sampler_steps, reveal_steps in timed:
             ms = time_our_sampling(sampler_model, dtype, sampler, sampler_steps, 2, reveal_steps)
             results[f"sample_ms_per_item_{name}"] = ms

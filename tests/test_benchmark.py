@@ -84,11 +84,14 @@ def test_benchmark_with_seeds_gives_standard_errors_and_steps_to_reach(tmp_path)
 def test_speed_benchmark_times_both_modes_and_writes_its_ratios(tmp_path):
     from djepa.benchmarks import speed
 
-    results = speed.run(["model=tiny", "steps=1", "warmup=0", "dpm_steps=5", "fast_reveal_steps=2", f"out={tmp_path}"])
+    results = speed.run(
+        ["model=tiny", "steps=1", "warmup=0", "dpm_steps=5", "fast_reveal_steps=2,1", f"out={tmp_path}"]
+    )
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["djepa_over_mar_mode"] == pytest.approx(results["djepa_step_ms"] / results["mar_mode_step_ms"])
     assert results["teacher_pass_ms"] > 0 and results["sample_ms_per_item_dpm_solver_5"] > 0
     # Fewer reveal steps, fewer trunk passes: the fast setting is the quickest.
     assert results["sample_ms_per_item_reveal_2_dpm_solver_5"] < results["sample_ms_per_item_dpm_solver_5"]
+    assert "sample_ms_per_item_reveal_1_dpm_solver_5" in saved
     with pytest.raises(UsageError, match="no models/mar.py"):
         speed.run(["model=tiny", "steps=1", "warmup=0", f"mar_repo={tmp_path}"])
