@@ -67,7 +67,7 @@ def generate(
                 known_tokens=None if known_tokens is None else known_tokens[sl],
                 known_mask=None if known_mask is None else known_mask[sl],
             )
-        out.append(tokens.float().cpu())
+        out.append(tokens.cpu())  # fp32 under autocast too: DJEPA.sample writes into an fp32 tensor
     return torch.cat(out)
 
 

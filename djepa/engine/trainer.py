@@ -464,11 +464,10 @@ class Trainer:
         slots = [(i, k) for i, r in enumerate(records) for k, v in r.items() if isinstance(v, torch.Tensor)]
         out = [dict(r) for r in records]
         if slots:
-            stacked = torch.stack([records[i][k].detach().float().reshape(()) for i, k in slots])
-            if distributed.world_size() > 1:
-                stacked = distributed.all_reduce(stacked.to(distributed.backend_device())) / distributed.world_size()
-            for (i, k), value in zip(slots, stacked.tolist()):
-                out[i][k] = value
+            values = torch.stack([records[i][k].float().reshape(()) for i, k in slots]).tolist()
+            means = distributed.mean_over_ranks({str(j): value for j, value in enumerate(values)})
+            for j, (i, k) in enumerate(slots):
+                out[i][k] = means[str(j)]
         good = []
         for record in out:
             if record.pop("bad", 0.0) > 0:
