@@ -63,6 +63,16 @@ def pm(v: dict[str, Any], key: str, digits: int) -> str:
     return f"{v[key]:.{digits}f}" + (f" ± {se:.{digits}f}" if v.get("num_seeds", 1) > 1 and se is not None else "")
 
 
+def seeds_line(results: dict[str, Any]) -> str:
+    """How many seeds each variant ran: one number when all agree, else each variant's seeds (a combined report
+    can pool variants run with different seeds)."""
+    default = results.get("seeds", [0])
+    per_variant = {name: v.get("seeds", default) for name, v in results["variants"].items()}
+    if len({tuple(s) for s in per_variant.values()}) <= 1:
+        return str(len(default))
+    return ", ".join(f"{name} {len(s)} ({', '.join(map(str, s))})" for name, s in per_variant.items())
+
+
 def write_summary(results: dict[str, Any], path: Path) -> None:
     lines = [
         f"# Benchmark: {results['modality']}",
@@ -70,7 +80,7 @@ def write_summary(results: dict[str, Any], path: Path) -> None:
         f"Machine: {results['machine']}. Commit: {results['git_commit']}. "
         f"Classifier held-out accuracy on real data: {results['classifier_heldout_accuracy']:.3f}.",
         "",
-        f"Seeds per variant: {len(results.get('seeds', [0]))} (scores are the mean ± one standard error).",
+        f"Seeds per variant: {seeds_line(results)} (scores are the mean ± one standard error).",
         "",
         "| variant | steps | accuracy | FD | IS | steps to reference FD | context use | train step ms | "
         "tokens/s | sample ms/item | peak MB | params | GFLOP/step |",

@@ -115,3 +115,13 @@ def test_combine_pools_seeds_of_one_variant_run_in_separate_processes(tmp_path):
     assert [r["seed"] for r in djepa["per_seed"]] == [0, 1, 2]
     assert merged["variants"]["mar"]["seeds"] == [1]
     assert djepa["steps_to_reference_fd"] == pytest.approx(175.0)
+
+
+def test_summary_names_each_variants_seeds_when_they_differ():
+    from djepa.benchmarks.report import seeds_line
+
+    same = {"seeds": [0, 1], "variants": {"djepa": {"seeds": [0, 1]}, "mar": {"seeds": [0, 1]}}}
+    assert seeds_line(same) == "2"
+    pooled = {"seeds": [0, 1, 2], "variants": {"djepa": {"seeds": [0, 1, 2]}, "const": {"seeds": [0, 1]}}}
+    assert seeds_line(pooled) == "djepa 3 (0, 1, 2), const 2 (0, 1)"
+    assert seeds_line({"variants": {"djepa": {}}}) == "1"  # a single-seed benchmark lists no seeds
