@@ -93,3 +93,27 @@ def test_trainer_draws_prefix_masks_only_when_asked(tmp_path, make_tiny_model):
         # with the key at 0 the mask is the random one the Trainer always drew (no extra random draw)
         expected = training_mask(8, 16, 0.7, torch.Generator().manual_seed(step_seed(0, step)))
         assert torch.equal(off.batch(step)[2], expected)
+
+
+def test_video_trains_with_prefix_masks_by_default_and_a_one_row_clip_says_which_key(tmp_path):
+    from djepa.cli import train
+    from djepa.errors import UsageError
+
+    home = tmp_path / "home"
+    video = [
+        "modality=video",
+        f"home={home}",
+        f"run_dir={tmp_path / 'run'}",
+        "modality.adapter.frames=2",  # 2 frames in one [2, 4, 4] patch: a single token row along time
+        "modality.adapter.num_clips=20",
+        "tokenizer.block_out_channels=[8,8,8]",
+        "tokenizer.norm_num_groups=4",
+        "tokenizer.steps=2",
+    ]
+    cfg = train.compose_config(video)
+    assert cfg.train.prefix_mask_prob == 0.75  # the video default (README: continuation)
+    assert train.compose_config(["modality=audio"]).train.prefix_mask_prob == 0.0
+    with pytest.raises(UsageError, match=r"train.prefix_mask_prob: the token grid \(1, 2, 2\) has one position"):
+        train.run(cfg)
+    # refused before the latent cache or a checkpoint was written (the tokenizer it needed to know the grid stays)
+    assert not (home / "cache").exists() and not (tmp_path / "run" / "checkpoints").exists()

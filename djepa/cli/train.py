@@ -132,6 +132,13 @@ def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state
     if distributed.is_main():
         ensure_tokenizer(cfg, adapter)
     distributed.barrier()
+    time_axis = adapter.time_axis
+    if settings.prefix_mask_prob > 0 and time_axis is not None and adapter.token_grid[time_axis] < 2:
+        # Video's default keeps prefixes; a clip cut into one token along time has no prefix to keep.
+        raise UsageError(
+            f"train.prefix_mask_prob: the token grid {adapter.token_grid} has one position along time, no prefix "
+            "to keep; set train.prefix_mask_prob=0 (or more frames / a shorter time patch)"
+        )
     data = adapter.token_data(device=device, shard=True)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, adapter.token_dim, adapter.token_grid, adapter.num_classes)
