@@ -29,7 +29,8 @@ def test_each_modality_file_keeps_the_shared_settings_and_states_its_own():
     # the shared base, once: the same network and tokenizer trainer where no file says otherwise
     assert image.model == video.model == audio.model
     assert image.tokenizer == video.tokenizer and audio.tokenizer.block_out_channels == [16, 32, 64, 64]
-    assert image.train == audio.train and video.train == OmegaConf.merge(image.train, {"steps": 1000})
+    assert image.train == audio.train
+    assert video.train == OmegaConf.merge(image.train, {"steps": 1000, "prefix_mask_prob": 0.75})
     assert image.sample == audio.sample and (video.sample.temperature, video.sample.num_steps) == (0.7, 32)
     assert list(video.benchmark.variants) == ["djepa", "mar", "flow"] and video.benchmark.variants.flow == ["loss=flow"]
     # the paper sizes: their shared settings, and MAR mode is the same network under the one switch
