@@ -68,8 +68,9 @@ def seeds_line(results: dict[str, Any]) -> str:
     can pool variants run with different seeds)."""
     default = results.get("seeds", [0])
     per_variant = {name: v.get("seeds", default) for name, v in results["variants"].items()}
-    if len({tuple(s) for s in per_variant.values()}) <= 1:
-        return str(len(default))
+    lists = {tuple(s) for s in per_variant.values()}
+    if len(lists) <= 1:  # the variants agree: say their count (a benchmark without variants: its own list)
+        return str(len(lists.pop() if lists else default))
     return ", ".join(f"{name} {len(s)} ({', '.join(map(str, s))})" for name, s in per_variant.items())
 
 
