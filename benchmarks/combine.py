@@ -24,7 +24,9 @@ from djepa.errors import UsageError
 
 
 def seed_runs(variant: dict[str, Any], seeds: list[int]) -> list[dict[str, Any]]:
-    """The per-seed results inside one variant's aggregate, each tagged with its seed."""
+    """The per-seed results inside one variant's aggregate, each tagged with its seed. `seeds` is the benchmark's
+    list; a variant's own list (a combined output's, where variants can have different seeds) wins."""
+    seeds = [int(s) for s in variant.get("seeds", seeds)]
     if "per_seed" in variant:
         runs = [dict(run) for run in variant["per_seed"]]
     else:  # a single seed: the aggregate is that seed's result plus zero standard errors

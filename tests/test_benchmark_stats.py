@@ -115,6 +115,13 @@ def test_combine_pools_seeds_of_one_variant_run_in_separate_processes(tmp_path):
     assert [r["seed"] for r in djepa["per_seed"]] == [0, 1, 2]
     assert merged["variants"]["mar"]["seeds"] == [1]
     assert djepa["steps_to_reference_fd"] == pytest.approx(175.0)
+    # a combined output, whose variants have different seeds, is itself a source
+    (tmp_path / "merged").mkdir()
+    (tmp_path / "merged" / "results.json").write_text(json.dumps(merged))
+    extra = write(tmp_path / "m0", [0], {"mar": aggregate_seeds([seed_result([7.0, 5.0])])})
+    again = combine([tmp_path / "merged", extra])
+    assert again["variants"]["mar"]["seeds"] == [0, 1] and again["variants"]["djepa"]["seeds"] == [0, 1, 2]
+    assert again["variants"]["djepa"]["fd"] == pytest.approx(3.0)
 
 
 def test_summary_names_each_variants_seeds_when_they_differ():
