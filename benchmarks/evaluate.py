@@ -71,7 +71,7 @@ def standard_metric(cfg: DictConfig, real: RealMedia) -> StandardMetric | None:
 
     A wrong path fails here, before any data is loaded.
     """
-    weights = cfg.get("standard_weights") or cfg.benchmark.get("standard_weights")
+    weights = cfg.get("standard_weights")
     if not weights:
         return None
     weights = weights_file(weights)

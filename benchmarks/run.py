@@ -49,7 +49,7 @@ def variant_overrides(
     bench = cfg.benchmark
     steps = bench.quick_steps if bench.quick else bench.steps
     every = max(1, steps // 2) if bench.quick else bench.eval_every
-    quick = ["model=tiny", "loss.head.sampling_steps=5", "num_steps=4"] if bench.quick else []
+    quick = ["model=tiny", "loss.head.sampling_steps=5", "sample.num_steps=4"] if bench.quick else []
     return [
         *passthrough_overrides(argv),
         *quick,

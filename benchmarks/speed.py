@@ -191,7 +191,7 @@ def time_mar_code(repo: Path, ours: DJEPA, dtype: torch.dtype, batch: int, steps
                 model.sample_tokens(
                     SAMPLE["batch"],
                     num_iter=SAMPLE["num_steps"],
-                    cfg=SAMPLE["guidance"],
+                    guidance_scale=SAMPLE["guidance"],
                     labels=sample_labels,
                     temperature=SAMPLE["temperature"],
                 )

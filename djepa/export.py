@@ -66,7 +66,7 @@ def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | N
         f"| token grid | {index['token_grid']} x {index['token_dim']} (patch {adapter.get('patch_size')}) |",
         f"| head | {pipe.model.config['head_config']['_target_'].rsplit('.', 1)[-1]} |",
         f"| tokenizer | `{index['tokenizer']['path']}` (sha256 {index['tokenizer']['sha256'][:16]}…) |",
-        f"| sampling defaults | cfg {sampling['cfg']} ({sampling['cfg_schedule']}), temperature "
+        f"| sampling defaults | guidance {sampling['guidance_scale']} ({sampling['guidance_schedule']}), temperature "
         f"{sampling['temperature']}, {sampling['num_steps']} reveal steps x {sampling['head_sampling_steps']} "
         "denoising steps |",
     ]
@@ -135,10 +135,10 @@ def export_pipeline(
         "modality": pipe.modality,
         "class_names": pipe.class_names,
         "sampling": {
-            "cfg": pipe.defaults.guidance,
+            "guidance_scale": pipe.defaults.guidance_scale,
             "temperature": pipe.defaults.temperature,
             "num_steps": pipe.defaults.num_steps,
-            "cfg_schedule": pipe.defaults.cfg_schedule,
+            "guidance_schedule": pipe.defaults.guidance_schedule,
             "head_sampling_steps": int(pipe.model.head.sampling_steps),
         },
         "adapter": adapter_config,

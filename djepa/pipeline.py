@@ -30,7 +30,6 @@ from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
 from djepa.io import tree_sha256
-from djepa.legacy import upgrade_config, upgrade_model_config
 from djepa.nn.heads import FREE_HEAD_KEYS
 from djepa.nn.model import DJEPA
 
@@ -238,10 +237,10 @@ class Pipeline:
             weights = CheckpointManager.load_tensors(directory, "ema")
             # Checked when training recorded it (extra_state "tokenizer_sha256"); exports always record it.
             expected_hash = state.get("tokenizer_sha256")
-        config = apply_overrides(upgrade_config(config), overrides or {}, path)
+        config = apply_overrides(config, overrides or {}, path)
         if state.get("modality") and state["modality"] != config.modality.name:
             raise UsageError(f"{path} holds a {state['modality']} model but its config says {config.modality.name}")
-        model_config = upgrade_model_config(state["model_config"])
+        model_config = dict(state["model_config"])
         # Sampling-only head settings may change; the denoiser's weights are the same.
         head = config.loss.head if "loss" in config else None
         model_config["head_config"] = sampling_head_config(model_config["head_config"], head)
@@ -323,19 +322,20 @@ class Pipeline:
 
     def settings(
         self,
-        cfg: float | None = None,
+        guidance_scale: float | None = None,
         temperature: float | None = None,
         num_steps: int | None = None,
-        cfg_schedule: str | None = None,
+        guidance_schedule: str | None = None,
+        precision: str | None = None,
     ) -> SamplingSettings:
-        """The run's sampling defaults with the given values replacing them (`cfg`: the guidance scale)."""
+        """The run's sampling defaults with the given values replacing them."""
         d = self.defaults
         return SamplingSettings(  # validated on construction
-            float(d.guidance if cfg is None else cfg),
+            float(d.guidance_scale if guidance_scale is None else guidance_scale),
             float(d.temperature if temperature is None else temperature),
             int(d.num_steps if num_steps is None else num_steps),
-            str(d.cfg_schedule if cfg_schedule is None else cfg_schedule),
-            d.precision,
+            str(d.guidance_schedule if guidance_schedule is None else guidance_schedule),
+            str(d.precision if precision is None else precision),
         )
 
     @torch.no_grad()
@@ -344,10 +344,11 @@ class Pipeline:
         class_labels: int | str | Sequence[int | str] | None = None,
         num_samples: int = 1,
         *,
-        cfg: float | None = None,
+        guidance_scale: float | None = None,
         temperature: float | None = None,
         num_steps: int | None = None,
-        cfg_schedule: str | None = None,
+        guidance_schedule: str | None = None,
+        precision: str | None = None,
         seed: int | None = None,
         prime: str | Path | None = None,
         prime_frames: int = 4,
@@ -370,7 +371,7 @@ class Pipeline:
         else:
             ids = [self.class_index(c) for c in class_labels]
         labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_samples)
-        settings = self.settings(cfg, temperature, num_steps, cfg_schedule)
+        settings = self.settings(guidance_scale, temperature, num_steps, guidance_schedule, precision)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:

@@ -20,7 +20,6 @@ from djepa.chunks import map_chunks
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
 from djepa.errors import UsageError
-from djepa.legacy import upgrade_tokenizer
 from djepa.modalities.folder import DataError, FolderScan, MappedDataset, MemoryDataset, load_folder
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
@@ -80,7 +79,10 @@ class ModalityAdapter(ABC):
     def __init__(
         self, tokenizer: dict[str, Any], patch_size: list[int], cache_dir: str, seed: int = 0, memory_items: int = 10000
     ):
-        self.tokenizer_config = upgrade_tokenizer(tokenizer, self.default_tokenizer)
+        # A tokenizer entry without `_target_` is the adapter's default tokenizer with those arguments.
+        self.tokenizer_config = dict(tokenizer)
+        if "_target_" not in self.tokenizer_config and self.default_tokenizer:
+            self.tokenizer_config = {"_target_": self.default_tokenizer, **self.tokenizer_config}
         self.patch_size = tuple(int(p) for p in patch_size)
         self.cache_dir = Path(cache_dir)
         self.seed = seed

@@ -69,7 +69,7 @@ IMAGE_RUN = [
     "train.checkpoint_every=6",
     "train.preview_every=6",
     "sample.preview_per_class=1",
-    "num_steps=2",
+    "sample.num_steps=2",
     "loss.head.sampling_steps=3",
 ]
 

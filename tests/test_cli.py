@@ -39,8 +39,8 @@ def test_sample_one_class_writes_n_pngs_and_a_grid(trained_run, tmp_path):
                 "prompt_class=3",
                 "num_samples=3",
                 f"out={tmp_path}",
-                "num_steps=2",
-                "cfg=2.0",
+                "sample.num_steps=2",
+                "sample.guidance_scale=2.0",
             ]
         )
     )
@@ -52,7 +52,7 @@ def test_sample_one_class_writes_n_pngs_and_a_grid(trained_run, tmp_path):
 def test_sample_without_class_covers_every_class(trained_run, tmp_path):
     common, run_dir = trained_run
     written = sample.run(
-        sample.compose_config(common + [f"run_dir={run_dir}", "num_samples=1", f"out={tmp_path}", "num_steps=2"])
+        sample.compose_config(common + [f"run_dir={run_dir}", "num_samples=1", f"out={tmp_path}", "sample.num_steps=2"])
     )
     assert sorted(p.name.split("_")[0] for p in written) == [str(d) for d in range(10)]
 
@@ -65,7 +65,7 @@ def test_sample_without_class_covers_every_class(trained_run, tmp_path):
         (["run_dir=/nonexistent/run"], "run_dir /nonexistent/run does not exist"),
         (["checkpoint=/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt does not exist"),
         (["model=huge"], "Could not find 'model/huge'"),
-        (["cfg_schedule=cosine"], "cfg_schedule must be linear or constant, got 'cosine'"),
+        (["sample.guidance_schedule=cosine"], "guidance_schedule must be linear or constant, got 'cosine'"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_nonzero(trained_run, args, message, capsys):

@@ -71,7 +71,7 @@ def test_constant_cfg_guides_the_first_tokens_and_linear_does_not(make_tiny_mode
 
     def draw(guidance: float, schedule: str) -> torch.Tensor:
         torch.manual_seed(0)  # same reveal order and noise for every call
-        return model.sample(labels, num_steps=16, guidance=guidance, cfg_schedule=schedule)
+        return model.sample(labels, num_steps=16, guidance=guidance, guidance_schedule=schedule)
 
     # one token per step: the linear ramp guides the first token with 1 + 7/16, the constant one with 8,
     # so the constant schedule moves the samples further from the unguided ones
@@ -80,8 +80,8 @@ def test_constant_cfg_guides_the_first_tokens_and_linear_does_not(make_tiny_mode
     gap_linear = (linear - unguided).norm().item()
     gap_constant = (constant - unguided).norm().item()
     assert gap_constant > gap_linear > 0
-    with pytest.raises(ValueError, match="cfg_schedule"):
-        model.sample(labels, num_steps=2, guidance=2.0, cfg_schedule="cosine")
+    with pytest.raises(ValueError, match="guidance_schedule"):
+        model.sample(labels, num_steps=2, guidance=2.0, guidance_schedule="cosine")
 
 
 def test_mar_mode_has_no_jepa_loss(make_tiny_model):

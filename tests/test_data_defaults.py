@@ -39,9 +39,13 @@ def test_a_user_folder_gets_its_own_tokenizer_location_and_rgb_a_longer_tokenize
     assert embedded.tokenizer.steps == grey.tokenizer.steps < rgb.tokenizer.steps == RGB_TOKENIZER_STEPS
     # RGB image folders sample as the video default does: flow head, constant guidance, temperature 0.7
     assert "Flow" in rgb.loss.head._target_ and "Diffusion" in grey.loss.head._target_
-    assert (rgb.cfg_schedule, rgb.temperature, rgb.train.steps) == ("constant", 0.7, 2000)
+    assert (rgb.sample.guidance_schedule, rgb.sample.temperature, rgb.train.steps) == ("constant", 0.7, 2000)
     assert grey.train.steps == embedded.train.steps < 2000
-    assert (grey.cfg_schedule, grey.temperature) == (embedded.cfg_schedule, embedded.temperature) == ("linear", 0.85)
+    assert (
+        (grey.sample.guidance_schedule, grey.sample.temperature)
+        == (embedded.sample.guidance_schedule, embedded.sample.temperature)
+        == ("linear", 0.85)
+    )
     mine = compose_config(
         [
             "modality=image",
@@ -51,11 +55,11 @@ def test_a_user_folder_gets_its_own_tokenizer_location_and_rgb_a_longer_tokenize
             f"modality.adapter.tokenizer.path={home}/tokenizers/image",
             "tokenizer.steps=7",
             "loss=diffusion",
-            "temperature=0.9",
+            "sample.temperature=0.9",
         ]
     )
     assert Path(mine.modality.adapter.tokenizer.path) == home / "tokenizers" / "image" and mine.tokenizer.steps == 7
-    assert "Diffusion" in mine.loss.head._target_ and mine.temperature == 0.9 and mine.cfg_schedule == "constant"
+    assert "Diffusion" in mine.loss.head._target_ and mine.sample.temperature == 0.9 and mine.sample.guidance_schedule == "constant"
 
 
 @pytest.mark.slow
@@ -74,11 +78,13 @@ def test_a_64px_rgb_folder_trains_with_its_own_tokenizer_and_samples(tmp_path):
     # a grey tokenizer at the embedded default's location must not be picked up by the RGB folder
     (home / "tokenizers" / "image").mkdir(parents=True)
     tiny = ["model=tiny", "train.steps=2", "train.batch_size=4", "train.checkpoint_every=2", "train.preview_every=0"]
-    train.run(compose_config(common + tiny + [f"run_dir={run_dir}", "num_steps=2", "loss.head.sampling_steps=2"]))
+    train.run(
+        compose_config(common + tiny + [f"run_dir={run_dir}", "sample.num_steps=2", "loss.head.sampling_steps=2"])
+    )
     tokenizers = sorted(p.name for p in (home / "tokenizers").iterdir())
     assert tokenizers[0] == "image" and tokenizers[1].startswith("image-shapes-") and len(tokenizers) == 2
     written = sample.run(
-        sample.compose_config(common + [f"run_dir={run_dir}", "num_samples=2", f"out={out}", "num_steps=2"])
+        sample.compose_config(common + [f"run_dir={run_dir}", "num_samples=2", f"out={out}", "sample.num_steps=2"])
     )
     assert sorted(p.name for p in written) == ["bar_000.png", "bar_001.png", "ring_002.png", "ring_003.png"]
     image = Image.open(written[0])

@@ -118,13 +118,13 @@ def test_bad_train_values_are_one_line_and_write_nothing(tmp_path, capsys, args,
 
 
 SAMPLE_CASES = [
-    (["cfg=-3"], "cfg=-3 must be a number >= 1"),
-    (["temperature=0"], "temperature=0 must be a number > 0"),
+    (["sample.guidance_scale=-3"], "sample.guidance_scale=-3 must be a number >= 1"),
+    (["sample.temperature=0"], "sample.temperature=0 must be a number > 0"),
     (["prompt_class=2.7"], "prompt_class=2.7 must be a class index"),
     (["prompt_class=true"], "prompt_class=true must be a class index"),
     (["num_samples=abc"], "num_samples='abc' must be a whole number >= 1"),
     (["num_samples=1000000000000"], "num_samples=1000000000000 must be a whole number >= 1 and <= 100,000"),
-    (["num_steps=0"], "num_steps=0 must be a whole number >= 1"),
+    (["sample.num_steps=0"], "sample.num_steps=0 must be a whole number >= 1"),
     (["checkpoint=/dev/null"], "checkpoint='/dev/null' is not a checkpoint: expected a folder"),
 ]
 

@@ -29,10 +29,10 @@ RULES = {
     "djepa.errors": ("djepa",),
     "djepa.io": ("djepa",),
     "djepa.chunks": ("djepa",),
-    # the base layer beside errors and io: the `_target_` builder and the old config names (class names as
-    # strings only, never imports of what they name)
+    # the base layer beside errors and io: the `_target_` builder (class names as strings only, never imports of
+    # what they name) and the config schema
     "djepa.plugins": ABOVE_THE_BASE,
-    "djepa.legacy": ABOVE_THE_BASE,
+    "djepa.schema": ABOVE_THE_BASE,
     "djepa.nn": ("djepa.engine", "djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),
     "djepa.engine": ("djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),
     "djepa.pipeline": ("djepa.cli", *CORE_NEVER),

@@ -1,18 +1,12 @@
 """One way to plug parts in (djepa.plugins): a tokenizer or a denoising head is a class plus a config entry naming
-it by `_target_`, with no edit to an adapter or the model; configs and checkpoints of the old form (tokenizer
-`kind`, head `type`) still load (djepa.legacy)."""
+it by `_target_`, with no edit to an adapter or the model."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from djepa.errors import UsageError
-from djepa.legacy import upgrade_config, upgrade_head, upgrade_tokenizer
 from djepa.modalities.image import ImageAdapter
 from djepa.nn.heads import FlowHead
 from djepa.nn.model import DJEPA
@@ -74,10 +68,6 @@ def test_bad_plugin_entries_are_one_line_errors_naming_the_key(tmp_path):
         build({"path": "x"}, where, LatentTokenizer)
     # null means "the default": another tokenizer's setting left in the config does no harm
     assert build({"_target_": POOL, "path": "x", "griffin_lim_iters": None}, where, LatentTokenizer).factor == 2
-    with pytest.raises(UsageError, match="kind='mochi'"):
-        upgrade_tokenizer({"kind": "mochi"})
-    with pytest.raises(UsageError, match="loss.head.type='gan'"):
-        upgrade_head({"type": "gan"})
 
 
 def test_a_new_head_plugs_in_by_config_and_round_trips(tmp_path, make_tiny_model):
@@ -91,79 +81,12 @@ def test_a_new_head_plugs_in_by_config_and_round_trips(tmp_path, make_tiny_model
         make_tiny_model((2, 2), head={"_target_": "torch.nn.Linear"})
 
 
-def test_old_style_head_type_and_tokenizer_kind_map_to_the_same_parts(tmp_path, make_tiny_model):
-    torch.manual_seed(0)
-    old = make_tiny_model((2, 2), head={"type": "flow", "sampling_steps": 3})
-    torch.manual_seed(0)
-    new = make_tiny_model((2, 2), head={"_target_": "djepa.nn.heads.FlowHead", "sampling_steps": 3})
-    assert old.config["head_config"] == new.config["head_config"]
-    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
-    # a checkpoint's config.json written before `_target_` loads
-    old.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    # the names of then: `heads` (attention heads), `head` (the denoising head, by `type`)
-    saved["heads"] = saved.pop("num_heads")
-    saved.pop("head_config")
-    saved["head"] = {"type": "flow", "sampling_steps": 3}
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert type(DJEPA.from_pretrained(tmp_path).head) is FlowHead
-    # an image config had no tokenizer key at all: the adapter's default
+def test_a_tokenizer_entry_without_target_is_the_adapters_default(tmp_path):
     assert (
         ImageAdapter({"path": "x"}, [2, 2], str(tmp_path))
         .tokenizer_config["_target_"]
         .endswith("AutoencoderKLTokenizer")
     )
-    saved_run = OmegaConf.create(
-        {
-            "modality": {"adapter": {"tokenizer": {"kind": "wan", "path": "v"}}},
-            "model": {"encoder_depth": 1, "heads": 2, "mlp_ratio": 2.0},  # `model.heads`: today's num_heads
-            "loss": {"head": {"type": "diffusion", "sampling_steps": 7}, "jepa_weight": 1.0},
-        }
-    )
-    upgraded = upgrade_config(saved_run)
-    assert list(upgraded.model.items()) == [("encoder_depth", 1), ("num_heads", 2), ("mlp_ratio", 2.0)]
-    assert OmegaConf.to_container(upgraded.modality.adapter.tokenizer) == {
-        "_target_": "djepa.tokenizers.video_vae.VideoVAETokenizer",
-        "family": "wan",
-        "path": "v",
-    }
-    assert upgraded.loss.head._target_ == "djepa.nn.heads.DiffusionHead" and upgraded.loss.head.sampling_steps == 7
-    assert upgrade_config(upgraded) == upgraded  # today's form passes unchanged
-
-
-@pytest.mark.slow
-def test_an_old_style_run_directory_still_loads_and_samples(image_run, tmp_path):
-    """A run written before `_target_`: config.yaml with no tokenizer target, `loss.head.type` and `model.heads`,
-    and a checkpoint whose model config names its head by `type`."""
-    from djepa.pipeline import Pipeline
-
-    common, run_dir = image_run
-    old_run = tmp_path / "old_run"
-    shutil.copytree(run_dir, old_run)
-    config = OmegaConf.load(old_run / "config.yaml")
-    del config.modality.adapter.tokenizer["_target_"]
-    head = OmegaConf.to_container(config.loss.head)
-    head.pop("_target_")
-    head.pop("sampler")  # older still than the diffusion head's sampler
-    config.loss.head = {"type": "diffusion", **head}
-    config.model = {("heads" if k == "num_heads" else k): v for k, v in config.model.items()}
-    OmegaConf.save(config, old_run / "config.yaml")
-    for state_file in (old_run / "checkpoints").glob("*/state.json"):
-        state = json.loads(state_file.read_text())
-        model = state["model_config"]
-        model_head = model.pop("head_config")
-        model_head.pop("_target_")
-        model_head.pop("sampler")
-        model["head"] = {"type": "diffusion", **model_head}
-        model["heads"] = model.pop("num_heads")
-        state_file.write_text(json.dumps(state))
-    pipe = Pipeline.from_pretrained(old_run, overrides={"loss.head.sampling_steps": 4})
-    assert pipe.model.head.sampling_steps == 4
-    out = pipe(class_labels=[0, 1], num_steps=2, seed=0)
-    assert len(out.media) == 2
-    pipe = Pipeline.from_pretrained(old_run, overrides={"loss.head.sampler": "dpm_solver"})
-    assert pipe.model.head.sampler == "dpm_solver" and pipe.model.head.sampling_steps == 3
-    assert len(pipe(class_labels=[0], num_steps=2, seed=0).media) == 1
 
 
 def test_every_adapter_has_what_the_core_calls():

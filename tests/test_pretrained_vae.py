@@ -66,7 +66,7 @@ def test_sd_vae_shaped_autoencoder_kl_on_a_256px_folder_caches_trains_samples_an
     cfg = compose_config(common)
     assert cfg.modality.adapter.patch_size == [2, 2]  # 32x32x4 latents -> 16x16 = 256 tokens of dim 16, as MAR
     tiny = ["model=tiny", "train.steps=2", "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=2"]
-    fast = ["train.preview_every=0", "sample.preview_per_class=0", "num_steps=2", "loss.head.sampling_steps=2"]
+    fast = ["train.preview_every=0", "sample.preview_per_class=0", "sample.num_steps=2", "loss.head.sampling_steps=2"]
     train.run(compose_config(common + tiny + fast + [f"run_dir={run_dir}"]))
 
     # no tokenizer was trained: the SD-VAE-shaped one encoded the folder into one 32x32x4 latent per image
@@ -83,7 +83,7 @@ def test_sd_vae_shaped_autoencoder_kl_on_a_256px_folder_caches_trains_samples_an
     assert len(losses) == 2 and np.isfinite(losses).all()
 
     written = sample.run(
-        sample.compose_config(common + [f"run_dir={run_dir}", "num_samples=1", f"out={out}", "num_steps=2"])
+        sample.compose_config(common + [f"run_dir={run_dir}", "num_samples=1", f"out={out}", "sample.num_steps=2"])
     )
     assert [p.name for p in written] == ["n01440764_000.png", "n01443537_001.png"]
     for path in written:

@@ -40,15 +40,11 @@ def test_one_switch_for_mar_mode(make_tiny_model, tmp_path):
     from djepa.engine.data import TokenData
     from djepa.engine.trainer import TrainConfig, Trainer
     from djepa.errors import UsageError
-    from djepa.legacy import upgrade_config
 
     assert model_kwargs(compose_config(["loss.jepa_weight=0"]))["jepa"] is False
     assert model_kwargs(compose_config([]))["jepa"] is True
     with pytest.raises(UsageError, match="loss.jepa_weight=0"):
         model_kwargs(compose_config(["+model.jepa=false"]))
-    # a saved config from before the switch (model.jepa: false, weight 1) is MAR mode
-    old = OmegaConf.create({"model": {"jepa": False, "heads": 2}, "loss": {"jepa_weight": 1.0}})
-    assert OmegaConf.to_container(upgrade_config(old)) == {"model": {"num_heads": 2}, "loss": {"jepa_weight": 0.0}}
     # the trainer follows the model; a JEPA model asked to train with weight 0 is refused, not half-run
     data = TokenData(torch.randn(8, 4, 4), None, torch.arange(8) % 3)
     mar = Trainer(

@@ -338,7 +338,7 @@ def test_video_config_composes():
         expected = OmegaConf.create({"seed": cfg.seed, "home": cfg.home, key: video_file})  # what it may interpolate
         assert OmegaConf.to_container(cfg[key], resolve=True) == OmegaConf.to_container(expected, resolve=True)[key]
     assert cfg.train != image.train and cfg.sample != image.sample  # the groups that differ, told apart
-    assert (cfg.temperature, cfg.cfg_schedule) == (cfg.sample.temperature, cfg.sample.cfg_schedule)
+    assert (cfg.temperature, cfg.guidance_schedule) == (cfg.sample.temperature, cfg.sample.guidance_schedule)
 
 
 def test_centroid_travel_tells_moving_digits_from_still_ones():

@@ -1,82 +1,27 @@
-"""Every key a user is likely to get wrong, checked once after composition, each message naming the real key.
+"""Every key checked once after composition, each message naming the real key.
 
-A table of (key, check) rather than checks spread over the code that reads the keys: the readers
-(trainer, heads, attention, sampling) then only ever see values of the right type and range, and a
-mistake stops the command before anything is written. Keys absent from a config are skipped, so
-configs of other commands (benchmark, train_tokenizer) pass through the same function.
+Types, allowed values and ranges come from the schema (`djepa.schema`); this module adds the checks a schema
+cannot state (a device name, a class given by index or name, paths that must be folders, a head class that must
+import, the optional tensorboard package). A mistake stops the command before anything is written.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from djepa import schema
 from djepa.errors import UsageError
-from djepa.legacy import RENAMED_KEYS
 
-MAX_SAMPLES = 100_000  # one call writes one file per sample; more is a typo, not a plan
-PRECISIONS = ("auto", "bf16", "fp32")
-ATTENTION_BACKENDS = ("auto", "xformers", "sdpa", "math")  # djepa.nn.attention.BACKENDS, without importing torch
-# DiffusionHead: ddpm | dpm_solver; FlowHead: euler | heun. The composed config need not name the run's head
-# (`sample` reads it from the run), so each head refuses the other's samplers itself when it is built.
-SAMPLERS = ("ddpm", "dpm_solver", "euler", "heun")
-# cfg_schedule is checked by SamplingSettings.from_config, with the message tests/test_cli.py expects.
 _MISSING = object()
-
-# `+key=value` adds a key; only these sections hand all their keys on (as constructor arguments or a
-# dict that is read whole), so a new key elsewhere would be silently ignored.
-OPEN_SECTIONS = ("model", "loss", "modality", "tokenizer", "train", "benchmark")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def number(low: float | None = None, high: float | None = None, *, low_open: bool = False, high_open: bool = False):
-    """A check for a number in [low, high] (or open at either end)."""
-
-    def check(value: Any) -> str | None:
-        if _is_number(value):
-            above = low is None or (value > low if low_open else value >= low)
-            below = high is None or (value < high if high_open else value <= high)
-            if above and below:
-                return None
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        return "must be a number " + " and ".join(p for p in (lo, hi) if p)
-
-    return check
-
-
-def integer(low: int, high: int | None = None):
-    def check(value: Any) -> str | None:
-        if _is_int(value) and value >= low and (high is None or value <= high):
-            return None
-        return f"must be a whole number >= {low}" + (f" and <= {high:,}" if high is not None else "")
-
-    return check
-
-
-def boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def one_of(choices: Sequence[str], hints: dict[str, str] | None = None):
-    def check(value: Any) -> str | None:
-        if value in choices:
-            return None
-        hint = (hints or {}).get(str(value))
-        return f"must be one of {', '.join(choices)}" + (f" ({hint})" if hint else "")
-
-    return check
 
 
 def head_class(value: Any) -> str | None:
@@ -98,10 +43,6 @@ def tensorboard_flag(value: Any) -> str | None:
     if not isinstance(value, bool):
         return "must be true or false"
     return MISSING if value and tensorboard_missing() else None
-
-
-def optional(inner: Callable[[Any], str | None]):
-    return lambda value: None if value is None else inner(value)
 
 
 def device_name(value: Any) -> str | None:
@@ -135,80 +76,61 @@ def checkpoint_folder(value: Any) -> str | None:
     return None
 
 
-CHECKS: dict[str, Callable[[Any], str | None]] = {
+# Checks beyond the schema's types and ranges, by dotted key.
+CUSTOM_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "device": device_name,
-    "attention_backend": one_of(ATTENTION_BACKENDS),
-    "seed": integer(0),
-    "cfg": number(1.0),
-    "temperature": number(0.0, low_open=True),
-    "num_steps": integer(1),
-    "num_samples": integer(1, MAX_SAMPLES),
-    "roundtrip": boolean,
-    "roundtrip_count": integer(1),
     "prompt_class": prompt_class,
     "out": output_folder,
     "checkpoint": checkpoint_folder,
-    "train.steps": integer(1),
-    "train.batch_size": integer(1),
-    "train.lr": optional(number(0.0, low_open=True)),
-    "train.blr": number(0.0, low_open=True),
-    "train.min_lr": number(0.0),
-    "train.warmup_steps": integer(0),
-    "train.weight_decay": number(0.0),
-    "train.grad_clip": number(0.0, low_open=True),
-    "train.ema_decay": number(0.0, 1.0, high_open=True),
-    "train.teacher": one_of(("separate", "sampling_ema")),
-    "train.teacher_ema_start": number(0.0, 1.0),
-    "train.teacher_ema_end": number(0.0, 1.0),
-    "train.teacher_ramp_steps": integer(0),
-    "train.grad_probe_every": integer(0),
-    "benchmark.seeds": integer(1),
-    "train.mask_ratio_min": number(0.0, 1.0, low_open=True),
-    "train.prefix_mask_prob": number(0.0, 1.0),
-    "train.precision": one_of(PRECISIONS, {"fp16": "fp16 overflows to NaN in this model; bf16 has fp32's range"}),
-    "train.log_every": integer(1),
-    "train.checkpoint_every": integer(1),
-    "train.keep_checkpoints": integer(1),
-    "train.preview_every": integer(0),
     "train.tensorboard": tensorboard_flag,
-    "train.max_bad_steps": integer(1),
-    "train.parallel": one_of(("ddp", "fsdp", "none")),
-    "train.checkpoint_format": one_of(("auto", "full", "sharded")),
-    "loss.denoise_weight": number(0.0),
-    "loss.jepa_weight": number(0.0),
     "loss.head._target_": head_class,
-    "loss.head.sampler": one_of(SAMPLERS),
-    "loss.head.sampling_steps": integer(1),
-    "loss.head.num_timesteps": integer(1),
-    "sample.preview_per_class": integer(0),
 }
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise a UsageError naming the first key whose value is of the wrong type or out of range."""
-    for key, check in CHECKS.items():
+def _schema_problems(cfg: DictConfig, root: type) -> Iterator[tuple[str, Any, str]]:
+    """Breaches of the schema: the top level, each section, and the keys of built-in adapters and heads."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    top = {k: v for k, v in plain.items() if k not in schema.SECTIONS}
+    yield from schema.section_problems(root, top, "")
+    if root is not schema.Config:
+        return
+    for name, settings in schema.SECTIONS.items():
+        yield from schema.section_problems(settings, plain.get(name) or {}, f"{name}.")
+    for where in ("modality.adapter", "loss.head"):
+        section = OmegaConf.select(cfg, where, default=None)
+        plugin = schema.PLUGINS.get(str(section.get("_target_"))) if section is not None else None
+        if plugin is not None:
+            values = OmegaConf.to_container(section, resolve=True)
+            assert isinstance(values, dict)
+            yield from schema.section_problems(plugin, values, f"{where}.")
+
+
+def validate(cfg: DictConfig, config_name: str = "config") -> None:
+    """Raise a UsageError naming the first key that is missing, of the wrong type or out of range."""
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            raise UsageError(f"{key}= is required ({config_name} --help lists the keys)")
+    for key, value, problem in _schema_problems(cfg, schema.ROOTS[config_name]):
+        raise UsageError(f"{key}={_show(value)} {problem}")
+    for key, check in CUSTOM_CHECKS.items():
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is _MISSING:
             continue
-        problem = check(value)
-        if problem:
-            raise UsageError(f"{key}={_show(value)} {problem}")
+        found = check(value)
+        if found:
+            raise UsageError(f"{key}={_show(value)} {found}")
 
 
 def validate_overrides(overrides: Sequence[str]) -> None:
-    """Refuse `hydra.*` settings (compose() ignores them), `+key=...` additions that nothing reads, and keys
-    renamed since (djepa.legacy.RENAMED_KEYS), naming the new key."""
+    """Refuse `hydra.*` settings (compose() ignores them)."""
     for item in overrides:
         key = item.split("=", 1)[0]
         bare = key.lstrip("+~")
-        if bare in RENAMED_KEYS:
-            raise UsageError(f"{key}: renamed {RENAMED_KEYS[bare]} (saved runs that use the old name still load)")
         if bare == "hydra" or bare.startswith(("hydra.", "hydra/")):
             raise UsageError(
                 f"{key}: hydra settings are not used by djepa (outputs go to run_dir=..., or out=... for sample)"
             )
-        if key.startswith("+") and bare.split(".", 1)[0].split("/", 1)[0] not in OPEN_SECTIONS:
-            raise UsageError(f"{key}: unknown key, nothing reads it (check the spelling against configs/config.yaml)")
 
 
 def _show(value: Any) -> str:

@@ -18,7 +18,8 @@ MODALITIES = ("image", "video", "audio")
 
 
 def compose_config(overrides: Sequence[str], config_name: str = "config") -> DictConfig:
-    """Compose `configs/<config_name>.yaml` with command-line overrides, resolved and validated."""
+    """Compose a command's config (`configs/config.yaml`, or a small command's own schema) with command-line
+    overrides, resolved and validated."""
     for item in overrides:
         if item.startswith("modality="):
             name = item.split("=", 1)[1]
@@ -26,17 +27,17 @@ def compose_config(overrides: Sequence[str], config_name: str = "config") -> Dic
                 raise UsageError(f"unknown modality {name!r}: choose one of {', '.join(MODALITIES)}")
     validate_overrides(overrides)
     cfg = _compose(config_name, list(overrides))
-    extra = data_default_overrides(cfg, overrides)
-    if extra:  # config groups (loss=flow) can only change by composing again
-        cfg = _compose(config_name, extra + list(overrides))
-    apply_data_defaults(cfg, overrides)
-    validate(cfg)
+    if config_name == "config":
+        extra = data_default_overrides(cfg, overrides)
+        if extra:  # config groups (loss=flow) can only change by composing again
+            cfg = _compose(config_name, extra + list(overrides))
+        apply_data_defaults(cfg, overrides)
+    validate(cfg, config_name)
     return cfg
 
 
-# An RGB folder's tokenizer must keep the shape under colours that vary independently of it; at the grey digits'
-# 500 steps the colour-blind classifier recognised 68 % of round-tripped coloured digits, at 1500 steps 95 %
-# (README, "Colourful user images").
+# An RGB folder's tokenizer must keep shapes under colours that vary independently of them: it trains 3x longer
+# than the grey digits' (evidence: docs, Results, colourful user images).
 RGB_TOKENIZER_STEPS = 1500
 
 
@@ -44,14 +45,12 @@ def _overridden(overrides: Sequence[str], key: str) -> bool:
     return any(item.split("=", 1)[0].lstrip("+~") == key for item in overrides)
 
 
-# RGB image folders: the flow-matching head, full guidance from the first token and temperature 0.7, the video
-# defaults. On coloured digits they took the colour-blind classifier from 69 % (diffusion head, linear ramp,
-# 0.85) to 96.5 % at the same 1200 steps; 2000 steps then lifted the weakest class ("9") from 55 % to 80 %
-# (94.0 -> 97.0 % overall, README, "Colourful user images").
+# RGB image folders get the video defaults (flow head, constant guidance, temperature 0.7) and longer training,
+# measured on coloured digits (docs, Results, colourful user images).
 RGB_IMAGE_DEFAULTS = {
     "loss": "flow",
-    "cfg_schedule": "constant",
-    "temperature": "0.7",
+    "sample.guidance_schedule": "constant",
+    "sample.temperature": "0.7",
     "train.steps": "2000",
     "tokenizer.steps": str(RGB_TOKENIZER_STEPS),
 }
@@ -83,25 +82,39 @@ def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
+    from djepa.schema import register
+
+    register()
     try:
         with initialize_config_module(config_module="djepa.configs", version_base=None):
             cfg = compose(config_name=config_name, overrides=list(overrides))
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as err:
-        lines = str(err).strip().splitlines()
-        options = []
-        if "Available options" in str(err):
-            start = next(i for i, line in enumerate(lines) if "Available options" in line) + 1
-            for line in lines[start:]:
-                if not line.startswith("\t"):
-                    break
-                if not line.strip().startswith("_"):  # a group's `_base`: shared settings, not an option
-                    options.append(line.strip())
-        hint = f" (options: {', '.join(options)})" if options else ""
-        raise UsageError(lines[0] + hint) from err
+        raise UsageError(_one_line(err, (ConfigAttributeError, ConfigKeyError))) from err
     return cfg
+
+
+def _one_line(err: Exception, unknown_key: tuple[type, ...]) -> str:
+    """Hydra's and OmegaConf's composition errors as one line naming the key."""
+    cause = err.__cause__ if isinstance(err.__cause__, Exception) else err
+    key = getattr(cause, "full_key", None)
+    if key and isinstance(cause, unknown_key):
+        return f"{key}: unknown key (the keys and their meaning: --help, or docs/concepts/configuration.md)"
+    if key and cause is not err:
+        return f"{key}: {str(cause).strip().splitlines()[0]}"
+    lines = str(err).strip().splitlines()
+    options = []
+    if "Available options" in str(err):
+        start = next(i for i, line in enumerate(lines) if "Available options" in line) + 1
+        for line in lines[start:]:
+            if not line.startswith("\t"):
+                break
+            if not line.strip().startswith("_"):  # a group's `_paper` and the like: shared settings, not options
+                options.append(line.strip())
+    hint = f" (options: {', '.join(options)})" if options else ""
+    return lines[0] + hint
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from omegaconf import DictConfig
 
-from djepa.cli.config import cli_errors
+from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
 from djepa.io import atomic_write_json, sha256
 
@@ -48,13 +49,6 @@ SOURCES = {"mar_kl16": "MAR's KL-16 VAE (LTH14/mar models/vae.py, pretrained_mod
 MAR_SCALE = 0.2325  # MAR's engine_mar.py: posterior.sample().mul_(0.2325), decode(z / 0.2325)
 MAR_RESOLUTION = 256  # MAR's Encoder/Decoder default `resolution`, which placed the attention at 16x16
 NORM_GROUPS = 32  # LDM's Normalize: GroupNorm(32, eps=1e-6), as diffusers' AutoencoderKL
-
-CONVERT_KEYS = {
-    "checkpoint": "MAR's VAE checkpoint: kl16.ckpt (a torch file, {'model': state_dict}) or a .safetensors file",
-    "out": "the diffusers AutoencoderKL folder to write (created; must be empty or absent)",
-    "source": f"what the checkpoint is: {', '.join(SOURCES)} (default: mar_kl16)",
-    "scale": f"the folder's scaling_factor (default: {MAR_SCALE}, MAR's)",
-}
 
 # Parts of a training checkpoint that are not the autoencoder (LDM keeps its LPIPS/discriminator loss as `loss.`).
 IGNORED_PREFIXES = ("loss.",)
@@ -238,32 +232,11 @@ def convert(checkpoint: Path, out: Path, source: str = "mar_kl16", scale: float 
     return out
 
 
-def parse_args(argv: Sequence[str]) -> dict[str, str]:
-    args: dict[str, str] = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in CONVERT_KEYS:
-            raise UsageError(
-                f"unknown argument {item!r}: convert_tokenizer takes {', '.join(k + '=' for k in CONVERT_KEYS)}"
-            )
-        args[key] = value
-    for key in ("checkpoint", "out"):
-        if not args.get(key):
-            raise UsageError(f"{key}= is required: convert_tokenizer checkpoint=kl16.ckpt out=DIR")
-    return args
-
-
-def run(argv: Sequence[str]) -> Path:
-    args = parse_args(argv)
-    try:
-        scale = float(args.get("scale", MAR_SCALE))
-    except ValueError as err:
-        raise UsageError(f"scale must be a number, got {args['scale']!r}") from err
-    if not scale > 0:
-        raise UsageError(f"scale must be positive, got {scale}")
-    out = convert(Path(args["checkpoint"]), Path(args["out"]), args.get("source", "mar_kl16"), scale)
+def run(cfg: DictConfig) -> Path:
+    """Convert `cfg.checkpoint` into the folder `cfg.out`."""
+    out = convert(Path(cfg.checkpoint), Path(cfg.out), cfg.source, float(cfg.scale))
     print(
-        f"wrote {out}: a diffusers AutoencoderKL (scaling_factor {scale}); use it with "
+        f"wrote {out}: a diffusers AutoencoderKL (scaling_factor {cfg.scale}); use it with "
         f"modality.adapter.tokenizer.path={out}"
     )
     return out
@@ -271,7 +244,7 @@ def run(argv: Sequence[str]) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> None:
     with cli_errors():
-        run(list(sys.argv[1:] if argv is None else argv))
+        run(compose_config(list(sys.argv[1:] if argv is None else argv), "convert_tokenizer"))
 
 
 if __name__ == "__main__":  # `python -m ...` answers --help as the console script does

@@ -19,7 +19,7 @@ from djepa.errors import UsageError
 from djepa.nn.attention import set_attention_backend
 from djepa.pipeline import Pipeline
 
-SAMPLING_KEYS = ("cfg", "temperature", "num_steps", "cfg_schedule")
+SAMPLING_KEYS = ("guidance_scale", "temperature", "num_steps", "guidance_schedule", "precision")
 
 
 def override_keys(argv: Sequence[str]) -> list[str]:
@@ -28,13 +28,11 @@ def override_keys(argv: Sequence[str]) -> list[str]:
 
 
 def sampling_overrides(cfg: DictConfig, keys: Sequence[str] | None) -> dict[str, Any]:
-    """Sampling settings the user set; the rest come from the run's defaults. `keys` None: take all of them."""
-    if keys is None:
-        return {k: cfg[k] for k in SAMPLING_KEYS}
-    chosen = {k for k in keys if k in SAMPLING_KEYS}
-    if any(k == "sample" or k.startswith("sample.") for k in keys):
-        chosen.update(SAMPLING_KEYS)  # `sample=video` / `sample.cfg=...` feed the top-level keys
-    return {k: cfg[k] for k in SAMPLING_KEYS if k in chosen}
+    """The `sample.*` settings the user set; the rest come from the run's defaults. `keys` None: take all of them
+    (so does choosing the group itself, `sample=video`)."""
+    if keys is None or "sample" in keys:
+        return {k: cfg.sample[k] for k in SAMPLING_KEYS}
+    return {k: cfg.sample[k] for k in SAMPLING_KEYS if f"sample.{k}" in keys}
 
 
 def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:

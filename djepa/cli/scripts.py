@@ -1,7 +1,8 @@
 """The console scripts: `--help` and `--cfg job` here, everything else in each command's own `main`.
 
-Hydra's own `--help` needs `@hydra.main`; our commands compose with the compose API (one-line errors, no
-output directories), so they answer `--help` themselves before composing anything.
+Every command takes `key=value` overrides composed by Hydra against the schema (`djepa.schema`): train, sample,
+train_tokenizer and benchmark the shared config with its groups, export, serve and convert_tokenizer a small root
+config each. `--help` is generated from the same schema.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
-from types import ModuleType
 
 from omegaconf import OmegaConf
 
+from djepa import schema
 from djepa.cli.config import cli_errors, compose_config
 
-# (module with main(argv), what it does, main keys shown with their defaults)
+# (module with main(argv), what it does, main keys shown with their defaults; empty: all the root's keys)
 COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "train": (
         "djepa.cli.train",
@@ -44,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "djepa.cli.sample",
         "Sample a trained run (or an `export` folder): one file per item in OUT plus OUT/grid. The model, its\n"
         "adapter and its sampling defaults come from the run's own config; the same seed gives the same files.\n"
-        "cfg, temperature, num_steps, cfg_schedule and loss.head.sampling_steps default to the run's values\n"
+        "The sample.* settings and loss.head.sampling_steps default to the run's values\n"
         "(shown below: a fresh image run's). Overrides that contradict training (patch, grid, channels) exit 2.",
         (
             "run_dir",
@@ -53,10 +54,11 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "prompt_class",
             "num_samples",
             "seed",
-            "cfg",
-            "temperature",
-            "num_steps",
-            "cfg_schedule",
+            "sample.guidance_scale",
+            "sample.temperature",
+            "sample.num_steps",
+            "sample.guidance_schedule",
+            "sample.precision",
             "loss.head.sampling_steps",
             "prime",
             "prime_frames",
@@ -74,7 +76,24 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "D-JEPA against MAR mode and the flow head at equal steps, seeds and data: results.json, summary.md, plots.",
         ("modality", "out", "benchmark.quick", "benchmark.steps", "standard_weights", "device"),
     ),
+    "export": (
+        "djepa.cli.export",
+        "A run as a self-describing folder (model, EMA weights, adapter config, tokenizer and its hash, class names,\n"
+        "sampling defaults, model card) that `sample`, `serve` and `Pipeline.from_pretrained` read.",
+        (),
+    ),
+    "serve": ("djepa.cli.serve", "A Gradio page on localhost over the Pipeline of a run or an export folder.", ()),
+    "convert_tokenizer": (
+        "djepa.cli.convert_tokenizer",
+        "MAR's KL-16 VAE checkpoint as a diffusers AutoencoderKL folder for modality.adapter.tokenizer.path.",
+        (),
+    ),
 }
+
+
+def config_name(name: str) -> str:
+    """The root config a command composes: its own for the small commands, else the shared one."""
+    return name if name in schema.ROOTS else "config"
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -91,15 +110,30 @@ def config_groups() -> dict[str, list[str]]:
 
 
 def usage(name: str) -> str:
-    _, summary, keys = COMMANDS[name]
-    cfg = compose_config([])
-    lines = [f"usage: {name} [group=option ...] [key=value ...]", "", summary, "", "config groups:"]
-    lines += [f"  {group}={'|'.join(options)}" for group, options in config_groups().items()]
-    lines += ["", "main keys (defaults for modality=image; any key of `--cfg job` can be set):"]
-    for key in keys:
-        value = OmegaConf.select(cfg, key, default="<unset>")
-        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-        lines.append(f"  {key}={'null' if value is None else value}")
+    _, summary, main_keys = COMMANDS[name]
+    root = config_name(name)
+    documented = {k.name: k for k in schema.keys(schema.ROOTS[root])}
+    shown = main_keys or tuple(documented)
+    lines = [
+        f"usage: {name} [key=value ...]" if root != "config" else f"usage: {name} [group=option ...] [key=value ...]"
+    ]
+    lines += ["", summary, ""]
+    if root == "config":
+        cfg = compose_config([])
+        lines += ["config groups:"] + [f"  {group}={'|'.join(options)}" for group, options in config_groups().items()]
+        lines += ["", "main keys (defaults for modality=image; any key of `--cfg job` can be set):"]
+    else:
+        cfg = None
+        lines += ["keys:"]
+    for key in shown:
+        if cfg is not None:
+            value = OmegaConf.select(cfg, key, default="<unset>")
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        else:
+            value = documented[key].default
+        shown_value = "REQUIRED" if value == "???" else OmegaConf.to_yaml({"v": value})[3:].strip()
+        meaning = documented[key].help if key in documented else plugin_help(key)
+        lines.append(f"  {key}={shown_value}".ljust(38) + f"  {meaning}".rstrip())
     lines += [
         "",
         "options:",
@@ -111,6 +145,16 @@ def usage(name: str) -> str:
     return "\n".join(lines)
 
 
+def plugin_help(key: str) -> str:
+    """The meaning of a built-in plug-in's key (`loss.head.sampler`), from its settings class."""
+    section, _, name = key.rpartition(".")
+    for settings in schema.PLUGINS.values():
+        for found in schema.keys(settings):
+            if found.name == name and section in ("loss.head", "modality.adapter"):
+                return found.help
+    return ""
+
+
 def dispatch(name: str, argv: Sequence[str] | None = None) -> None:
     """Answer `--help` / `--cfg job`, else run the command's own main."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -120,34 +164,22 @@ def dispatch(name: str, argv: Sequence[str] | None = None) -> None:
         sys.exit(0)
     if argv[:2] == ["--cfg", "job"]:
         with cli_errors():
-            print(OmegaConf.to_yaml(compose_config(argv[2:])), end="")
+            print(OmegaConf.to_yaml(compose_config(argv[2:], config_name(name))), end="")
         sys.exit(0)
     main: Callable[[Sequence[str]], None] = importlib.import_module(COMMANDS[name][0]).main
     main(argv)
 
 
-def _key_value_command(argv: Sequence[str] | None, usage: str, command: ModuleType, keys: dict[str, str]) -> None:
-    """A command that takes plain key=value arguments (not Hydra): --help lists its keys, then it runs."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(f"usage: {usage}\n")
-        print((command.__doc__ or "").strip() + "\n\nkeys:")
-        print("\n".join(f"  {k}=  {doc}" for k, doc in keys.items()))
-        sys.exit(0)
-    command.main(argv)
-
-
 def export(argv: Sequence[str] | None = None) -> None:
-    from djepa.cli import export as command
+    dispatch("export", argv)
 
-    _key_value_command(argv, "export run_dir=RUN out=DIR [key=value ...]", command, command.EXPORT_KEYS)
+
+def serve(argv: Sequence[str] | None = None) -> None:
+    dispatch("serve", argv)
 
 
 def convert_tokenizer(argv: Sequence[str] | None = None) -> None:
-    from djepa.cli import convert_tokenizer as command
-
-    usage = "convert_tokenizer checkpoint=kl16.ckpt out=DIR [source=mar_kl16] [scale=0.2325]"
-    _key_value_command(argv, usage, command, command.CONVERT_KEYS)
+    dispatch("convert_tokenizer", argv)
 
 
 def train(argv: Sequence[str] | None = None) -> None:

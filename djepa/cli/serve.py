@@ -17,19 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from djepa.cli.config import cli_errors
+from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
 from djepa.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
-SERVE_KEYS = {
-    "run_dir": "a run directory or an `export` folder",
-    "port": "port on 127.0.0.1 (default: 7860)",
-    "host": "address to listen on (default: 127.0.0.1, this machine only)",
-    "device": "auto | cpu | cuda (default: auto)",
-    "checkpoint": "a checkpoint directory instead of the newest (default: null)",
-}
 MAX_SAMPLES = 16
 
 
@@ -61,7 +54,7 @@ def generate_files(
     result = pipe(
         [label],
         int(num_samples),
-        cfg=float(guidance),
+        guidance_scale=float(guidance),
         temperature=float(temperature),
         num_steps=int(num_steps),
         seed=int(seed),
@@ -106,7 +99,7 @@ def build_app(pipe: Pipeline) -> Any:
             with gr.Column(scale=1):
                 label = gr.Dropdown(pipe.class_names, value=pipe.class_names[0], label="class", elem_id="class")
                 num_samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="samples", elem_id="samples")
-                guidance = gr.Slider(1.0, 10.0, value=d.guidance, step=0.1, label="guidance (cfg)", elem_id="cfg")
+                guidance = gr.Slider(1.0, 10.0, value=d.guidance_scale, step=0.1, label="guidance scale", elem_id="cfg")
                 temperature = gr.Slider(0.1, 1.5, value=d.temperature, step=0.05, label="temperature")
                 num_steps = gr.Slider(1, 128, value=d.num_steps, step=1, label="steps", elem_id="steps")
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
@@ -134,20 +127,6 @@ def build_app(pipe: Pipeline) -> Any:
     return app
 
 
-def parse_args(argv: Sequence[str]) -> dict[str, str]:
-    args: dict[str, str] = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in SERVE_KEYS:
-            raise UsageError(f"unknown argument {item!r}: serve takes {', '.join(k + '=' for k in SERVE_KEYS)}")
-        args[key] = value
-    if not args.get("run_dir"):
-        raise UsageError("run_dir= is required: serve run_dir=RUN [port=7860]")
-    if not args.get("port", "7860").isdigit():
-        raise UsageError(f"port must be a number, got {args['port']!r}")
-    return args
-
-
 def launch(pipe: Pipeline, port: int = 7860, host: str = "127.0.0.1", block: bool = True) -> Any:
     app = build_app(pipe)
     app.queue().launch(
@@ -157,19 +136,15 @@ def launch(pipe: Pipeline, port: int = 7860, host: str = "127.0.0.1", block: boo
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print("usage: serve run_dir=RUN [key=value ...]\n\n" + (__doc__ or "").strip() + "\n\nkeys:")
-        print("\n".join(f"  {k}=  {doc}" for k, doc in SERVE_KEYS.items()))
-        sys.exit(0)
     with cli_errors():
-        args = parse_args(argv)
+        cfg = compose_config(list(sys.argv[1:] if argv is None else argv), "serve")
         _gradio()
-        pipe = Pipeline.from_pretrained(args["run_dir"], args.get("device", "auto"), args.get("checkpoint"))
-        port = int(args.get("port", 7860))
-        print(f"serving {pipe.source} on http://{args.get('host', '127.0.0.1')}:{port}")
-        launch(pipe, port, args.get("host", "127.0.0.1"))
+        pipe = Pipeline.from_pretrained(cfg.run_dir, cfg.device, cfg.checkpoint)
+        print(f"serving {pipe.source} on http://{cfg.host}:{cfg.port}")
+        launch(pipe, int(cfg.port), str(cfg.host))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m ...` answers --help / --cfg job as the console script does
+    from djepa.cli import scripts
+
+    scripts.serve()

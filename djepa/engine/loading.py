@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.errors import UsageError
-from djepa.legacy import upgrade_head, upgrade_model_config
 from djepa.nn.heads import FREE_HEAD_KEYS, TokenHead
 from djepa.nn.model import DJEPA
 from djepa.plugins import plugin_class
@@ -43,7 +42,7 @@ def sampling_head_config(trained: dict[str, Any], head: Mapping[str, Any] | None
     if head is None:
         return trained
     head = dict(OmegaConf.to_container(head, resolve=True) if OmegaConf.is_config(head) else head)  # type: ignore[arg-type]
-    if upgrade_head(head).get("_target_") != trained["_target_"]:
+    if head.get("_target_") != trained["_target_"]:
         return trained
     # A setting the head takes counts even where the run was trained before its config named it (`sampler`).
     takes = inspect.signature(plugin_class(trained, "loss.head", TokenHead)).parameters
@@ -55,7 +54,7 @@ def load_ema_model(
     directory: Path, state: dict[str, Any], device: torch.device, head: DictConfig | None = None
 ) -> DJEPA:
     """The checkpoint's EMA model; `head` (the `loss.head` config) may change how it samples (sampling_head_config)."""
-    model_config = upgrade_model_config(state["model_config"])
+    model_config = dict(state["model_config"])
     model_config["head_config"] = sampling_head_config(model_config["head_config"], head)
     model = DJEPA(**model_config)
     model.load_state_dict(CheckpointManager.load_tensors(directory, "ema"))

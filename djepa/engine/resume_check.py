@@ -17,7 +17,6 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from djepa.errors import UsageError
-from djepa.legacy import upgrade_config, upgrade_model_config
 from djepa.nn.heads import FREE_HEAD_KEYS
 
 # Prefixes of keys that define the run; a change means a different model or data. The tokenizer the latents
@@ -78,7 +77,7 @@ def check_resume(cfg: DictConfig, run_dir: Path, step: int, state: dict[str, Any
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return []  # an older run without config.yaml: the model check after building still guards the weights
-    saved = upgrade_config(cast(DictConfig, OmegaConf.load(saved_path)))  # a run's config is a mapping
+    saved = cast(DictConfig, OmegaConf.load(saved_path))  # a run's config is a mapping
     frozen, free = config_changes(saved, cfg)
     if frozen:
         raise UsageError(
@@ -93,7 +92,7 @@ def _normalise(value: Any) -> Any:
 
 def check_model_config(run_dir: Path, step: int, state: dict[str, Any], model_config: dict[str, Any]) -> None:
     """The built model must be the checkpoint's (token dim and grid come from the tokenizer and data)."""
-    saved = _normalise(upgrade_model_config(state.get("model_config", {})))
+    saved = _normalise(dict(state.get("model_config", {})))
     new = _normalise(model_config)
     saved_head, new_head = saved.get("head_config"), new.get("head_config")
     if isinstance(saved_head, dict) and isinstance(new_head, dict):

@@ -2,42 +2,44 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from djepa import schema
 from djepa.engine.runtime import autocast, resolve_precision
 from djepa.errors import UsageError
-from djepa.nn.model import CFG_SCHEDULES, DJEPA
+from djepa.nn.model import DJEPA
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How tokens are drawn: guidance scale and schedule, temperature, reveal steps, number format. The CLI keys
-    (and the Pipeline's keywords) are `cfg`, `cfg_schedule`, `temperature`, `num_steps` and `sample.precision`."""
+    """How tokens are drawn: guidance scale and schedule, temperature, reveal steps, number format; the config's
+    `sample.*` keys and the Pipeline's keywords of the same names."""
 
-    guidance: float = 1.0  # the classifier-free guidance scale: the `cfg` key
+    guidance_scale: float = 1.0
     temperature: float = 1.0
     num_steps: int = 16
-    cfg_schedule: str = "linear"
+    guidance_schedule: str = "linear"
     # auto: the transformer and denoiser under bf16 autocast where bf16 is fast (CUDA, CPUs with AVX512-BF16 or
     # AMX), as MAR samples; the diffusion arithmetic stays fp32 either way. fp32: no autocast.
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UsageError(f"sample.precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.cfg_schedule not in CFG_SCHEDULES:
-            raise UsageError(f"cfg_schedule must be linear or constant, got {self.cfg_schedule!r}")
-        if self.num_steps < 1:
-            raise UsageError(f"num_steps must be positive, got {self.num_steps}")
+        for name, value in dataclasses.asdict(self).items():
+            problem = schema.problem(schema.SampleSettings, name, value)
+            if problem:
+                raise UsageError(f"sample.{name}={value!r} {problem}")
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> SamplingSettings:
-        precision = str(cfg.sample.get("precision", "auto")) if "sample" in cfg else "auto"
-        return cls(float(cfg.cfg), float(cfg.temperature), int(cfg.num_steps), str(cfg.cfg_schedule), precision)
+        s = cfg.sample
+        return cls(
+            float(s.guidance_scale), float(s.temperature), int(s.num_steps), str(s.guidance_schedule), s.precision
+        )
 
 
 @torch.no_grad()
@@ -61,9 +63,9 @@ def generate(
             tokens = model.sample(
                 labels[sl].to(device),
                 num_steps=settings.num_steps,
-                guidance=settings.guidance,
+                guidance=settings.guidance_scale,
                 temperature=settings.temperature,
-                cfg_schedule=settings.cfg_schedule,
+                guidance_schedule=settings.guidance_schedule,
                 known_tokens=None if known_tokens is None else known_tokens[sl],
                 known_mask=None if known_mask is None else known_mask[sl],
             )

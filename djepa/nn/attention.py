@@ -11,7 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "xformers", "sdpa", "math")
+from djepa.schema import ATTENTION_BACKENDS
+
+BACKENDS = ATTENTION_BACKENDS
 _forced: str = "auto"
 _resolved: dict[str, str] = {}
 

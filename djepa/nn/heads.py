@@ -15,6 +15,7 @@ from torch import nn
 
 from djepa.errors import UsageError
 from djepa.nn.denoiser import DenoiserMLP
+from djepa.schema import DiffusionHeadSettings, FlowHeadSettings, choices
 
 # Head arguments that only change how a trained denoiser is sampled: free to change at sample time and on resume.
 FREE_HEAD_KEYS = frozenset({"sampling_steps", "sampler", "time_shift", "clip_x0"})
@@ -187,7 +188,7 @@ class DiffusionHead(TokenHead):
     an ODE solver on the same schedule that reads only the eps channels).
     """
 
-    SAMPLERS = ("ddpm", "dpm_solver")
+    SAMPLERS = choices(DiffusionHeadSettings, "sampler")
 
     def __init__(
         self,
@@ -217,7 +218,9 @@ class DiffusionHead(TokenHead):
 
     def set_sampler(self, sampler: str) -> None:
         if sampler not in self.SAMPLERS:
-            raise UsageError(f"loss.head.sampler must be 'ddpm' or 'dpm_solver' for DiffusionHead, got {sampler!r}")
+            raise UsageError(
+                f"loss.head.sampler={sampler!r} must be one of {', '.join(self.SAMPLERS)} for DiffusionHead"
+            )
         self.sampler = sampler
 
     def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -293,6 +296,8 @@ class DiffusionHead(TokenHead):
 class FlowHead(TokenHead):
     """Rectified flow: linear path from noise (t=0) to data (t=1), velocity target, Euler or Heun."""
 
+    SAMPLERS = choices(FlowHeadSettings, "sampler")
+
     def __init__(
         self,
         token_dim: int,
@@ -312,8 +317,8 @@ class FlowHead(TokenHead):
         self.sampling_steps = steps
 
     def set_sampler(self, sampler: str) -> None:
-        if sampler not in ("euler", "heun"):
-            raise UsageError(f"loss.head.sampler must be 'euler' or 'heun' for FlowHead, got {sampler!r}")
+        if sampler not in self.SAMPLERS:
+            raise UsageError(f"loss.head.sampler={sampler!r} must be one of {', '.join(self.SAMPLERS)} for FlowHead")
         self.sampler = sampler
 
     def shift(self, t: torch.Tensor) -> torch.Tensor:

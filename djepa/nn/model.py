@@ -16,20 +16,23 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from djepa.legacy import upgrade_head, upgrade_model_config
 from djepa.nn.denoiser import ResBlock
 from djepa.nn.heads import TokenHead
 from djepa.nn.pos_embed import GridPositionalEmbedding
 from djepa.nn.vit import Block, Transformer
 from djepa.plugins import build
 
-CFG_SCHEDULES = ("linear", "constant")
+GUIDANCE_SCHEDULES = ("linear", "constant")
+
+
+# The paper's head, for a model built in code without naming one.
+DEFAULT_HEAD: dict[str, Any] = {"_target_": "djepa.nn.heads.DiffusionHead"}
 
 
 def build_head(token_dim: int, cond_dim: int, width: int, depth: int, head: dict[str, Any]) -> TokenHead:
     """The denoising head `head["_target_"]` names (a TokenHead), its sizes given by the model."""
     sizes = {"token_dim": token_dim, "cond_dim": cond_dim, "width": width, "depth": depth}
-    return build(upgrade_head(head), "loss.head", TokenHead, sizes)
+    return build(head, "loss.head", TokenHead, sizes)
 
 
 def split_indices(mask: torch.Tensor, num_visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +110,7 @@ class DJEPA(nn.Module):
             raise ValueError("model.buffer_size must be at least 1: the buffer carries the class embedding")
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.config["grid"] = [int(g) for g in grid]
-        self.config["head_config"] = upgrade_head(head_config)  # old `type: flow` configs and checkpoints load too
+        self.config["head_config"] = dict(head_config or DEFAULT_HEAD)
         self.token_dim = token_dim
         self.grid = tuple(self.config["grid"])
         self.num_tokens = math.prod(self.grid)
@@ -259,17 +262,17 @@ class DJEPA(nn.Module):
         known_tokens: torch.Tensor | None = None,
         known_mask: torch.Tensor | None = None,
         progress: bool = False,
-        cfg_schedule: str = "linear",
+        guidance_schedule: str = "linear",
     ) -> torch.Tensor:
         """Masked autoregressive sampling: tokens [B, N, D].
 
         `labels` None samples unconditionally. `known_tokens` with `known_mask` [B, N] (True where
         known) stay visible from the start and are never resampled: continuation and inpainting.
-        `cfg_schedule` "linear" ramps the guidance scale from 1 to `guidance` as tokens are revealed (MAR); "constant"
-        guides every token fully.
+        `guidance_schedule` "linear" ramps the guidance scale from 1 to `guidance` as tokens are revealed (MAR);
+        "constant" guides every token fully.
         """
-        if cfg_schedule not in CFG_SCHEDULES:
-            raise ValueError(f"cfg_schedule must be linear or constant, got {cfg_schedule!r}")
+        if guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"guidance_schedule must be linear or constant, got {guidance_schedule!r}")
         device = self.buffer.device
         b = labels.shape[0] if labels is not None else int(batch or 1)
         n = self.num_tokens
@@ -308,7 +311,7 @@ class DJEPA(nn.Module):
                 mask_len = 0
             # The tokens revealed now, in grid order: the rows the head samples, in the order its noise is drawn.
             reveal = orders[:, mask_len:remaining].sort(dim=1).values
-            revealed = (unknown - mask_len) / unknown if cfg_schedule == "linear" else 1.0
+            revealed = (unknown - mask_len) / unknown if guidance_schedule == "linear" else 1.0
             step_guidance = 1.0 + (guidance - 1.0) * revealed if guided else 1.0
             uncond = gather_rows(z[b:], reveal).float() if guided else None
             new = self.head.sample(gather_rows(z[:b], reveal).float(), uncond, temperature, step_guidance)
@@ -337,7 +340,7 @@ class DJEPA(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> DJEPA:
         directory = Path(directory)
-        config = upgrade_model_config(json.loads((directory / "config.json").read_text()))
+        config = json.loads((directory / "config.json").read_text())
         model = cls(**config)
         model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
         return model.to(device)
