@@ -2,7 +2,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOME_DIR ?= .djepa
 
-.PHONY: setup demo test test-fast lint typecheck format clean
+.PHONY: setup demo test test-fast lint typecheck docs format clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ lint: setup
 # mypy on the core (djepa/: the network, engine, pipeline, export, commands); pyproject.toml's [tool.mypy].
 typecheck: setup
 	$(BIN)/mypy
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a page outside nav fails.
+docs: setup
+	$(BIN)/mkdocs build --strict
 
 format: setup
 	$(BIN)/ruff check --fix .
