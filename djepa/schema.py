@@ -446,6 +446,55 @@ def section_problems(settings: type, values: Mapping[str, Any], prefix: str) -> 
                 yield f"{prefix}{name}", value, found
 
 
+def markdown_table() -> str:
+    """Every key as a Markdown table per section (the docs' configuration page), built-in plug-ins included."""
+    out: list[str] = []
+
+    def table(title: str, settings: type, prefix: str = "") -> None:
+        out.extend([f"### {title}", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"])
+        for key in keys(settings, prefix):
+            allowed = ", ".join(key.choices) if key.choices else _range(key.meta)
+            default = "required" if key.default == MISSING else f"`{_yaml(key.default)}`"
+            row = [f"`{key.name}`", key.type.replace("|", "or"), default, allowed, key.help.replace("|", "/")]
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+
+    top = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS)
+    out.extend(["### Top level", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"])
+    for key in keys(Config):
+        if key.name in top:
+            allowed = ", ".join(key.choices) if key.choices else _range(key.meta)
+            row = [f"`{key.name}`", key.type.replace("|", "or"), f"`{_yaml(key.default)}`", allowed, key.help]
+            out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    for name, settings in SECTIONS.items():
+        table(f"`{name}`", settings, f"{name}.")
+    for target, settings in PLUGINS.items():
+        where = "modality.adapter" if "Adapter" in target else "loss.head"
+        table(f"`{where}` of `{target.rsplit('.', 1)[1]}`", settings, f"{where}.")
+    table("`modality.adapter.tokenizer` (the built-in tokenizers)", TokenizerPluginSettings, "modality.adapter.tokenizer.")
+    for name, root in ROOTS.items():
+        if name != "config":
+            table(f"`{name}`", root)
+    return "\n".join(out)
+
+
+def _yaml(value: Any) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml({"v": value})[3:].strip().replace("|", "/")
+
+
+def _range(meta: Mapping[str, Any]) -> str:
+    low, high = meta.get("low"), meta.get("high")
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if meta.get('low_open') else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if meta.get('high_open') else '<='} {high:g}")
+    return " and ".join(parts)
+
+
 def register() -> None:
     """Register the schema in Hydra's ConfigStore (idempotent): `configs/config.yaml` starts from `_schema`; the
     small commands compose their own root config by name."""
