@@ -143,9 +143,9 @@ def check_model(cfg: DictConfig) -> None:
 
     kwargs = model_kwargs(cfg)
     validate_model_config(kwargs)
-    heads = kwargs.get("num_heads")
+    heads: Any = kwargs.get("num_heads")
     for key in ("encoder_width", "predictor_width"):
-        width = kwargs.get(key)
+        width: Any = kwargs.get(key)
         if _is_int(heads) and _is_int(width) and width % heads:
             raise UsageError(
                 f"model.num_heads={heads} does not divide model.{key}={width}: each head takes an equal share"
@@ -197,6 +197,7 @@ def check_media(cfg: DictConfig, command: str) -> None:
     if not isinstance(adapter, dict) or name not in KL_TOKENIZERS:
         return
     prefix = "modality.adapter"
+    axes: list[tuple[str, Any]]
     if name in ("image", "video"):
         channels = adapter.get("channels", 1)
         if channels not in MEDIA_CHANNELS:
