@@ -171,3 +171,25 @@ def test_sample_precision_decides_the_dtype_the_model_runs_in(precision, dtype, 
     sample.main([*argv, f"sample.precision={precision}"])
     assert (tmp_path / "0_000.png").is_file()
     assert dtype in seen and (dtype == torch.float32) == (torch.bfloat16 not in seen), seen
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["modality=image"],
+        ["modality=video"],
+        ["modality=audio"],
+        ["model=djepa_b", "modality.adapter.channels=3"],
+        # Tokenizers the checks cannot size without loading them: their own grids and patch ranks stand.
+        ["modality=audio", "modality.adapter.tokenizer._target_=djepa.tokenizers.oobleck.OobleckTokenizer",
+         "modality.adapter.patch_size=[1]"],
+        ["modality=video", "modality.adapter.tokenizer._target_=djepa.tokenizers.video_vae.VideoVAETokenizer",
+         "modality.adapter.tokenizer.family=wan", "modality.adapter.frames=17", "modality.adapter.patch_size=[1,2,2]"],
+    ],
+    ids=["image", "video", "audio", "rgb-b", "oobleck", "wan"],
+)  # fmt: skip
+def test_the_shipped_settings_pass_every_check(overrides, tmp_path):
+    from djepa.cli.input_checks import check_inputs
+
+    for command in ("train", "train_tokenizer", "sample"):
+        check_inputs(compose_config([f"home={tmp_path}", *overrides]), command)

@@ -166,13 +166,21 @@ def check_tokenizer_training(cfg: DictConfig) -> None:
         raise UsageError(f"tokenizer.holdout={holdout!r} must be a fraction in [0, 1)")
 
 
+def default_kind(cfg: DictConfig) -> bool:
+    """Whether the modality's tokenizer is the AutoencoderKL kind `train_tokenizer` makes (mel for audio)."""
+    name = str(_select(cfg, "modality.name"))
+    tokenizer = _select(cfg, "modality.adapter.tokenizer")
+    if not isinstance(tokenizer, dict) or "kind" in tokenizer:  # `kind`: an old config, upgraded when loaded
+        return False
+    return name in KL_TOKENIZERS and tokenizer.get("_target_", KL_TOKENIZERS[name]) == KL_TOKENIZERS[name]
+
+
 def tokenizer_downsample(cfg: DictConfig, command: str) -> tuple[int, str] | None:
     """The default-kind tokenizer's spatial downsampling and where it comes from: its saved config.json, or the
     `tokenizer` section it is (about to be) trained from. None where it cannot be known without loading it."""
-    name = str(_select(cfg, "modality.name"))
-    tokenizer = _select(cfg, "modality.adapter.tokenizer") or {}
-    if not isinstance(tokenizer, dict) or tokenizer.get("_target_", KL_TOKENIZERS.get(name)) != KL_TOKENIZERS.get(name):
+    if not default_kind(cfg):
         return None
+    tokenizer = _select(cfg, "modality.adapter.tokenizer")
     path = Path(str(tokenizer.get("path")))
     blocks: Any = None
     source = "tokenizer.block_out_channels"
@@ -210,6 +218,8 @@ def check_media(cfg: DictConfig, command: str) -> None:
         axes = [("image_size", adapter.get("image_size"))] * 2
         if name == "video":
             axes = [("frames", adapter.get("frames"))] + axes
+    elif not default_kind(cfg):
+        return  # e.g. Oobleck: a 1-D waveform grid, its own patch rank
     else:
         mel = adapter.get("mel") or {}
         axes = [("mel.n_mels", mel.get("n_mels")), ("mel.frames", mel.get("frames"))]
