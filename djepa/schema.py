@@ -152,7 +152,10 @@ class SampleSettings:
     num_steps: int = setting(16, "reveal steps of the masked autoregressive sampler", low=1)
     preview_per_class: int = setting(4, "samples per class in training previews and the final grid", low=0)
     precision: str = setting(
-        "auto", "auto: bf16 autocast where bf16 is fast (the diffusion arithmetic stays fp32)", choices=PRECISIONS
+        "auto",
+        "auto: bf16 autocast where bf16 is fast (the diffusion arithmetic stays fp32)",
+        choices=PRECISIONS,
+        hints={"fp16": "fp16 overflows to NaN in this model; bf16 has fp32's range"},
     )
 
 
@@ -429,10 +432,7 @@ def problem(settings: type, name: str, value: Any) -> str | None:
         above = low is None or (value > low if meta["low_open"] else value >= low)
         below = high is None or (value < high if meta["high_open"] else value <= high)
         if not (above and below):
-            lo = "" if low is None else f"{'>' if meta['low_open'] else '>='} {low:g}"
-            hi = "" if high is None else f"{'<' if meta['high_open'] else '<='} {high:g}"
-            kind = "a whole number" if base is int else "a number"
-            return f"must be {kind} " + " and ".join(p for p in (lo, hi) if p)
+            return f"must be {'a whole number' if base is int else 'a number'} {_range(meta)}"
     return None
 
 
@@ -451,7 +451,9 @@ def markdown_table() -> str:
     out: list[str] = []
 
     def table(title: str, settings: type, prefix: str = "") -> None:
-        out.extend([f"### {title}", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"])
+        out.extend(
+            [f"### {title}", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+        )
         for key in keys(settings, prefix):
             allowed = ", ".join(key.choices) if key.choices else _range(key.meta)
             default = "required" if key.default == MISSING else f"`{_yaml(key.default)}`"
@@ -472,7 +474,9 @@ def markdown_table() -> str:
     for target, settings in PLUGINS.items():
         where = "modality.adapter" if "Adapter" in target else "loss.head"
         table(f"`{where}` of `{target.rsplit('.', 1)[1]}`", settings, f"{where}.")
-    table("`modality.adapter.tokenizer` (the built-in tokenizers)", TokenizerPluginSettings, "modality.adapter.tokenizer.")
+    table(
+        "`modality.adapter.tokenizer` (the built-in tokenizers)", TokenizerPluginSettings, "modality.adapter.tokenizer."
+    )
     for name, root in ROOTS.items():
         if name != "config":
             table(f"`{name}`", root)
@@ -489,10 +493,14 @@ def _range(meta: Mapping[str, Any]) -> str:
     low, high = meta.get("low"), meta.get("high")
     parts = []
     if low is not None:
-        parts.append(f"{'>' if meta.get('low_open') else '>='} {low:g}")
+        parts.append(f"{'>' if meta.get('low_open') else '>='} {_number(low)}")
     if high is not None:
-        parts.append(f"{'<' if meta.get('high_open') else '<='} {high:g}")
+        parts.append(f"{'<' if meta.get('high_open') else '<='} {_number(high)}")
     return " and ".join(parts)
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def register() -> None:

@@ -283,7 +283,7 @@ class ModalityAdapter(ABC):
     def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling; `options` holds
         how much of the file stays (`prime_frames` for video, `prime_seconds` for audio)."""
-        raise NotImplementedError(f"modality {self.name} has no continuation (prime=...) support")
+        raise UsageError(f"prime={path}: {self.name} models have no continuation (prime=...) yet; video and audio do")
 
     def encode_media(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and std latents of media items (tokenizers may override for speed)."""

@@ -59,7 +59,11 @@ def test_a_user_folder_gets_its_own_tokenizer_location_and_rgb_a_longer_tokenize
         ]
     )
     assert Path(mine.modality.adapter.tokenizer.path) == home / "tokenizers" / "image" and mine.tokenizer.steps == 7
-    assert "Diffusion" in mine.loss.head._target_ and mine.sample.temperature == 0.9 and mine.sample.guidance_schedule == "constant"
+    assert (
+        "Diffusion" in mine.loss.head._target_
+        and mine.sample.temperature == 0.9
+        and mine.sample.guidance_schedule == "constant"
+    )
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ def compose_config(overrides: Sequence[str], config_name: str = "config") -> Dic
             if name not in MODALITIES:
                 raise UsageError(f"unknown modality {name!r}: choose one of {', '.join(MODALITIES)}")
     validate_overrides(overrides)
+    overrides = [quote_non_ascii(item) for item in overrides]
     cfg = _compose(config_name, list(overrides))
     if config_name == "config":
         extra = data_default_overrides(cfg, overrides)
@@ -34,6 +36,16 @@ def compose_config(overrides: Sequence[str], config_name: str = "config") -> Dic
         apply_data_defaults(cfg, overrides)
     validate(cfg, config_name)
     return cfg
+
+
+def quote_non_ascii(item: str) -> str:
+    """`key=café` -> `key='café'`: Hydra's grammar takes non-ASCII letters only inside quotes. Lists, dicts and
+    values the user quoted are left as they are; backslashes before a quote or the end are escaped."""
+    key, sep, value = item.partition("=")
+    if not sep or value.isascii() or value[:1] in ("'", '"', "[", "{"):
+        return item
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
+    return f"{key}='{escaped}'"
 
 
 # An RGB folder's tokenizer must keep shapes under colours that vary independently of them: it trains 3x longer

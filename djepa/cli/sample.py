@@ -6,6 +6,7 @@ export's) own config; the command line picks classes, count, seed and sampling s
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from djepa.cli.config import cli_errors, compose_config
+from djepa.cli.input_checks import check_inputs
 from djepa.errors import UsageError
 from djepa.nn.attention import set_attention_backend
 from djepa.pipeline import Pipeline
@@ -46,6 +48,8 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
     model_keys = [k for k in keys or [] if k.split(".")[0] in ("modality", "model", "loss")]
     overrides = {k: OmegaConf.select(cfg, k) for k in model_keys}
     pipe = Pipeline.from_pretrained(cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint, overrides=overrides)
+    if keys is None or {"sample", "sample.precision"} & set(keys):  # else the run's own sample.precision
+        pipe.defaults = dataclasses.replace(pipe.defaults, precision=str(cfg.sample.precision))
     labels = None if cfg.prompt_class is None else [pipe.class_index(cfg.prompt_class, "prompt_class")]
     result = pipe(
         labels,
@@ -65,7 +69,9 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     with cli_errors():
-        run(compose_config(argv), argv)
+        cfg = compose_config(argv)
+        check_inputs(cfg, "sample")
+        run(cfg, argv)
 
 
 if __name__ == "__main__":  # `python -m ...` answers --help / --cfg job as the console script does

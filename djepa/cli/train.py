@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from djepa.cli.config import cli_errors, compose_config, save_config
+from djepa.cli.input_checks import check_inputs
 from djepa.engine import distributed
 from djepa.engine.adapter import Adapter, build_adapter, ensure_tokenizer
 from djepa.engine.checkpoint import CheckpointManager
@@ -234,7 +235,9 @@ def stop_between_steps(trainer: Trainer) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> None:
     with cli_errors():
         try:
-            run(compose_config(sys.argv[1:] if argv is None else argv))
+            cfg = compose_config(sys.argv[1:] if argv is None else argv)
+            check_inputs(cfg, "train")
+            run(cfg)
         finally:
             distributed.shutdown()
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from djepa.cli.config import cli_errors, compose_config
+from djepa.cli.input_checks import check_inputs
 from djepa.engine.adapter import build_adapter
 from djepa.errors import UsageError
 
@@ -27,7 +28,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     with cli_errors():
-        run(compose_config(sys.argv[1:] if argv is None else argv))
+        cfg = compose_config(sys.argv[1:] if argv is None else argv)
+        check_inputs(cfg, "train_tokenizer")
+        run(cfg)
 
 
 if __name__ == "__main__":  # `python -m ...` answers --help / --cfg job as the console script does
