@@ -16,7 +16,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -368,6 +368,8 @@ class Key:
 
 
 def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not typing.get_args(annotation):
+        return annotation.__name__
     return str(annotation).replace("typing.", "").replace("NoneType", "None")
 
 
@@ -449,34 +451,26 @@ def section_problems(settings: type, values: Mapping[str, Any], prefix: str) -> 
 def markdown_table() -> str:
     """Every key as a Markdown table per section (the docs' configuration page), built-in plug-ins included."""
     out: list[str] = []
+    header = ["| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
 
-    def table(title: str, settings: type, prefix: str = "") -> None:
-        out.extend(
-            [f"### {title}", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
-        )
+    def table(title: str, settings: type, prefix: str = "", skip: Collection[str] = ()) -> None:
+        out.extend([f"### {title}", "", *header])
         for key in keys(settings, prefix):
+            if key.name.split(".", 1)[0] in skip:
+                continue
             allowed = ", ".join(key.choices) if key.choices else _range(key.meta)
             default = "required" if key.default == MISSING else f"`{_yaml(key.default)}`"
             row = [f"`{key.name}`", key.type.replace("|", "or"), default, allowed, key.help.replace("|", "/")]
             out.append("| " + " | ".join(row) + " |")
         out.append("")
 
-    top = {f.name for f in dataclasses.fields(Config)} - set(SECTIONS)
-    out.extend(["### Top level", "", "| key | type | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"])
-    for key in keys(Config):
-        if key.name in top:
-            allowed = ", ".join(key.choices) if key.choices else _range(key.meta)
-            row = [f"`{key.name}`", key.type.replace("|", "or"), f"`{_yaml(key.default)}`", allowed, key.help]
-            out.append("| " + " | ".join(row) + " |")
-    out.append("")
+    table("Top level", Config, skip=SECTIONS)
     for name, settings in SECTIONS.items():
         table(f"`{name}`", settings, f"{name}.")
     for target, settings in PLUGINS.items():
         where = "modality.adapter" if "Adapter" in target else "loss.head"
         table(f"`{where}` of `{target.rsplit('.', 1)[1]}`", settings, f"{where}.")
-    table(
-        "`modality.adapter.tokenizer` (the built-in tokenizers)", TokenizerPluginSettings, "modality.adapter.tokenizer."
-    )
+    table("`modality.adapter.tokenizer` (built-in tokenizers)", TokenizerPluginSettings, "modality.adapter.tokenizer.")
     for name, root in ROOTS.items():
         if name != "config":
             table(f"`{name}`", root)
