@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from djepa.benchmarks.metrics import accuracy, per_class_accuracy
+from djepa.benchmarks.views import classify_media, config_view, load_classifier
 from djepa.chunks import map_chunks
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.adapter import build_adapter
@@ -82,13 +83,11 @@ def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Te
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    from djepa.benchmarks.evaluate import classify_media, load_classifier
-
     torch.manual_seed(cfg.seed)
-    adapter = build_adapter(cfg)
-    classifier, heldout = load_classifier(cfg, adapter, 60 if cfg.benchmark.quick else 400)
-    media, labels, origin = heldout_media(cfg, adapter)
-    result = roundtrip_scores(lambda m: classify_media(classifier, adapter, m)[0], adapter, media, labels)
+    view = config_view(cfg, build_adapter(cfg))
+    classifier, heldout = load_classifier(cfg, view, 60 if cfg.benchmark.quick else 400)
+    media, labels, origin = heldout_media(cfg, view.adapter)
+    result = roundtrip_scores(lambda m: classify_media(classifier, view, m)[0], view.adapter, media, labels)
     result |= {"classifier_heldout_accuracy": heldout, "roundtrip_data": origin}
     print(json.dumps(result, indent=2))
     return result

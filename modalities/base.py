@@ -259,24 +259,10 @@ class ModalityAdapter(ABC):
         latents = self.to_latents(tokens.float())
         return map_chunks(lambda z: self.tokenizer.decode(z).cpu(), latents, batch_size)
 
-    def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real examples and labels to train the benchmark classifier on (the dataset by default; at most
-        `memory_items` of a user folder)."""
-        return self.in_memory_data()
-
     def heldout_dataset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Real items nobody trained on, where the adapter can make them (the audio default synthesises new
         clips); None: the benchmarks fall back to the dataset itself."""
         return None
-
-    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """What the classifier sees for decoded media, and how many classifier rows make one item
-        (video: one row per frame, logits averaged per clip)."""
-        return media, 1
-
-    def media_metrics(self, media: torch.Tensor) -> dict[str, float]:
-        """Modality-specific measurements of decoded media beyond the classifier (video: motion)."""
-        return {}
 
     def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling; `options` holds

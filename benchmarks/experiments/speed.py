@@ -1,4 +1,4 @@
-"""`python -m djepa.benchmarks.speed [mar_repo=PATH] [steps=20] [out=DIR] [overrides...]`: where a step goes.
+"""Where a step goes: `python -m djepa.benchmarks.experiments.speed [mar_repo=PATH] [steps=20] [out=DIR] [...]`.
 
 Times, one after another in this process, at the MAR-comparison shape (`model=small`, 8x8 tokens of dim 4,
 batch 64, bf16 by default; any train/model/loss override passes through):
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from djepa.benchmarks.run import machine
+from djepa.benchmarks.experiments.run import machine
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.train import train_config
 from djepa.engine.data import TokenData

@@ -1,6 +1,6 @@
 """Coloured digits: the embedded MNIST digits in a random ink colour on a random ground colour, as ImageFolders.
 
-    python -m djepa.benchmarks.rgb_digits out=DIR [per_class=400] [heldout_per_class=100] [seed=0]
+    python -m djepa.benchmarks.experiments.rgb_digits out=DIR [per_class=400] [heldout_per_class=100] [seed=0]
 
 writes DIR/train/<digit>/<n>.png and DIR/heldout/<digit>/<n>.png (32x32 RGB) from disjoint digits, plus
 `rgb_digits.json` (the recipe) in each split, which tells the benchmark to score with the grey-digit classifier.
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from djepa.benchmarks.colour_blind import LUMA
+from djepa.benchmarks.views import RGB_DIGITS_MARKER
 from djepa.cli.config import cli_errors
 from djepa.errors import UsageError
-from djepa.modalities.colour_blind import LUMA
-from djepa.modalities.image import RGB_DIGITS_MARKER, load_mnist_digits
+from djepa.modalities.image import load_mnist_digits
 
 SIZE = 32  # the 28x28 digits padded with ground, as the grey default pads them
 # Ink and ground are drawn uniformly from the RGB cube, independently of each other and of the class; a pair

@@ -1,6 +1,6 @@
 """Memory at scale: does `train` on a user folder use the same memory for 2,000 items as for 20,000?
 
-    python -m djepa.benchmarks.data_scale out=DIR [sizes=[2000,20000]] [steps=200] [modality=image]
+    python -m djepa.benchmarks.experiments.data_scale out=DIR [sizes=[2000,20000]] [steps=200] [modality=image]
         [any train override: model=..., train.batch_size=..., modality.adapter.tokenizer.path=VAE, ...]
 
 For each size it writes a generated class folder (DIR/data/<modality>-<size>/<digit>/...: PNGs of the embedded
@@ -340,7 +340,7 @@ def write_summary(results: dict[str, Any], path: Path) -> None:
 
 
 def run(args: dict[str, Any], passthrough: list[str]) -> dict[str, Any]:
-    from djepa.benchmarks.run import git_commit, machine
+    from djepa.benchmarks.experiments.run import git_commit, machine
 
     out = Path(args["out"]).resolve()
     out.mkdir(parents=True, exist_ok=True)
