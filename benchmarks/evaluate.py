@@ -27,6 +27,7 @@ from djepa.engine.adapter import build_adapter
 from djepa.engine.loading import find_checkpoint, load_ema_model
 from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
+from djepa.modalities.base import ModalityAdapter
 from djepa.nn.model import DJEPA
 
 
@@ -34,7 +35,7 @@ class RealMedia:
     """The fixed random subset of the dataset that generated samples are compared with, loaded once on first use
     (drawn from the bounded subset `in_memory_data` reads of a user folder)."""
 
-    def __init__(self, adapter: Any, count: int = 2000):
+    def __init__(self, adapter: ModalityAdapter, count: int = 2000):
         self.adapter = adapter
         self.count = count
         self._media: torch.Tensor | None = None
@@ -77,7 +78,7 @@ def score(
     per_class: int,
     settings: SamplingSettings,
     standard: StandardMetric | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The classifier's scores of `per_class` samples per class, and the view's own measurements of them."""
     adapter = view.adapter
     labels = class_grid_labels(adapter.num_classes, per_class)

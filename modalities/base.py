@@ -21,7 +21,7 @@ from djepa.engine import distributed
 from djepa.engine.data import TokenData
 from djepa.errors import UsageError
 from djepa.legacy import upgrade_tokenizer
-from djepa.modalities.folder import DataError, FolderScan, MappedDataset, MemoryDataset, load_folder
+from djepa.modalities.folder import DataError, FolderScan, MappedDataset, MemoryDataset, dataset_length, load_folder
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
 from djepa.plugins import build, plugin_class
@@ -197,12 +197,15 @@ class ModalityAdapter(ABC):
         assert self.data_dir is not None
         scan = self.scan()
         dataset: Dataset = self.folder_dataset(scan, augment)
-        total = len(dataset)  # type: ignore[arg-type]
+        total = dataset_length(dataset)
         if total > self.memory_items:
             order = torch.randperm(total, generator=torch.Generator().manual_seed(int(self.seed)))
             dataset = Subset(dataset, order[: self.memory_items].sort().values.tolist())
             log.info(
-                "%s: %d of %d items read into memory (modality.adapter.memory_items)", scan.root, len(dataset), total
+                "%s: %d of %d items read into memory (modality.adapter.memory_items)",
+                scan.root,
+                self.memory_items,
+                total,
             )
         if per_item is not None:
             dataset = MappedDataset(dataset, per_item)
@@ -328,9 +331,10 @@ class ModalityAdapter(ABC):
         tokenizer = self.tokenizer.to(device)
         desc = f"caching {self.name} latents"
         if rank == 0:
-            resumed = cache.prepare(len(dataset), (tokenizer.latent_channels, *self.latent_grid))
+            count = dataset_length(dataset)
+            resumed = cache.prepare(count, (tokenizer.latent_channels, *self.latent_grid))
             if resumed:
-                desc += f" (resuming, {int((cache.state() != 0).sum())} of {len(dataset)} done)"
+                desc += f" (resuming, {int((cache.state() != 0).sum())} of {count} done)"
         if shard:
             distributed.barrier()
         todo = cache.pending(rank, world)

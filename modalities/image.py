@@ -95,7 +95,7 @@ def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size
     scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     return to_unit_range(pil_to_tensor(img.crop((left, top, left + size, top + size))))
@@ -212,7 +212,7 @@ class ImageAdapter(ModalityAdapter):
     def save_grid(self, media: torch.Tensor, rows: int, path: Path, scale: int = 2) -> Path:
         canvas = grid_canvas(to_uint8(media), rows)
         img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
         path = Path(path).with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path)

@@ -82,7 +82,8 @@ def test_train_and_heldout_use_disjoint_digits():
 
 
 def test_parse_refuses_unknown_keys_and_needs_out():
-    assert rgb_digits.parse(["out=x", "per_class=5"])["per_class"] == 5
+    out, numbers = rgb_digits.parse(["out=x", "per_class=5"])
+    assert out.name == "x" and numbers == {"per_class": 5, "heldout_per_class": 100, "seed": 0}
     for bad in (["per_class=5"], ["out=x", "colour=red"], ["out=x", "seed=-1"]):
         with pytest.raises(UsageError):
             rgb_digits.parse(bad)

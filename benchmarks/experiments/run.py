@@ -37,6 +37,7 @@ from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings
 from djepa.errors import UsageError
 from djepa.nn.masking import training_mask
+from djepa.nn.model import DJEPA
 
 
 def passthrough_overrides(argv: Sequence[str]) -> list[str]:
@@ -76,7 +77,7 @@ def train_variant(overrides: list[str]) -> None:
         raise RuntimeError(f"training failed ({proc.returncode}): djepa.cli.train {' '.join(overrides)}")
 
 
-def flops_per_step(model: torch.nn.Module, cfg: DictConfig, token_dim: int) -> float:
+def flops_per_step(model: DJEPA, cfg: DictConfig, token_dim: int) -> float:
     """Training FLOPs of one step (forward, backward, EMA target pass) by torch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -87,7 +88,7 @@ def flops_per_step(model: torch.nn.Module, cfg: DictConfig, token_dim: int) -> f
     with FlopCounterMode(display=False) as counter:
         targets = model.target_features(tokens, labels) if model.jepa else None
         losses = model.loss(tokens, labels, mask, targets)
-        sum(losses.values()).backward()
+        torch.stack(list(losses.values())).sum().backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
