@@ -209,11 +209,8 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # mbtree=0: with macroblock-tree rate control on, the x264 bundled with PyAV encoded the same frames into
-        # different bitstreams on an AVX-512 CPU, most often after encoding a different clip (as if its AVX-512
-        # code read memory it had not written; never with mbtree off or with AVX-512 masked out), so seeded
-        # samples gave different MP4 files. One thread, for the same reason. Costs some compression at crf 18
-        # (a 96-px moving blob: 2.6 -> 3.2 kB), no speed.
+        # mbtree=0 and one thread: x264's macroblock-tree rate control can encode the same frames into different
+        # bytes on AVX-512 CPUs, and seeded samples must give identical files; it costs a little compression.
         stream.options = {"crf": "18", "preset": "fast", "x264-params": "mbtree=0"}
         stream.codec_context.thread_count = 1
         for frame in frames:

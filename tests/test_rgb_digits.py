@@ -1,4 +1,4 @@
-"""Coloured digits (issue 19): the folder writer, the colour-blind classifier path, the tokenizer round trip."""
+"""Coloured digits: the folder writer, the colour-blind classifier path, the tokenizer round trip."""
 
 import functools
 import json

@@ -2,7 +2,6 @@
 
     python -m djepa.benchmarks.experiments.continuation run_dir=DIR [num_samples=10]
 
-
 The first `prime_frames` frames of held-out clips (new trajectories the model never saw) stay known, the rest is
 generated with the clip's true class, and each frame's ink centroid is compared with the real clip's (both
 through the tokenizer, so the round trip's own error is the floor, shown as the primed frames' distance). A

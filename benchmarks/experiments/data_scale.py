@@ -14,7 +14,7 @@ Per phase: the child's peak RSS (the kernel's ru_maxrss through wait4: the large
 workers counted as their own maxima, not added), the peak of the whole process tree's proportional set size
 (PSS, sampled every 0.2 s from /proc, Linux only), wall time and items/s (caching: encoded items over the time
 between the cache's layout.json and meta.json; training: batch x steps per second over the steady steps of
-metrics.jsonl). The largest size may use at most 25 % more peak memory than the smallest (issue 17).
+metrics.jsonl). The largest size passes when its peak memory is at most BOUND times the smallest's.
 Writes DIR/results.json and DIR/summary.md.
 """
 

@@ -1,4 +1,4 @@
-"""Training memory per GPU, ESTIMATED from parameter counts (nothing is run on a GPU): the README's recipe table.
+"""Training memory per GPU, ESTIMATED from parameter counts (nothing is run on a GPU): the docs' recipe table.
 
     python -m djepa.benchmarks.experiments.memory_estimate [model=djepa_b] [tokens=16,16] [dim=16]
         [classes=1000] [buffer=64] [batch=64] [gpus=8]

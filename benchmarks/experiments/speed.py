@@ -10,11 +10,11 @@ batch 64, bf16 by default; any train/model/loss override passes through):
   shape: its forward, backward, clip at 3.0, AdamW and its per-tensor EMA loop, dropout 0, same autocast;
 - sampling at MAR's settings (16 reveal steps, 50 diffusion steps, guidance 3 linear, batch 16): ours, ours
   with `sampler=dpm_solver` at `dpm_steps` steps, ours at `fast_reveal_steps` reveal steps (a comma list,
-  default 8,4) with that sampler (the fast settings; their quality is a separate measurement, README), and
+  default 8,4) with that sampler (the fast settings; their quality is measured separately), and
   MAR's code.
 
-Prints the ratios the speed issue asks about and writes them to OUT/speed.json. Data are random tokens: speed
-does not depend on them. Run it alone on the machine: anything beside it changes every figure.
+Prints the step and sampling ratios of D-JEPA to MAR and writes them to OUT/speed.json. Data are random tokens:
+speed does not depend on them. Run it alone on the machine: anything beside it changes every figure.
 """
 
 from __future__ import annotations
