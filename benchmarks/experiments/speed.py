@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     if "mar_repo" in own:
         check_mar_repo(Path(own["mar_repo"]))  # before minutes of timing, not after
     torch.manual_seed(0)
-    results: dict[str, Any] = {"machine": machine(), "overrides": list(overrides), "sampling": SAMPLE}
+    results: dict[str, Any] = {"machine": machine(), "overrides": list(overrides), "sampling": asdict(SAMPLE)}
     with tempfile.TemporaryDirectory() as tmp:
         djepa = trainer_for(overrides, Path(tmp) / "djepa")
         dtype = djepa.dtype
