@@ -151,6 +151,23 @@ def test_classifier_trains_on_grey_digits_for_rgb_digit_folders_else_on_the_fold
     assert grey.tag == "" and grey.rows(first)[0] is first
 
 
+def test_benchmark_classifier_key_picks_the_source_and_refuses_unknown_values(tmp_path):
+    from djepa.benchmarks.views import config_view
+    from djepa.cli.config import compose_config
+    from djepa.engine.adapter import build_adapter
+
+    rgb_digits.write_rgb_digits(tmp_path, per_class=1, heldout_per_class=0)
+    folder = [f"modality.adapter.data_dir={tmp_path / 'train'}", "modality.adapter.channels=3"]
+    assert config_view(compose_config(folder), adapter(tmp_path / "train")).tag == "-colourblind-digits"  # auto
+    chosen = config_view(compose_config([*folder, "+benchmark.classifier=data"]), adapter(tmp_path / "train"))
+    assert chosen.tag == "-colourblind-data"
+    with pytest.raises(UsageError, match="benchmark.classifier='grey': choose one of auto, digits, data"):
+        config_view(compose_config(["+benchmark.classifier=grey"]), adapter(channels=1))
+    # the adapter knows nothing of the classifier: an adapter key for it is refused like any unknown one
+    with pytest.raises(UsageError, match="modality.adapter.classifier: ImageAdapter takes no such setting"):
+        build_adapter(compose_config(["+modality.adapter.classifier=digits"]))
+
+
 class StubTokenizerAdapter:
     """encode_media / to_tokens / decode_tokens of an exact tokenizer, or of one that loses the shape."""
 
