@@ -28,7 +28,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy on the core (djepa/: the network, engine, pipeline, export, commands); pyproject.toml's [tool.mypy].
+# mypy on every installed package (djepa/, modalities/, tokenizers/, benchmarks/); pyproject.toml's [tool.mypy].
 typecheck: setup
 	$(BIN)/mypy
 

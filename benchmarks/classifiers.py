@@ -64,7 +64,8 @@ class ConvClassifier(nn.Module):
             features = self.features(chunk.float())
             return self.head(features), features
 
-        return map_chunks(logits_and_features, x, batch_size)
+        logits, features = map_chunks(logits_and_features, x, batch_size)
+        return logits, features
 
 
 def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:

@@ -12,21 +12,22 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
+from djepa.benchmarks.classifiers import ConvClassifier
 from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score, per_class_accuracy
 from djepa.benchmarks.roundtrip import heldout_media, roundtrip_scores
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
+from djepa.benchmarks.views import ClassifierView, classify_media, config_view, load_classifier
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.adapter import build_adapter
 from djepa.engine.loading import find_checkpoint, load_ema_model
 from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
+from djepa.modalities.base import ModalityAdapter
 from djepa.nn.model import DJEPA
 
 
@@ -34,7 +35,7 @@ class RealMedia:
     """The fixed random subset of the dataset that generated samples are compared with, loaded once on first use
     (drawn from the bounded subset `in_memory_data` reads of a user folder)."""
 
-    def __init__(self, adapter: Any, count: int = 2000):
+    def __init__(self, adapter: ModalityAdapter, count: int = 2000):
         self.adapter = adapter
         self.count = count
         self._media: torch.Tensor | None = None
@@ -48,21 +49,12 @@ class RealMedia:
         return self._media
 
 
-def load_classifier(cfg: DictConfig, adapter: Any, steps: int = 400) -> tuple[ConvClassifier, float]:
-    """The modality's classifier (trained on first use, then cached under home) and its held-out accuracy."""
-    tag = getattr(adapter, "classifier_tag", lambda: "")()  # e.g. the image adapter's colour-blind classifier
-    name = f"{cfg.modality.name}-{adapter.cache_key()}{tag}-{steps}steps.safetensors"
-    path = Path(cfg.home) / "classifiers" / name
-    x, labels = adapter.classifier_data()
-    return load_or_train_classifier(path, x, labels, adapter.num_classes, steps=steps)
-
-
 def modality_classifier(
-    cfg: DictConfig, adapter: Any, real: RealMedia, steps: int = 400
+    cfg: DictConfig, view: ClassifierView, real: RealMedia, steps: int = 400
 ) -> tuple[ConvClassifier, float, torch.Tensor]:
     """The cached classifier, its held-out accuracy, and real features for the Fréchet distance."""
-    model, heldout = load_classifier(cfg, adapter, steps)
-    _, real_features = classify_media(model, adapter, real())
+    model, heldout = load_classifier(cfg, view, steps)
+    _, real_features = classify_media(model, view, real())
     return model, heldout, real_features
 
 
@@ -78,28 +70,23 @@ def standard_metric(cfg: DictConfig, real: RealMedia) -> StandardMetric | None:
     return StandardMetric(cfg.modality.name, real(), weights, resolve_device(cfg.device))
 
 
-def classify_media(classifier: ConvClassifier, adapter: Any, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-item logits and features; items made of several classifier rows (frames) are averaged."""
-    x, group = adapter.classifier_input(media)
-    logits, feats = classifier.predict(x)
-    return logits.view(-1, group, logits.shape[-1]).mean(1), feats.view(-1, group, feats.shape[-1]).mean(1)
-
-
 def score(
     model: DJEPA,
-    adapter: Any,
+    view: ClassifierView,
     classifier: ConvClassifier,
     real_features: torch.Tensor,
     per_class: int,
     settings: SamplingSettings,
     standard: StandardMetric | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    """The classifier's scores of `per_class` samples per class, and the view's own measurements of them."""
+    adapter = view.adapter
     labels = class_grid_labels(adapter.num_classes, per_class)
     start = time.perf_counter()
     tokens = generate(model, labels, settings)
     sample_seconds = time.perf_counter() - start
     media = adapter.decode_tokens(tokens)
-    logits, feats = classify_media(classifier, adapter, media)
+    logits, feats = classify_media(classifier, view, media)
     return {
         "accuracy": accuracy(logits, labels),
         "per_class_accuracy": per_class_accuracy(logits, labels, getattr(adapter, "class_names", None)),
@@ -107,22 +94,22 @@ def score(
         "inception_score": inception_score(logits),
         "sample_ms_per_item": 1000 * sample_seconds / len(labels),
         "samples": len(labels),
-        **adapter.media_metrics(media),
+        **view.media_metrics(media),
         **(standard(media) if standard is not None else {}),
     }
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
-    adapter = build_adapter(cfg)
+    view = config_view(cfg, build_adapter(cfg))
     directory, state = find_checkpoint(cfg.run_dir, cfg.checkpoint)
     model = load_ema_model(directory, state, resolve_device(cfg.device), cfg.loss.head)
-    real = RealMedia(adapter)
+    real = RealMedia(view.adapter)
     standard = standard_metric(cfg, real)
-    classifier, heldout, real_features = modality_classifier(cfg, adapter, real)
+    classifier, heldout, real_features = modality_classifier(cfg, view, real)
     result = score(
         model,
-        adapter,
+        view,
         classifier,
         real_features,
         cfg.num_samples,
@@ -130,8 +117,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         standard,
     )
     if cfg.roundtrip:
-        media, labels, origin = heldout_media(cfg, adapter)
-        result |= roundtrip_scores(lambda m: classify_media(classifier, adapter, m)[0], adapter, media, labels)
+        media, labels, origin = heldout_media(cfg, view.adapter)
+        result |= roundtrip_scores(lambda m: classify_media(classifier, view, m)[0], view.adapter, media, labels)
         result["roundtrip_data"] = origin
     result |= {
         **(SKIPPED if standard is None else {"standard_weights": str(standard.path)}),

@@ -1,4 +1,4 @@
-"""Classifier-based quality metrics in the SC09 tradition.
+"""Classifier-based quality metrics in the SC09 tradition, and the motion of video clips.
 
 Not comparable with published FID/FVD/FAD: the feature network is our own small classifier.
 """
@@ -43,3 +43,20 @@ def inception_score(logits: torch.Tensor, splits: int = 1) -> float:
         kl = (part * (part.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log())).sum(1)
         scores.append(kl.mean().exp().item())
     return float(np.mean(scores))
+
+
+def ink_centroids(clips: torch.Tensor) -> torch.Tensor:
+    """Per clip [N, T, C, H, W] in [-1, 1] (background -1): each frame's ink centroid (y, x) in pixels, [N, T, 2]."""
+    ink = ((clips.mean(2) + 1) / 2).clamp(0, 1)  # [N, T, H, W], background 0
+    h, w = ink.shape[-2:]
+    ys = torch.arange(h, dtype=ink.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=ink.dtype).view(1, 1, 1, w)
+    mass = ink.sum((-2, -1)).clamp_min(1e-6)
+    return torch.stack([(ink * ys).sum((-2, -1)) / mass, (ink * xs).sum((-2, -1)) / mass], -1)
+
+
+def centroid_travel(clips: torch.Tensor) -> torch.Tensor:
+    """Per clip [N, T, C, H, W] in [-1, 1]: the largest distance in pixels of a frame's ink centroid from the
+    first frame's; a digit that stands still scores about 0."""
+    centre = ink_centroids(clips)
+    return (centre - centre[:, :1]).norm(dim=-1).amax(1)

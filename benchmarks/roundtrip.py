@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
 from djepa.benchmarks.metrics import accuracy, per_class_accuracy
+from djepa.benchmarks.views import benchmark_adapter, classify_media, config_view, load_classifier
 from djepa.chunks import map_chunks
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.adapter import build_adapter
-from djepa.modalities.base import DataError
+from djepa.modalities.base import DataError, ModalityAdapter
 from djepa.tokenizers.train_autoencoder import psnr
 
 
 @torch.no_grad()
-def round_trip(adapter: Any, media: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def round_trip(adapter: ModalityAdapter, media: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Media -> posterior-mean latents -> tokens -> media: the path a sample's tokens take back to pixels."""
 
     def one_chunk(chunk: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,12 @@ def round_trip(adapter: Any, media: torch.Tensor, batch_size: int = 64) -> torch
     return map_chunks(one_chunk, media, batch_size)
 
 
-def roundtrip_scores(classify: Any, adapter: Any, media: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def roundtrip_scores(
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    adapter: ModalityAdapter,
+    media: torch.Tensor,
+    labels: torch.Tensor,
+) -> dict[str, Any]:
     """`classify(media) -> logits` on real items and on their round trips; the gap is what the tokenizer loses."""
     rebuilt = round_trip(adapter, media)
     real_logits, rebuilt_logits = classify(media), classify(rebuilt)
@@ -53,7 +59,7 @@ def roundtrip_scores(classify: Any, adapter: Any, media: torch.Tensor, labels: t
     }
 
 
-def own_items(adapter: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
+def own_items(adapter: ModalityAdapter) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The adapter's held-out items where it has some, else its dataset; and which of the two it was."""
     heldout = adapter.heldout_dataset()
     if heldout is not None:
@@ -61,14 +67,14 @@ def own_items(adapter: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
     return *adapter.load_dataset(), "the training data"
 
 
-def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
+def heldout_media(cfg: DictConfig, adapter: ModalityAdapter) -> tuple[torch.Tensor, torch.Tensor, str]:
     """Up to `roundtrip_count` items, a fixed random subset: from `roundtrip_data` (a folder laid out as the
     training one; its classes are matched to the run's by name), else from the adapter's held-out items where it
     has some (the audio default: new clips the tokenizer never saw), else from its own dataset; and where from."""
     if cfg.roundtrip_data:
         other = cfg.copy()
         other.modality.adapter.data_dir = cfg.roundtrip_data
-        source = build_adapter(other)
+        source = benchmark_adapter(build_adapter(other))
         media, labels = source.load_dataset()
         unknown = sorted(set(source.class_names) - set(adapter.class_names))
         if unknown:
@@ -82,13 +88,11 @@ def heldout_media(cfg: DictConfig, adapter: Any) -> tuple[torch.Tensor, torch.Te
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    from djepa.benchmarks.evaluate import classify_media, load_classifier
-
     torch.manual_seed(cfg.seed)
-    adapter = build_adapter(cfg)
-    classifier, heldout = load_classifier(cfg, adapter, 60 if cfg.benchmark.quick else 400)
-    media, labels, origin = heldout_media(cfg, adapter)
-    result = roundtrip_scores(lambda m: classify_media(classifier, adapter, m)[0], adapter, media, labels)
+    view = config_view(cfg, build_adapter(cfg))
+    classifier, heldout = load_classifier(cfg, view, 60 if cfg.benchmark.quick else 400)
+    media, labels, origin = heldout_media(cfg, view.adapter)
+    result = roundtrip_scores(lambda m: classify_media(classifier, view, m)[0], view.adapter, media, labels)
     result |= {"classifier_heldout_accuracy": heldout, "roundtrip_data": origin}
     print(json.dumps(result, indent=2))
     return result

@@ -9,15 +9,26 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
 from djepa.errors import UsageError
-from djepa.io import atomic_write_json
-from djepa.pipeline import EXPORT_INDEX, Pipeline, tokenizer_hash
+from djepa.io import atomic_write_json, tree_sha256
+
+if TYPE_CHECKING:  # annotations only: the pipeline imports this module
+    from djepa.pipeline import Pipeline
 
 FORMAT_VERSION = 1
+EXPORT_INDEX = "model_index.json"
+
+
+def tokenizer_hash(path: str | Path) -> str:
+    """sha256 over a tokenizer directory's files (relative names and contents), or of a single file."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"tokenizer {path} does not exist")
+    return tree_sha256(path)
 
 
 def _version() -> str:

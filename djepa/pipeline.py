@@ -29,11 +29,9 @@ from djepa.engine.loading import find_checkpoint, sampling_head_config
 from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
-from djepa.io import tree_sha256
+from djepa.export import EXPORT_INDEX, export_pipeline, tokenizer_hash
 from djepa.nn.heads import FREE_HEAD_KEYS
 from djepa.nn.model import DJEPA
-
-EXPORT_INDEX = "model_index.json"
 
 # Keys under `modality.adapter` that may differ from training: where files live and how they are written.
 # Everything else there (patch size, image size, channels, frames, sample rate, mel settings, tokenizer kind,
@@ -54,14 +52,6 @@ FREE_ADAPTER_KEYS = {
 }
 # What a group choice on the command line (`modality=video`, `loss=flow`) is compared by.
 GROUP_IDENTITY = {"modality": "modality.name", "loss": "loss.head._target_"}
-
-
-def tokenizer_hash(path: str | Path) -> str:
-    """sha256 over a tokenizer directory's files (relative names and contents), or of a single file."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"tokenizer {path} does not exist")
-    return tree_sha256(path)
 
 
 def _leaves(key: str, value: Any) -> list[tuple[str, Any]]:
@@ -272,8 +262,6 @@ class Pipeline:
 
     def save_pretrained(self, out: str | Path, copy_tokenizer: bool = True) -> Path:
         """Write a self-describing folder that `from_pretrained` and `sample run_dir=OUT` read (see djepa.export)."""
-        from djepa.export import export_pipeline
-
         return export_pipeline(self, Path(out), copy_tokenizer=copy_tokenizer)
 
     @staticmethod

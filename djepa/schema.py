@@ -184,6 +184,11 @@ class BenchmarkSettings:
     seeds: int = setting(1, "runs per variant (seed, seed+1, ...): mean and standard error", low=1)
     quick: bool = setting(False, "a smoke run of a few steps on the tiny model")
     quick_steps: int = setting(10, "steps of a quick run", low=1)
+    classifier: str = setting(
+        "auto",
+        "images: what the benchmark classifier trains on (digits, the folder's data, or auto: per folder)",
+        choices=("auto", "digits", "data"),
+    )
     variants: dict[str, Any] = setting(
         {"djepa": [], "mar": ["loss.jepa_weight=0"], "flow": ["loss=flow"]},
         "variant name: Hydra overrides on top of the command line",
@@ -304,7 +309,6 @@ class ImageAdapterSettings(AdapterSettings):
     image_size: int = setting(32, "side of the square images (MNIST 28x28 is padded to 32)", low=1)
     channels: int = setting(1, "1: grayscale, 3: RGB", low=1, high=3)
     flip: bool = setting(False, "cache mirrored copies too")
-    classifier: str = setting("auto", "benchmark classifier source")
 
 
 @dataclass

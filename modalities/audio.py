@@ -23,7 +23,6 @@ from djepa.modalities.base import HELDOUT_SEED_OFFSET, ModalityAdapter
 from djepa.modalities.espeak import espeak_voices, speak
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
 from djepa.modalities.image import class_folders, grid_canvas
-from djepa.modalities.listener import LISTENER_CLIPS, ListenerFrontEnd, listener_clips, with_noisy_copies
 from djepa.modalities.waveform import peak_normalize
 from djepa.tokenizers.base import LatentTokenizer
 from djepa.tokenizers.mel import MelFrontEnd, MelSettings, MelTokenizer, fit_length
@@ -199,7 +198,6 @@ class AudioAdapter(ModalityAdapter):
             {**(mel or {}), "sample_rate": self.sample_rate, "num_samples": self.num_samples}
         )
         self._front_end: MelFrontEnd | None = None
-        self._listener: ListenerFrontEnd | None = None
 
     # ---------------------------------------------------------------- data
 
@@ -304,27 +302,7 @@ class AudioAdapter(ModalityAdapter):
         Image.fromarray(spectrogram_grid(mels, max(1, rows), scale)).save(path)
         return path
 
-    # ---------------------------------------------------------------- benchmark and continuation
-
-    def classifier_tag(self) -> str:
-        """Part of the cached classifier's name: the listener (its voices and front end) is another network."""
-        return "-listener2"
-
-    def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The benchmark's listener learns from voices the default data never uses (modalities/listener.py); on a
-        user folder, from the folder's own clips. Either way through its own front end, not the tokenizer's, and
-        with noisy copies of every clip, so that a vocoder's noise floor is not heard as another word."""
-        if self.data_dir is None:
-            audio, labels = listener_clips(self.cache_dir, LISTENER_CLIPS, self.sample_rate, self.num_samples)
-        else:
-            audio, labels = self.in_memory_data()  # at most memory_items clips
-        audio, labels = with_noisy_copies(audio, labels)
-        return self.classifier_input(audio)[0], labels
-
-    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
-        if self._listener is None:
-            self._listener = ListenerFrontEnd(self.sample_rate)
-        return map_chunks(self._listener, media.detach().float().cpu()), 1
+    # ---------------------------------------------------------------- held-out clips and continuation
 
     def heldout_dataset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Real clips of the default distribution that neither the tokenizer nor the model saw (another seed):

@@ -20,7 +20,7 @@ from djepa.chunks import map_chunks
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
 from djepa.errors import UsageError
-from djepa.modalities.folder import DataError, FolderScan, MappedDataset, MemoryDataset, load_folder
+from djepa.modalities.folder import DataError, FolderScan, MappedDataset, MemoryDataset, dataset_length, load_folder
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
 from djepa.plugins import build, plugin_class
@@ -199,12 +199,15 @@ class ModalityAdapter(ABC):
         assert self.data_dir is not None
         scan = self.scan()
         dataset: Dataset = self.folder_dataset(scan, augment)
-        total = len(dataset)  # type: ignore[arg-type]
+        total = dataset_length(dataset)
         if total > self.memory_items:
             order = torch.randperm(total, generator=torch.Generator().manual_seed(int(self.seed)))
             dataset = Subset(dataset, order[: self.memory_items].sort().values.tolist())
             log.info(
-                "%s: %d of %d items read into memory (modality.adapter.memory_items)", scan.root, len(dataset), total
+                "%s: %d of %d items read into memory (modality.adapter.memory_items)",
+                scan.root,
+                self.memory_items,
+                total,
             )
         if per_item is not None:
             dataset = MappedDataset(dataset, per_item)
@@ -261,24 +264,10 @@ class ModalityAdapter(ABC):
         latents = self.to_latents(tokens.float())
         return map_chunks(lambda z: self.tokenizer.decode(z).cpu(), latents, batch_size)
 
-    def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real examples and labels to train the benchmark classifier on (the dataset by default; at most
-        `memory_items` of a user folder)."""
-        return self.in_memory_data()
-
     def heldout_dataset(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Real items nobody trained on, where the adapter can make them (the audio default synthesises new
         clips); None: the benchmarks fall back to the dataset itself."""
         return None
-
-    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """What the classifier sees for decoded media, and how many classifier rows make one item
-        (video: one row per frame, logits averaged per clip)."""
-        return media, 1
-
-    def media_metrics(self, media: torch.Tensor) -> dict[str, float]:
-        """Modality-specific measurements of decoded media beyond the classifier (video: motion)."""
-        return {}
 
     def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Known tokens and mask [count, N(, D)] from a real file, for continuation sampling; `options` holds
@@ -344,9 +333,10 @@ class ModalityAdapter(ABC):
         tokenizer = self.tokenizer.to(device)
         desc = f"caching {self.name} latents"
         if rank == 0:
-            resumed = cache.prepare(len(dataset), (tokenizer.latent_channels, *self.latent_grid))
+            count = dataset_length(dataset)
+            resumed = cache.prepare(count, (tokenizer.latent_channels, *self.latent_grid))
             if resumed:
-                desc += f" (resuming, {int((cache.state() != 0).sum())} of {len(dataset)} done)"
+                desc += f" (resuming, {int((cache.state() != 0).sum())} of {count} done)"
         if shard:
             distributed.barrier()
         todo = cache.pending(rank, world)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +121,7 @@ class MappedDataset(Dataset):
         self.fn = fn
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return dataset_length(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, int]:
         i, media, label = self.dataset[index]
@@ -139,11 +139,18 @@ def collate_items(items: list[tuple[int, torch.Tensor | None, int]]) -> dict[str
     }
 
 
+def dataset_length(dataset: Dataset) -> int:
+    """The length of a map-style dataset (torch's Dataset declares none; every dataset here has one)."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"{type(dataset).__name__} has no length")
+    return len(dataset)
+
+
 def stack_dataset(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Every usable item in memory, for the small consumers that want tensors (tokenizer training, the
     benchmark classifier); latent caching never does this. Returns media, labels, skipped count."""
     media, labels, skipped = [], [], 0
-    for i in range(len(dataset)):
+    for i in range(dataset_length(dataset)):
         _, item, label = dataset[i]
         if item is None:
             skipped += 1

@@ -15,15 +15,10 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from djepa.modalities.base import DataError, ModalityAdapter
-from djepa.modalities.colour_blind import colour_blind
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
 
 log = logging.getLogger(__name__)
 
-# Written by `python -m djepa.benchmarks.rgb_digits` beside the class folders of each split: a folder that
-# holds it is coloured MNIST digits, so the benchmark classifier is trained on the grey digits instead.
-RGB_DIGITS_MARKER = "rgb_digits.json"
-CLASSIFIER_SOURCES = ("auto", "digits", "data")
 DIGIT_NAMES = [str(d) for d in range(10)]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -100,7 +95,7 @@ def fit_image(img: Image.Image, size: int, channels: int) -> torch.Tensor:
     img = img.convert("L" if channels == 1 else "RGB")
     w, h = img.size
     scale = size / min(w, h)
-    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     return to_unit_range(pil_to_tensor(img.crop((left, top, left + size, top + size))))
@@ -161,7 +156,6 @@ class ImageAdapter(ModalityAdapter):
         data_dir: str | None = None,
         flip: bool = False,
         seed: int = 0,
-        classifier: str = "auto",
         memory_items: int = 10000,
     ):
         super().__init__(tokenizer, patch_size, cache_dir, seed, memory_items)
@@ -169,11 +163,6 @@ class ImageAdapter(ModalityAdapter):
         self.channels = channels
         self.flip = flip
         self.data_dir = Path(data_dir) if data_dir else None
-        if classifier not in CLASSIFIER_SOURCES:
-            raise DataError(
-                f"modality.adapter.classifier={classifier!r}: choose one of {', '.join(CLASSIFIER_SOURCES)}"
-            )
-        self.classifier = classifier
 
     def embedded_class_names(self) -> list[str]:
         return list(DIGIT_NAMES)
@@ -213,46 +202,6 @@ class ImageAdapter(ModalityAdapter):
             return images, labels
         return self.load_folder()
 
-    # ---------------------------------------------------------------- benchmark classifier
-
-    @property
-    def classifier_source(self) -> str:
-        """What the benchmark classifier trains on: "digits" (the embedded grey digits) or "data" (this folder).
-
-        auto: the digits for the embedded default and for folders written by rgb_digits (the marker file),
-        the folder's own images otherwise (a user's classes are not digits)."""
-        if self.classifier != "auto":
-            return self.classifier
-        if self.data_dir is None or (self.data_dir / RGB_DIGITS_MARKER).is_file():
-            return "digits"
-        return "data"
-
-    @property
-    def colour_blind(self) -> bool:
-        """RGB media (and coloured digits in any channel count) are classified through `colour_blind`, so
-        colour cannot carry the class; grey media keep the classifier path the grey results were measured on."""
-        return self.channels == 3 or (self.data_dir is not None and (self.data_dir / RGB_DIGITS_MARKER).is_file())
-
-    def classifier_tag(self) -> str:
-        """Part of the cached classifier's file name: a colour-blind classifier is another network."""
-        return f"-colourblind-{self.classifier_source}" if self.colour_blind else ""
-
-    def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.colour_blind:
-            return super().classifier_data()
-        if self.classifier_source == "digits":
-            if self.class_names != DIGIT_NAMES:
-                raise DataError(
-                    f"classifier=digits needs the class folders 0..9, {self.data_dir} has {self.class_names}"
-                )
-            images, labels = mnist_images(self.image_size)
-        else:
-            images, labels = self.in_memory_data()
-        return colour_blind(images), labels
-
-    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return (colour_blind(media) if self.colour_blind else media), 1
-
     def save(self, media: torch.Tensor, path: Path) -> Path:
         path = Path(path).with_suffix(self.file_suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +212,7 @@ class ImageAdapter(ModalityAdapter):
     def save_grid(self, media: torch.Tensor, rows: int, path: Path, scale: int = 2) -> Path:
         canvas = grid_canvas(to_uint8(media), rows)
         img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
         path = Path(path).with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path)

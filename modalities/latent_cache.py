@@ -35,7 +35,7 @@ FORMAT = 1
 class LatentCache:
     def __init__(self, directory: Path):
         self.dir = Path(directory)
-        self._arrays: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, np.memmap] = {}
         self._offsets: dict[str, int] = {}
 
     @property
@@ -49,13 +49,14 @@ class LatentCache:
     def prepare(self, items: int, latent_shape: Sequence[int]) -> bool:
         """Make the arrays for `items` latents of `latent_shape`, or keep a partial cache made for the same;
         True when resuming one."""
-        layout = {"format": FORMAT, "items": int(items), "latent_shape": [int(s) for s in latent_shape]}
+        latent = [int(s) for s in latent_shape]
+        layout = {"format": FORMAT, "items": int(items), "latent_shape": latent}
         path = self.dir / "layout.json"
         if path.is_file() and json.loads(path.read_text()) == layout and self._arrays_exist():
             return True
         self.dir.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
-        shape = (int(items), *layout["latent_shape"])
+        shape = (int(items), *latent)
         # Sparse files: nothing is held in memory, untouched pages take no disk until written.
         for name in ("mean", "std"):
             np.lib.format.open_memmap(self.dir / f"{name}.npy", "w+", np.float32, shape).flush()
@@ -74,7 +75,7 @@ class LatentCache:
             self._offsets[name] = int(np.load(self.dir / f"{name}.npy", mmap_mode="r").offset)
         return self._offsets[name]
 
-    def _array(self, name: str) -> np.ndarray:
+    def _array(self, name: str) -> np.memmap:
         if name not in self._arrays:
             self._arrays[name] = np.load(self.dir / f"{name}.npy", mmap_mode="r+")
         return self._arrays[name]
@@ -176,8 +177,9 @@ class CachedTokens:
         return out
 
     def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
 
     def numel(self) -> int:
         return math.prod(self.shape)

@@ -105,23 +105,6 @@ def moving_digits(
     return clips, labels[index]
 
 
-def centroid_travel(clips: torch.Tensor) -> torch.Tensor:
-    """Per clip [N, T, C, H, W] in [-1, 1]: the largest distance in pixels of a frame's ink centroid from the
-    first frame's; a digit that stands still scores about 0."""
-    centre = ink_centroids(clips)
-    return (centre - centre[:, :1]).norm(dim=-1).amax(1)
-
-
-def ink_centroids(clips: torch.Tensor) -> torch.Tensor:
-    """Per clip [N, T, C, H, W] in [-1, 1] (background -1): each frame's ink centroid (y, x) in pixels, [N, T, 2]."""
-    ink = ((clips.mean(2) + 1) / 2).clamp(0, 1)  # [N, T, H, W], background 0
-    h, w = ink.shape[-2:]
-    ys = torch.arange(h, dtype=ink.dtype).view(1, 1, h, 1)
-    xs = torch.arange(w, dtype=ink.dtype).view(1, 1, 1, w)
-    mass = ink.sum((-2, -1)).clamp_min(1e-6)
-    return torch.stack([(ink * ys).sum((-2, -1)) / mass, (ink * xs).sum((-2, -1)) / mass], -1)
-
-
 # ------------------------------------------------------------------ files
 
 
@@ -226,11 +209,8 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> Path:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        # mbtree=0: with macroblock-tree rate control on, the x264 bundled with PyAV encoded the same frames into
-        # different bitstreams on an AVX-512 CPU, most often after encoding a different clip (as if its AVX-512
-        # code read memory it had not written; never with mbtree off or with AVX-512 masked out), so seeded
-        # samples gave different MP4 files. One thread, for the same reason. Costs some compression at crf 18
-        # (a 96-px moving blob: 2.6 -> 3.2 kB), no speed.
+        # mbtree=0 and one thread: x264's macroblock-tree rate control can encode the same frames into different
+        # bytes on AVX-512 CPUs, and seeded samples must give identical files; it costs a little compression.
         stream.options = {"crf": "18", "preset": "fast", "x264-params": "mbtree=0"}
         stream.codec_context.thread_count = 1
         for frame in frames:
@@ -344,25 +324,6 @@ class VideoAdapter(ModalityAdapter):
             HELDOUT_CLIPS, self.frames, self.image_size, self.digit_size, self.seed + HELDOUT_SEED_OFFSET
         )
         return self._expand(clips, 2), labels
-
-    def classifier_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Single frames [M, C, H, W] with labels: real MNIST digits placed as in the clips, or user clip frames."""
-        if self.data_dir is None:
-            digits, labels = scaled_digits(self.digit_size)
-            gen = torch.Generator().manual_seed(int(self.seed) + 1)
-            start = torch.rand(len(digits), 1, 2, generator=gen) * (self.image_size - self.digit_size)
-            frames = render_digits(digits, start, self.image_size)[:, 0]
-            return self._expand(frames, 1), labels
-        return self.folder_frames(MAX_FRAMES_IN_MEMORY)
-
-    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Every frame is one classifier row; the logits of a clip's frames are averaged."""
-        return media.flatten(0, 1), media.shape[1]
-
-    def media_metrics(self, media: torch.Tensor) -> dict[str, float]:
-        """Motion: how far the ink centroid travels from the first frame (mean pixels, share moving >= 3 px)."""
-        travel = centroid_travel(media)
-        return {"centroid_travel_px": float(travel.mean()), "moving_share": float((travel >= 3).float().mean())}
 
     def folder_frames(self, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames [M, C, H, W] and their clips' labels from at most `memory_items` clips of the user folder (a

@@ -4,6 +4,7 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from djepa.benchmarks.views import AudioView
 from djepa.modalities.audio import AudioAdapter, digit_schedule, load_audio_folder, load_spoken_digits
 from djepa.modalities.base import DataError
 from djepa.modalities.espeak import speak
@@ -139,9 +140,10 @@ def test_mel_tokenizer_trains_and_loads_through_the_pretrained_path(trained_adap
     assert tokens.shape == (6, 32, adapter.token_dim) and adapter.token_dim == 16
     audio = adapter.decode_tokens(tokens)
     assert audio.shape == (6, 1, 4000) and audio.abs().max() <= 1.0
-    x, group = adapter.classifier_input(audio)
+    view = AudioView(adapter)
+    x, group = view.rows(audio)
     assert x.shape == (6, 1, 40, 51) and group == 1  # the listener's own 40-band, 10 ms front end at 8 kHz
-    data, labels = adapter.classifier_data()
+    data, labels = view.training_data()
     assert data.shape == (18, 1, 40, 51) and len(labels) == 18  # the folder's 6 clips plus 2 noisy copies of each
 
 

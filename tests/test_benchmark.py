@@ -3,7 +3,7 @@ import json
 import pytest
 from PIL import Image
 
-from djepa.benchmarks import run as bench
+from djepa.benchmarks.experiments import run as bench
 from djepa.errors import UsageError
 
 pytestmark = pytest.mark.slow  # the benchmark end to end: a tokenizer and three variants train
@@ -82,7 +82,7 @@ def test_benchmark_with_seeds_gives_standard_errors_and_steps_to_reach(tmp_path)
 
 @pytest.mark.slow
 def test_speed_benchmark_times_both_modes_and_writes_its_ratios(tmp_path):
-    from djepa.benchmarks import speed
+    from djepa.benchmarks.experiments import speed
 
     results = speed.run(
         ["model=tiny", "steps=1", "warmup=0", "dpm_steps=5", "fast_reveal_steps=2,1", f"out={tmp_path}"]

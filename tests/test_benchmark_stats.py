@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from djepa.benchmarks.aggregate import aggregate_seeds, mean_se, steps_to_reach
-from djepa.benchmarks.probes import context_use, same_class_derangement
+from djepa.benchmarks.experiments.probes import context_use, same_class_derangement
 
 
 def seed_result(fds, acc=0.5, **extra):
@@ -73,7 +73,7 @@ def test_context_probe_is_deterministic_and_sees_context(make_tiny_model):
 def test_combine_merges_benchmark_outputs_and_recomputes_steps_to_reach(tmp_path):
     import json
 
-    from djepa.benchmarks.combine import combine
+    from djepa.benchmarks.experiments.combine import combine
     from djepa.errors import UsageError
 
     def write(folder, variants):
@@ -95,7 +95,7 @@ def test_combine_merges_benchmark_outputs_and_recomputes_steps_to_reach(tmp_path
 def test_combine_pools_seeds_of_one_variant_run_in_separate_processes(tmp_path):
     import json
 
-    from djepa.benchmarks.combine import combine
+    from djepa.benchmarks.experiments.combine import combine
 
     def write(folder, seeds, variants):
         folder.mkdir()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from djepa.benchmarks.continuation import continuation_scores
+from djepa.benchmarks.experiments.continuation import continuation_scores
 from djepa.nn.masking import prefix_mask
 
 
@@ -40,7 +40,7 @@ def test_continuation_scores_tell_a_continued_digit_from_a_chance_one():
     assert perfect["chance_px_first_generated"] > 2.0  # another clip of the class sits elsewhere
     assert perfect["generated_frame_accuracy"] == pytest.approx(float((labels == 0).float().mean()))
     # A "model" that draws the right digit in the wrong place: another clip of the same class.
-    from djepa.benchmarks.probes import same_class_derangement
+    from djepa.benchmarks.experiments.probes import same_class_derangement
 
     lost = continuation_scores(clips, clips[same_class_derangement(labels)], labels, 2, always_right)
     assert lost["centroid_px_first_generated"] == pytest.approx(lost["chance_px_first_generated"])

@@ -10,6 +10,7 @@ from PIL import Image
 
 import djepa.modalities.image as image_module
 import djepa.modalities.video as video_module
+from djepa.benchmarks.views import ImageView, VideoView
 from djepa.modalities.image import ImageAdapter
 from djepa.modalities.video import VideoAdapter, write_mp4
 
@@ -35,7 +36,7 @@ def counting(monkeypatch, module, name):
 
 
 def image_adapter(tmp_path, data, **settings):
-    settings = {"image_size": 8, "channels": 3, "classifier": "data"} | settings
+    settings = {"image_size": 8, "channels": 3} | settings
     return ImageAdapter(
         {"path": str(tmp_path / "tok")}, [2, 2], str(tmp_path / "cache"), data_dir=str(data), **settings
     )
@@ -50,7 +51,7 @@ def test_tokenizer_and_classifier_data_read_only_the_bound(tmp_path, monkeypatch
     again = image_adapter(tmp_path, tmp_path / "data", memory_items=5).tokenizer_training_data()
     assert torch.equal(images, again)  # seeded: the same subset every time
     reads.clear()
-    x, labels = adapter.classifier_data()
+    x, labels = ImageView(adapter, "data").training_data()
     assert len(x) == len(labels) == 5 and len(reads) == 5
     assert adapter.class_names == ["cat", "dog"]
 
@@ -76,13 +77,13 @@ def test_video_tokenizer_frames_come_from_at_most_the_bound_of_clips(tmp_path, m
     )  # fmt: skip
     frames = adapter.tokenizer_training_data(max_frames=12)  # 3 clips of 8 frames, every 2nd frame kept
     assert frames.shape == (12, 1, 16, 16) and len(reads) == 3
-    x, labels = adapter.classifier_data()
+    x, labels = VideoView(adapter).training_data()
     assert len(x) == len(labels) == 24 and len(reads) == 6  # 3 clips, all 8 frames (under 16,000)
 
 
 @pytest.mark.slow
 def test_the_data_scale_benchmark_measures_each_size(tmp_path):
-    from djepa.benchmarks import data_scale
+    from djepa.benchmarks.experiments import data_scale
     from djepa.cli import train_tokenizer
 
     # One tiny tokenizer for both sizes, given by path, so no tokenizer phase runs (data_scale skips it).

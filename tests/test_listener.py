@@ -4,9 +4,9 @@ tokenizer's vocoder path that it judges."""
 import torch
 import torchaudio
 
+from djepa.benchmarks.listener import LISTENER_VARIANTS, ListenerFrontEnd, listener_schedule
 from djepa.modalities.audio import AudioAdapter, digit_schedule
 from djepa.modalities.espeak import ESPEAK_VARIANTS, speak
-from djepa.modalities.listener import LISTENER_VARIANTS, ListenerFrontEnd, listener_schedule
 from djepa.tokenizers.mel import MelFrontEnd, MelSettings, invert_mel_nonnegative
 
 
@@ -56,10 +56,14 @@ def test_mel_vocoder_keeps_the_plosive_of_two():
 
 
 def test_audio_adapter_scores_with_the_listener_and_holds_out_round_trip_clips(tmp_path):
+    from djepa.benchmarks.views import AudioView, classifier_view
+
     adapter = AudioAdapter(tokenizer={"path": str(tmp_path / "tok")}, patch_size=[2, 2], cache_dir=str(tmp_path))
-    x, group = adapter.classifier_input(speak("one")[None])
+    view = classifier_view(adapter)
+    assert isinstance(view, AudioView)
+    x, group = view.rows(speak("one")[None])
     assert x.shape == (1, 1, 40, 101) and group == 1
-    assert "listener" in adapter.classifier_tag()
+    assert "listener" in view.tag
     held_out = adapter.heldout_dataset()
     assert held_out is not None and held_out[0].shape[1:] == (1, 16000)
     from djepa.benchmarks.roundtrip import own_items
@@ -70,7 +74,7 @@ def test_audio_adapter_scores_with_the_listener_and_holds_out_round_trip_clips(t
 
 
 def test_listener_training_set_adds_seeded_noisy_copies_at_the_stated_snr():
-    from djepa.modalities.listener import add_noise, with_noisy_copies
+    from djepa.benchmarks.listener import add_noise, with_noisy_copies
 
     clips = torch.stack([speak("three"), speak("eight", voice="en+f2")])
     audio, labels = with_noisy_copies(clips, torch.tensor([3, 8]), copies=2)

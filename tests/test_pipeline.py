@@ -246,7 +246,7 @@ def test_a_run_with_sharded_checkpoints_samples_and_exports_as_the_same_run_in_f
         ("djepa.cli.train_tokenizer", "train_tokenizer"),
         ("djepa.cli.export", "export"),
         ("djepa.cli.convert_tokenizer", "convert_tokenizer"),
-        ("djepa.benchmarks.run", "benchmark"),
+        ("djepa.benchmarks.experiments.run", "benchmark"),
     ],
 )
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy, when already imported

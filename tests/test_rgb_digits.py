@@ -1,4 +1,4 @@
-"""Coloured digits (issue 19): the folder writer, the colour-blind classifier path, the tokenizer round trip."""
+"""Coloured digits: the folder writer, the colour-blind classifier path, the tokenizer round trip."""
 
 import functools
 import json
@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from djepa.benchmarks import rgb_digits
+from djepa.benchmarks.colour_blind import LUMA, colour_blind
+from djepa.benchmarks.experiments import rgb_digits
 from djepa.benchmarks.roundtrip import roundtrip_scores
+from djepa.benchmarks.views import RGB_DIGITS_MARKER, ImageView, classifier_view
 from djepa.errors import UsageError
 from djepa.modalities import image
-from djepa.modalities.colour_blind import LUMA, colour_blind
-from djepa.modalities.image import RGB_DIGITS_MARKER, ImageAdapter, load_mnist_digits, read_image
+from djepa.modalities.image import ImageAdapter, load_mnist_digits, read_image
 
 
 def corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -81,7 +82,8 @@ def test_train_and_heldout_use_disjoint_digits():
 
 
 def test_parse_refuses_unknown_keys_and_needs_out():
-    assert rgb_digits.parse(["out=x", "per_class=5"])["per_class"] == 5
+    out, numbers = rgb_digits.parse(["out=x", "per_class=5"])
+    assert out.name == "x" and numbers == {"per_class": 5, "heldout_per_class": 100, "seed": 0}
     for bad in (["per_class=5"], ["out=x", "colour=red"], ["out=x", "seed=-1"]):
         with pytest.raises(UsageError):
             rgb_digits.parse(bad)
@@ -115,12 +117,12 @@ def test_colour_blind_leaves_a_grey_digit_nearly_as_it_is():
 
 def test_classifier_path_on_rgb_media_does_not_depend_on_colour(tmp_path):
     rgb_digits.write_rgb_digits(tmp_path, per_class=1, heldout_per_class=0)
-    rgb = adapter(tmp_path / "train")
-    assert rgb.classifier_source == "digits" and rgb.classifier_tag() == "-colourblind-digits"
+    rgb = ImageView(adapter(tmp_path / "train"))
+    assert rgb.source == "digits" and rgb.tag == "-colourblind-digits"
     media = torch.cat([coloured(i, (0.9, 0.1, 0.2), (0.1, 0.3, 0.1)) for i in (5, 600)])
     recoloured = torch.cat([coloured(5, (0.2, 0.2, 0.9), (1, 1, 0.6)), coloured(600, (0, 1, 1), (0.5, 0, 0))])
-    x, group = rgb.classifier_input(media)
-    y, _ = rgb.classifier_input(recoloured)
+    x, group = rgb.rows(media)
+    y, _ = rgb.rows(recoloured)
     assert group == 1 and x.shape == (2, 1, 32, 32)
     assert (x - y).abs().mean() < 0.02
     # logits of an input-sensitive classifier (a fixed random linear map: a fresh CNN's are nearly constant)
@@ -136,17 +138,34 @@ def test_classifier_path_on_rgb_media_does_not_depend_on_colour(tmp_path):
 
 def test_classifier_trains_on_grey_digits_for_rgb_digit_folders_else_on_the_folder(tmp_path):
     rgb_digits.write_rgb_digits(tmp_path, per_class=2, heldout_per_class=0)
-    x, y = adapter(tmp_path / "train").classifier_data()
+    x, y = ImageView(adapter(tmp_path / "train")).training_data()
     assert x.shape == (5000, 1, 32, 32) and len(y) == 5000  # the embedded grey digits, colour-blind
     (tmp_path / "train" / RGB_DIGITS_MARKER).unlink()  # a user's own RGB folder: its own images, colour-blind
-    user = adapter(tmp_path / "train")
-    assert user.classifier_source == "data" and user.classifier_tag() == "-colourblind-data"
-    x, y = user.classifier_data()
+    user = classifier_view(adapter(tmp_path / "train"))
+    assert isinstance(user, ImageView) and user.source == "data" and user.tag == "-colourblind-data"
+    x, y = user.training_data()
     assert x.shape == (20, 1, 32, 32) and x.amin() >= -1 and x.amax() <= 1
     # the grey default keeps its classifier path untouched
-    grey = adapter(channels=1)
+    grey = classifier_view(adapter(channels=1))
     first = x[:2]
-    assert grey.classifier_tag() == "" and grey.classifier_input(first)[0] is first
+    assert grey.tag == "" and grey.rows(first)[0] is first
+
+
+def test_benchmark_classifier_key_picks_the_source_and_refuses_unknown_values(tmp_path):
+    from djepa.benchmarks.views import config_view
+    from djepa.cli.config import compose_config
+    from djepa.engine.adapter import build_adapter
+
+    rgb_digits.write_rgb_digits(tmp_path, per_class=1, heldout_per_class=0)
+    folder = [f"modality.adapter.data_dir={tmp_path / 'train'}", "modality.adapter.channels=3"]
+    assert config_view(compose_config(folder), adapter(tmp_path / "train")).tag == "-colourblind-digits"  # auto
+    chosen = config_view(compose_config([*folder, "+benchmark.classifier=data"]), adapter(tmp_path / "train"))
+    assert chosen.tag == "-colourblind-data"
+    with pytest.raises(UsageError, match="benchmark.classifier='grey': choose one of auto, digits, data"):
+        config_view(compose_config(["+benchmark.classifier=grey"]), adapter(channels=1))
+    # the adapter knows nothing of the classifier: an adapter key for it is refused like any unknown one
+    with pytest.raises(UsageError, match="modality.adapter.classifier: ImageAdapter takes no such setting"):
+        build_adapter(compose_config(["+modality.adapter.classifier=digits"]))
 
 
 class StubTokenizerAdapter:
@@ -185,7 +204,7 @@ def test_roundtrip_scores_report_the_tokenizer_ceiling():
 
 @pytest.mark.slow
 def test_roundtrip_command_on_a_tiny_folder(tmp_path, monkeypatch):
-    from djepa.benchmarks import evaluate, roundtrip
+    from djepa.benchmarks import roundtrip, views
     from djepa.tokenizers.train_autoencoder import AutoencoderTrainConfig, build_autoencoder_kl
 
     rgb_digits.write_rgb_digits(tmp_path / "data", per_class=2, heldout_per_class=1)
@@ -201,8 +220,8 @@ def test_roundtrip_command_on_a_tiny_folder(tmp_path, monkeypatch):
             "benchmark.quick=true",
         ]
     )
-    trained = evaluate.load_or_train_classifier
-    monkeypatch.setattr(evaluate, "load_or_train_classifier", lambda *a, **kw: trained(*a, **(kw | {"steps": 3})))
+    trained = views.load_or_train_classifier
+    monkeypatch.setattr(views, "load_or_train_classifier", lambda *a, **kw: trained(*a, **(kw | {"steps": 3})))
     result = roundtrip.run(cfg)
     assert result["roundtrip_items"] == 10
     assert 0 <= result["roundtrip_accuracy"] <= 1 and 0 <= result["roundtrip_real_accuracy"] <= 1

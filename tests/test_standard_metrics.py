@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from djepa.benchmarks import evaluate
+from djepa.benchmarks.experiments.run import passthrough_overrides
 from djepa.benchmarks.metrics import frechet_distance
 from djepa.benchmarks.report import write_summary
-from djepa.benchmarks.run import passthrough_overrides
 from djepa.benchmarks.standard import (
     SKIP_NOTE,
     StandardMetric,
@@ -207,7 +207,11 @@ class StubAdapter:
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens.view(-1, 1, 2, 2)
 
-    def classifier_input(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
+
+class StubView:
+    adapter = StubAdapter()
+
+    def rows(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
         return media, 1
 
     def media_metrics(self, media: torch.Tensor) -> dict[str, float]:
@@ -228,9 +232,9 @@ def test_score_hands_the_decoded_samples_to_the_standard_metric(monkeypatch):
         return {"fid": 1.5}
 
     real = torch.rand(20, 4)
-    point = evaluate.score(None, StubAdapter(), StubClassifier(), real, 5, SamplingSettings(num_steps=2), standard)
+    point = evaluate.score(None, StubView(), StubClassifier(), real, 5, SamplingSettings(num_steps=2), standard)
     assert point["fid"] == 1.5 and seen[0].shape == (10, 1, 2, 2)
-    assert "fid" not in evaluate.score(None, StubAdapter(), StubClassifier(), real, 5, SamplingSettings(num_steps=2))
+    assert "fid" not in evaluate.score(None, StubView(), StubClassifier(), real, 5, SamplingSettings(num_steps=2))
 
 
 def summary_results(**top):

@@ -8,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from djepa.benchmarks.views import VideoView
 from djepa.errors import UsageError
 from djepa.modalities.base import DataError, patchify, unpatchify
 from djepa.modalities.video import (
@@ -66,11 +67,11 @@ def test_moving_digits_bounce_inside_the_canvas():
 
 
 def test_classifier_sees_real_digit_frames_and_averages_per_clip(tmp_path):
-    adapter = adapter_for(tmp_path)
-    x, y = adapter.classifier_data()
+    view = VideoView(adapter_for(tmp_path))
+    x, y = view.training_data()
     assert x.shape == (5000, 1, 32, 32) and torch.bincount(y).tolist() == [500] * 10
     media = torch.zeros(3, 16, 1, 32, 32)
-    rows, group = adapter.classifier_input(media)
+    rows, group = view.rows(media)
     assert rows.shape == (48, 1, 32, 32) and group == 16
 
 
@@ -342,7 +343,8 @@ def test_video_config_composes():
 
 
 def test_centroid_travel_tells_moving_digits_from_still_ones():
-    from djepa.modalities.video import centroid_travel, moving_digits
+    from djepa.benchmarks.metrics import centroid_travel
+    from djepa.modalities.video import moving_digits
 
     clips, _ = moving_digits(20, 16, 32, 20, seed=0)
     moving = centroid_travel(clips[:, :, None])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -31,7 +31,14 @@ class TokenizerNotFound(FileNotFoundError):
     """A configured tokenizer path is missing; the message says how to make it."""
 
 
-def load_local_model(cls: type, path: str | Path, missing: str) -> Any:
+class PretrainedModel(Protocol):
+    """A diffusers model class, as `load_local_model` uses it."""
+
+    @classmethod
+    def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def load_local_model(cls: type[PretrainedModel], path: str | Path, missing: str) -> Any:
     """A diffusers model of class `cls` from a local `save_pretrained` directory (or a single-file checkpoint where
     the class reads one), never from the hub; `missing` is the message when `path` does not exist."""
     path = Path(path)

@@ -5,16 +5,10 @@ the same code path as any pretrained one (AudioLDM-style mel VAEs included). The
 normalisation constants live in `mel.json` beside the VAE files. Decoding inverts the mel scale and runs
 Griffin-Lim: the built-in vocoder, no weights needed.
 
-Why these defaults (issue #13, measured with the benchmark's listener, `modalities/listener.py`, on 500 real
-clips nobody trained on): with 64 ms windows at hop 256, the old default, the round trip through the 8x8x4 VAE
-kept 92.8 % of the words ("two" 74 %, "zero" 78 %, "nine" 86 %); 32 ms windows at hop 128 (a 64x128 mel, 8x16x4
-latents) keep 98.8 %. The plosives and short vowels that tell these digits apart last a few tens of milliseconds,
-and the longer window smeared them before the VAE ever saw them. The mel is inverted by non-negative least
-squares instead of torchaudio's `InverseMelScale` (an unconstrained solve clipped at zero, which leaves noise in
-the bins no filter pins down): with no VAE at all, a listener trained on clean speech only heard 61 % of real
-clips through that vocoder at the old windows, 93 % through this one at the same windows and 100 % at 32 ms; the
-benchmark's noise-robust listener hears all three at >= 99 %: the cleaner vocoder is kept for what it removes
-(the noise floor), the windows are why the words survive the VAE.
+The defaults use 32 ms windows at hop 128 (a 64x128 mel, 8x16x4 latents): the plosives and short vowels that
+tell spoken digits apart last a few tens of milliseconds, and longer windows smear them. The mel is inverted by
+non-negative least squares rather than torchaudio's `InverseMelScale` (an unconstrained solve clipped at zero),
+which leaves no noise floor in the bins no filter pins down.
 """
 
 from __future__ import annotations
@@ -40,7 +34,7 @@ class MelSettings:
 
     sample_rate: int = 16000
     num_samples: int = 16000
-    n_fft: int = 512  # 32 ms windows: 1024 (64 ms) smeared plosives away
+    n_fft: int = 512  # 32 ms windows: short enough to keep plosives
     hop_length: int = 128
     n_mels: int = 64
     f_min: float = 0.0

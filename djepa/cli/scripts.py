@@ -72,7 +72,7 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         ("modality", "home", "modality.adapter.tokenizer.path", "tokenizer.steps", "tokenizer.batch_size"),
     ),
     "benchmark": (
-        "djepa.benchmarks.run",
+        "djepa.benchmarks.experiments.run",
         "D-JEPA against MAR mode and the flow head at equal steps, seeds and data: results.json, summary.md, plots.",
         ("modality", "out", "benchmark.quick", "benchmark.steps", "standard_weights", "device"),
     ),

@@ -1,6 +1,6 @@
 """Memory at scale: does `train` on a user folder use the same memory for 2,000 items as for 20,000?
 
-    python -m djepa.benchmarks.data_scale out=DIR [sizes=[2000,20000]] [steps=200] [modality=image]
+    python -m djepa.benchmarks.experiments.data_scale out=DIR [sizes=[2000,20000]] [steps=200] [modality=image]
         [any train override: model=..., train.batch_size=..., modality.adapter.tokenizer.path=VAE, ...]
 
 For each size it writes a generated class folder (DIR/data/<modality>-<size>/<digit>/...: PNGs of the embedded
@@ -14,7 +14,7 @@ Per phase: the child's peak RSS (the kernel's ru_maxrss through wait4: the large
 workers counted as their own maxima, not added), the peak of the whole process tree's proportional set size
 (PSS, sampled every 0.2 s from /proc, Linux only), wall time and items/s (caching: encoded items over the time
 between the cache's layout.json and meta.json; training: batch x steps per second over the steady steps of
-metrics.jsonl). The largest size may use at most 25 % more peak memory than the smallest (issue 17).
+metrics.jsonl). The largest size passes when its peak memory is at most BOUND times the smallest's.
 Writes DIR/results.json and DIR/summary.md.
 """
 
@@ -340,7 +340,7 @@ def write_summary(results: dict[str, Any], path: Path) -> None:
 
 
 def run(args: dict[str, Any], passthrough: list[str]) -> dict[str, Any]:
-    from djepa.benchmarks.run import git_commit, machine
+    from djepa.benchmarks.experiments.run import git_commit, machine
 
     out = Path(args["out"]).resolve()
     out.mkdir(parents=True, exist_ok=True)

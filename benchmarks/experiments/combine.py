@@ -1,4 +1,4 @@
-"""`python -m djepa.benchmarks.combine out=DIR RUN_A RUN_B ...`: one report from several benchmark outputs.
+"""`python -m djepa.benchmarks.experiments.combine out=DIR RUN_A RUN_B ...`: one report from several benchmark outputs.
 
 Benchmarks run as separate processes (say one per core, or an ablation added later) each write their own
 results.json; this merges their variants (same modality and steps), recomputes steps to MAR mode's final
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from djepa.benchmarks.aggregate import aggregate_seeds
+from djepa.benchmarks.experiments.run import add_steps_to_reach
 from djepa.benchmarks.report import write_plots, write_summary
-from djepa.benchmarks.run import add_steps_to_reach
 from djepa.errors import UsageError
 
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     outs = [a.split("=", 1)[1] for a in argv if a.startswith("out=")]
     if len(outs) != 1:
-        sys.exit("usage: python -m djepa.benchmarks.combine out=DIR RESULTS_DIR [RESULTS_DIR ...]")
+        sys.exit("usage: python -m djepa.benchmarks.experiments.combine out=DIR RESULTS_DIR [RESULTS_DIR ...]")
     try:
         results = combine([Path(a) for a in argv if not a.startswith("out=")])
     except UsageError as err:

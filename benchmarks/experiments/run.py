@@ -23,10 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from djepa.benchmarks.aggregate import aggregate_seeds, steps_to_reach
+from djepa.benchmarks.classifiers import ConvClassifier
 from djepa.benchmarks.evaluate import RealMedia, modality_classifier, score, standard_metric
-from djepa.benchmarks.probes import context_use
+from djepa.benchmarks.experiments.probes import context_use
 from djepa.benchmarks.report import write_plots, write_summary
 from djepa.benchmarks.standard import SKIPPED, StandardMetric
+from djepa.benchmarks.views import ClassifierView, config_view
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.adapter import build_adapter, ensure_tokenizer
 from djepa.engine.checkpoint import CheckpointManager
@@ -35,6 +37,7 @@ from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings
 from djepa.errors import UsageError
 from djepa.nn.masking import training_mask
+from djepa.nn.model import DJEPA
 
 
 def passthrough_overrides(argv: Sequence[str]) -> list[str]:
@@ -74,7 +77,7 @@ def train_variant(overrides: list[str]) -> None:
         raise RuntimeError(f"training failed ({proc.returncode}): djepa.cli.train {' '.join(overrides)}")
 
 
-def flops_per_step(model: torch.nn.Module, cfg: DictConfig, token_dim: int) -> float:
+def flops_per_step(model: DJEPA, cfg: DictConfig, token_dim: int) -> float:
     """Training FLOPs of one step (forward, backward, EMA target pass) by torch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -85,7 +88,7 @@ def flops_per_step(model: torch.nn.Module, cfg: DictConfig, token_dim: int) -> f
     with FlopCounterMode(display=False) as counter:
         targets = model.target_features(tokens, labels) if model.jepa else None
         losses = model.loss(tokens, labels, mask, targets)
-        sum(losses.values()).backward()
+        torch.stack(list(losses.values())).sum().backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -113,8 +116,8 @@ def git_commit() -> str | None:
 def evaluate_variant(
     cfg: DictConfig,
     run_dir: Path,
-    adapter: Any,
-    classifier: Any,
+    view: ClassifierView,
+    classifier: ConvClassifier,
     real: torch.Tensor,
     standard: StandardMetric | None = None,
     probe_tokens: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -129,7 +132,7 @@ def evaluate_variant(
         model = load_ema_model(directory, state, device, cfg.loss.head)
         torch.manual_seed(cfg.seed)
         last = standard if directory == directories[-1] else None  # the standard network is slow: final point only
-        point = score(model, adapter, classifier, real, per_class, settings, last)
+        point = score(model, view, classifier, real, per_class, settings, last)
         curve.append({"step": state["step"], **point})
         tqdm.write(f"  step {state['step']}: accuracy {point['accuracy']:.3f}, fd {point['fd']:.3f}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -147,7 +150,7 @@ def evaluate_variant(
         "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
         "peak_mem_mb": max(r.get("peak_mem_mb", 0.0) for r in rows),
         "params": model.num_params(),
-        "flops_per_step": flops_per_step(model, cfg, adapter.token_dim),
+        "flops_per_step": flops_per_step(model, cfg, view.adapter.token_dim),
         "steps": final["step"],
         "curve": curve,
     }
@@ -174,11 +177,12 @@ def add_steps_to_reach(results: dict[str, Any], reference: str = "mar") -> None:
 def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    adapter = build_adapter(cfg)
+    view = config_view(cfg, build_adapter(cfg))
+    adapter = view.adapter
     real_media = RealMedia(adapter)
     standard = standard_metric(cfg, real_media)  # a bad weights file fails here, before any training
     ensure_tokenizer(cfg, adapter)
-    classifier, heldout, real = modality_classifier(cfg, adapter, real_media, 60 if cfg.benchmark.quick else 400)
+    classifier, heldout, real = modality_classifier(cfg, view, real_media, 60 if cfg.benchmark.quick else 400)
     results: dict[str, Any] = {
         "modality": cfg.modality.name,
         "git_commit": git_commit(),
@@ -204,7 +208,7 @@ def run(cfg: DictConfig, argv: Sequence[str]) -> dict[str, Any]:
             tqdm.write(f"[{name} seed {seed}] train {' '.join(overrides)}")
             train_variant(overrides)
             variant_cfg = compose_config(overrides)
-            per_seed.append(evaluate_variant(variant_cfg, run_dir, adapter, classifier, real, standard, probe_tokens))
+            per_seed.append(evaluate_variant(variant_cfg, run_dir, view, classifier, real, standard, probe_tokens))
         results["variants"][name] = aggregate_seeds(per_seed)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     add_steps_to_reach(results)

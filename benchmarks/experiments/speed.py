@@ -1,4 +1,4 @@
-"""`python -m djepa.benchmarks.speed [mar_repo=PATH] [steps=20] [out=DIR] [overrides...]`: where a step goes.
+"""Where a step goes: `python -m djepa.benchmarks.experiments.speed [mar_repo=PATH] [steps=20] [out=DIR] [...]`.
 
 Times, one after another in this process, at the MAR-comparison shape (`model=small`, 8x8 tokens of dim 4,
 batch 64, bf16 by default; any train/model/loss override passes through):
@@ -10,11 +10,11 @@ batch 64, bf16 by default; any train/model/loss override passes through):
   shape: its forward, backward, clip at 3.0, AdamW and its per-tensor EMA loop, dropout 0, same autocast;
 - sampling at MAR's settings (16 reveal steps, 50 diffusion steps, guidance 3 linear, batch 16): ours, ours
   with `sampler=dpm_solver` at `dpm_steps` steps, ours at `fast_reveal_steps` reveal steps (a comma list,
-  default 8,4) with that sampler (the fast settings; their quality is a separate measurement, README), and
+  default 8,4) with that sampler (the fast settings; their quality is measured separately), and
   MAR's code.
 
-Prints the ratios the speed issue asks about and writes them to OUT/speed.json. Data are random tokens: speed
-does not depend on them. Run it alone on the machine: anything beside it changes every figure.
+Prints the step and sampling ratios of D-JEPA to MAR and writes them to OUT/speed.json. Data are random tokens:
+speed does not depend on them. Run it alone on the machine: anything beside it changes every figure.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from djepa.benchmarks.run import machine
+from djepa.benchmarks.experiments.run import machine
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.train import train_config
 from djepa.engine.data import TokenData
@@ -46,8 +47,20 @@ from djepa.nn.model import DJEPA
 
 SHAPE = ["modality=image", "model=small", "modality.adapter.patch_size=[1,1]", "train.precision=bf16"]
 GRID, TOKEN_DIM, CLASSES = (8, 8), 4, 10
-# MAR's sampling settings, as the issue measured its code: 16 reveal steps x 50 diffusion steps, CFG 3.
-SAMPLE = {"num_steps": 16, "diffusion_steps": 50, "guidance": 3.0, "batch": 16, "temperature": 1.0}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """MAR's sampling settings, timed for both codes: 16 reveal steps x 50 diffusion steps, guidance 3."""
+
+    num_steps: int = 16
+    diffusion_steps: int = 50
+    guidance: float = 3.0
+    batch: int = 16
+    temperature: float = 1.0
+
+
+SAMPLE = Sampling()
 OWN_KEYS = ("mar_repo", "steps", "warmup", "out", "dpm_steps", "fast_reveal_steps")
 
 
@@ -98,18 +111,18 @@ def djepa_breakdown(trainer: Trainer, repeats: int) -> dict[str, float]:
 
 
 def time_our_sampling(
-    model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int, reveal_steps: int = SAMPLE["num_steps"]
+    model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int, reveal_steps: int = SAMPLE.num_steps
 ) -> float:
     model.head.set_sampler(sampler)  # a diffusion head's: run() times these only for one
     model.head.set_sampling_steps(steps)
-    labels = torch.arange(SAMPLE["batch"]) % CLASSES
+    labels = torch.arange(SAMPLE.batch) % CLASSES
 
     @torch.no_grad()
     def draw() -> None:
         with autocast(torch.device("cpu"), dtype):
-            model.sample(labels, num_steps=reveal_steps, guidance=SAMPLE["guidance"], temperature=SAMPLE["temperature"])
+            model.sample(labels, num_steps=reveal_steps, guidance=SAMPLE.guidance, temperature=SAMPLE.temperature)
 
-    return median_ms(draw, repeats, 1) / SAMPLE["batch"]
+    return median_ms(draw, repeats, 1) / SAMPLE.batch
 
 
 def check_mar_repo(repo: Path) -> None:
@@ -133,7 +146,8 @@ def mar_code(repo: Path) -> Iterator[Any]:
         torch.Tensor.cuda = cuda  # type: ignore[method-assign]
 
 
-def build_mar(mar_module: Any, ours: DJEPA, diffusion_steps: int) -> torch.nn.Module:
+def build_mar(mar_module: Any, ours: DJEPA, diffusion_steps: int) -> Any:
+    """MAR's own model at our shape and widths (its code is untyped: Any)."""
     c = ours.config
     return mar_module.MAR(
         img_size=GRID[0] * 16,
@@ -161,7 +175,7 @@ def build_mar(mar_module: Any, ours: DJEPA, diffusion_steps: int) -> torch.nn.Mo
 def time_mar_code(repo: Path, ours: DJEPA, dtype: torch.dtype, batch: int, steps: int, warmup: int) -> dict[str, Any]:
     with mar_code(repo) as mar_module:
         torch.manual_seed(0)
-        model = build_mar(mar_module, ours, SAMPLE["diffusion_steps"])
+        model = build_mar(mar_module, ours, SAMPLE.diffusion_steps)
         ema = [p.detach().clone() for p in model.parameters()]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.02)
         latents = torch.randn(batch, TOKEN_DIM, *GRID)
@@ -183,20 +197,20 @@ def time_mar_code(repo: Path, ours: DJEPA, dtype: torch.dtype, batch: int, steps
 
         step_ms = median_ms(train_step, steps, warmup)
         model.eval()
-        sample_labels = torch.arange(SAMPLE["batch"]) % CLASSES
+        sample_labels = torch.arange(SAMPLE.batch) % CLASSES
 
         @torch.no_grad()
         def draw() -> None:
             with autocast(device, dtype):
                 model.sample_tokens(
-                    SAMPLE["batch"],
-                    num_iter=SAMPLE["num_steps"],
-                    guidance_scale=SAMPLE["guidance"],
+                    SAMPLE.batch,
+                    num_iter=SAMPLE.num_steps,
+                    cfg=SAMPLE.guidance,
                     labels=sample_labels,
-                    temperature=SAMPLE["temperature"],
+                    temperature=SAMPLE.temperature,
                 )
 
-        sample_ms = median_ms(draw, 2, 1) / SAMPLE["batch"]
+        sample_ms = median_ms(draw, 2, 1) / SAMPLE.batch
         params = sum(p.numel() for p in model.parameters())
     return {"mar_code_step_ms": step_ms, "mar_code_sample_ms_per_item": sample_ms, "mar_code_params": params}
 
@@ -220,7 +234,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     if "mar_repo" in own:
         check_mar_repo(Path(own["mar_repo"]))  # before minutes of timing, not after
     torch.manual_seed(0)
-    results: dict[str, Any] = {"machine": machine(), "overrides": list(overrides), "sampling": SAMPLE}
+    results: dict[str, Any] = {"machine": machine(), "overrides": list(overrides), "sampling": asdict(SAMPLE)}
     with tempfile.TemporaryDirectory() as tmp:
         djepa = trainer_for(overrides, Path(tmp) / "djepa")
         dtype = djepa.dtype
@@ -238,9 +252,9 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     sampler_model = mar.ema
     # MAR's settings are a diffusion head's; another head (loss=flow) has no DDPM to compare.
     if isinstance(sampler_model.head, DiffusionHead):
-        reveal = SAMPLE["num_steps"]
+        reveal = SAMPLE.num_steps
         timed = [
-            ("ddpm", "ddpm", SAMPLE["diffusion_steps"], reveal),
+            ("ddpm", "ddpm", SAMPLE.diffusion_steps, reveal),
             (f"dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, reveal),
         ] + [(f"reveal_{r}_dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, r) for r in fast_reveal_steps]
         for name, sampler, sampler_steps, reveal_steps in timed:

@@ -1,6 +1,6 @@
 """Coloured digits: the embedded MNIST digits in a random ink colour on a random ground colour, as ImageFolders.
 
-    python -m djepa.benchmarks.rgb_digits out=DIR [per_class=400] [heldout_per_class=100] [seed=0]
+    python -m djepa.benchmarks.experiments.rgb_digits out=DIR [per_class=400] [heldout_per_class=100] [seed=0]
 
 writes DIR/train/<digit>/<n>.png and DIR/heldout/<digit>/<n>.png (32x32 RGB) from disjoint digits, plus
 `rgb_digits.json` (the recipe) in each split, which tells the benchmark to score with the grey-digit classifier.
@@ -18,17 +18,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from djepa.benchmarks.colour_blind import LUMA
+from djepa.benchmarks.views import RGB_DIGITS_MARKER
 from djepa.cli.config import cli_errors
 from djepa.errors import UsageError
-from djepa.modalities.colour_blind import LUMA
-from djepa.modalities.image import RGB_DIGITS_MARKER, load_mnist_digits
+from djepa.modalities.image import load_mnist_digits
 
 SIZE = 32  # the 28x28 digits padded with ground, as the grey default pads them
 # Ink and ground are drawn uniformly from the RGB cube, independently of each other and of the class; a pair
 # is redrawn until their luminances differ by at least MIN_LUMA_GAP of the full range, so the digit stays
 # visible in grey (either may be the brighter: dark ink on light ground happens as often as the reverse).
 MIN_LUMA_GAP = 0.3
-DEFAULTS = {"out": None, "per_class": 400, "heldout_per_class": 100, "seed": 0}
+NUMBERS = {"per_class": 400, "heldout_per_class": 100, "seed": 0}  # the arguments besides out=DIR
 
 
 def draw_colours(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +70,12 @@ def write_rgb_digits(out: Path, per_class: int = 400, heldout_per_class: int = 1
     digits, labels = (t.numpy() for t in load_mnist_digits())
     rng = np.random.default_rng(seed)
     train, hold = split_indices(labels, per_class, heldout_per_class, rng)
-    recipe = {"seed": seed, "per_class": per_class, "heldout_per_class": heldout_per_class, "size": SIZE}
+    recipe: dict[str, float] = {
+        "seed": seed,
+        "per_class": per_class,
+        "heldout_per_class": heldout_per_class,
+        "size": SIZE,
+    }
     recipe["min_luma_gap"] = MIN_LUMA_GAP
     counts = {}
     for split, idx in (("train", train), ("heldout", hold)):
@@ -86,28 +92,28 @@ def write_rgb_digits(out: Path, per_class: int = 400, heldout_per_class: int = 1
     return counts
 
 
-def parse(argv: Sequence[str]) -> dict[str, object]:
-    """`key=value` arguments as the other commands take them; out is required, the rest are whole numbers."""
-    args = dict(DEFAULTS)
+def parse(argv: Sequence[str]) -> tuple[Path, dict[str, int]]:
+    """`key=value` arguments as the other commands take them: out=DIR (required) and whole numbers (NUMBERS)."""
+    out, numbers = "", dict(NUMBERS)
     for item in argv:
         key, sep, value = item.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise UsageError(f"{item}: expected one of {', '.join(k + '=' for k in DEFAULTS)}")
+        if not sep or (key != "out" and key not in NUMBERS):
+            raise UsageError(f"{item}: expected one of {', '.join(k + '=' for k in ('out', *NUMBERS))}")
         if key == "out":
-            args[key] = value
+            out = value
         elif value.isdigit():
-            args[key] = int(value)
+            numbers[key] = int(value)
         else:
             raise UsageError(f"{key}={value} must be a whole number >= 0")
-    if not args["out"]:
+    if not out:
         raise UsageError("out=DIR is required")
-    return args
+    return Path(out), numbers
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     with cli_errors():
-        args = parse(sys.argv[1:] if argv is None else argv)
-        counts = write_rgb_digits(Path(str(args.pop("out"))), **args)  # type: ignore[arg-type]
+        out, numbers = parse(sys.argv[1:] if argv is None else argv)
+        counts = write_rgb_digits(out, **numbers)
         print(json.dumps(counts))
 
 

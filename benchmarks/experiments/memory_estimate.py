@@ -1,7 +1,7 @@
-"""Training memory per GPU, ESTIMATED from parameter counts (nothing is run on a GPU): the README's recipe table.
+"""Training memory per GPU, ESTIMATED from parameter counts (nothing is run on a GPU): the docs' recipe table.
 
-    python -m djepa.benchmarks.memory_estimate [model=djepa_b] [tokens=16,16] [dim=16] [classes=1000] [buffer=64]
-        [batch=64] [gpus=8]
+    python -m djepa.benchmarks.experiments.memory_estimate [model=djepa_b] [tokens=16,16] [dim=16]
+        [classes=1000] [buffer=64] [batch=64] [gpus=8]
 
 The model is built on the meta device for the token grid and dim (parameter count only). Memory model, bf16
 autocast, no gradient checkpointing:

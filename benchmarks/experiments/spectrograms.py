@@ -1,6 +1,6 @@
 """Look at what the numbers say: per class, a real held-out clip, its tokenizer round trip and generated clips.
 
-    python -m djepa.benchmarks.spectrograms run_dir=runs/audio out=docs/audio-spectrograms.png
+    python -m djepa.benchmarks.experiments.spectrograms run_dir=runs/audio out=docs/audio-spectrograms.png
 
 Writes one PNG (rows: real, round trip, then `num_samples` generated rows; one column per class, drawn through
 the adapter's own spectrogram preview) and the same clips as WAVs beside it (`<out stem>/<row>_<class>.wav`),
@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from djepa.benchmarks.roundtrip import own_items, round_trip
 from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
+from djepa.modalities.audio import AudioAdapter, spectrogram_grid
 
 
 def first_of_each_class(media: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -38,7 +39,7 @@ def run(cfg: DictConfig) -> Path:
         raise UsageError("out=FILE.png is required")
     pipe = Pipeline.from_pretrained(cfg.run_dir, device=cfg.device)
     adapter = pipe.adapter
-    if adapter.name != "audio":
+    if not isinstance(adapter, AudioAdapter):
         raise UsageError(f"run_dir {cfg.run_dir} is a {adapter.name} run; spectrograms are for audio")
     media, labels, _ = own_items(adapter)
     real = first_of_each_class(media, labels, adapter.num_classes)
@@ -53,8 +54,6 @@ def run(cfg: DictConfig) -> Path:
         for c, clip in enumerate(row):
             adapter.save(clip, clips / f"{name}_{adapter.class_names[c]}")
     mels = adapter.front_end(torch.cat([row for _, row in rows]).float())
-    from djepa.modalities.audio import spectrogram_grid
-
     canvas = spectrogram_grid(mels, len(rows), scale=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(canvas)).save(out)

@@ -1,15 +1,14 @@
 """An independent listener for the audio benchmark: spoken-digit clips from voices the default data never uses,
 heard through a front end of its own.
 
-The generator's data (modalities/audio.py) draws eSpeak NG voices from `ESPEAK_VARIANTS` with rates 120-230 and
-pitches 15-85. A classifier trained on those clips and reading the tokenizer's own log-mel would share both the
-voices and the tokenizer's blind spots, so it cannot hear what a round trip loses (issue #13 measured 62 % by an
-outside recogniser where such a classifier said 90 %). The listener is trained on other voice variants, a wider
-rate range and its own 25 ms / 10 ms, 40-band log-mel — the front end of speech recognisers, not the tokenizer's.
+The generator's data (djepa.modalities.audio) draws eSpeak NG voices from `ESPEAK_VARIANTS` with rates 120-230
+and pitches 15-85. A classifier trained on those clips and reading the tokenizer's own log-mel would share the
+voices and the tokenizer's blind spots, so it could not hear what a round trip loses. The listener is trained on
+other voice variants, a wider rate range and its own 25 ms / 10 ms, 40-band log-mel (the front end of speech
+recognisers, not the tokenizer's).
 
-It also hears through noise, as a person does: trained on clean eSpeak clips alone it recognised 25 % of real
-clips with white noise 40 dB below the speech (a hiss nobody would notice), so any vocoder's noise floor read as
-a lost word. Its training set adds copies of every clip in white or pink noise at 5-35 dB SNR.
+It also hears through noise, as a person does, so that a vocoder's faint noise floor does not read as a lost
+word: its training set adds copies of every clip in white or pink noise at 5-35 dB SNR.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Does a video continue from its prime? `python -m djepa.benchmarks.continuation run_dir=DIR [num_samples=10]`.
+"""Does a video continue from its prime?
+
+    python -m djepa.benchmarks.experiments.continuation run_dir=DIR [num_samples=10]
 
 The first `prime_frames` frames of held-out clips (new trajectories the model never saw) stay known, the rest is
 generated with the clip's true class, and each frame's ink centroid is compared with the real clip's (both
@@ -21,8 +23,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from djepa.benchmarks.evaluate import load_classifier
-from djepa.benchmarks.probes import same_class_derangement
+from djepa.benchmarks.experiments.probes import same_class_derangement
+from djepa.benchmarks.metrics import ink_centroids
+from djepa.benchmarks.views import VideoView, load_classifier
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.adapter import build_adapter
 from djepa.engine.loading import find_checkpoint, load_ema_model
@@ -30,7 +33,7 @@ from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, generate
 from djepa.errors import UsageError
 from djepa.io import atomic_write_json
-from djepa.modalities.video import ink_centroids
+from djepa.modalities.video import VideoAdapter
 
 
 def centroid_distances(generated: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -67,6 +70,8 @@ def run(cfg: DictConfig, out_dir: str) -> dict[str, Any]:
         raise UsageError(f"continuation is measured on video; modality={cfg.modality.name}")
     torch.manual_seed(cfg.seed)
     adapter = build_adapter(cfg)
+    if not isinstance(adapter, VideoAdapter):
+        raise UsageError(f"continuation needs a VideoAdapter; modality.adapter._target_ gives {type(adapter).__name__}")
     held = adapter.heldout_dataset()
     if held is None:
         raise UsageError("continuation is measured on the embedded default's held-out clips; unset data_dir")
@@ -82,7 +87,7 @@ def run(cfg: DictConfig, out_dir: str) -> dict[str, Any]:
     generated = generate(model, labels, SamplingSettings.from_config(cfg), known_tokens=tokens, known_mask=known)
     real = adapter.decode_tokens(tokens)
     clips = adapter.decode_tokens(generated)
-    classifier, _ = load_classifier(cfg, adapter)
+    classifier, _ = load_classifier(cfg, VideoView(adapter))
     result = continuation_scores(real, clips, labels, primed_frames, lambda frames: classifier.predict(frames)[0])
     result |= {"checkpoint": str(directory), "step": state["step"]}
     out = Path(out_dir)
