@@ -16,6 +16,7 @@ from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifie
 from djepa.benchmarks.colour_blind import colour_blind
 from djepa.benchmarks.listener import LISTENER_CLIPS, ListenerFrontEnd, listener_clips, with_noisy_copies
 from djepa.benchmarks.metrics import centroid_travel
+from djepa import schema
 from djepa.chunks import map_chunks
 from djepa.errors import UsageError
 from djepa.modalities.audio import AudioAdapter
@@ -27,7 +28,7 @@ from djepa.modalities.video import MAX_FRAMES_IN_MEMORY, VideoAdapter, render_di
 # that holds it is coloured MNIST digits, so the image classifier is trained on the grey digits instead.
 RGB_DIGITS_MARKER = "rgb_digits.json"
 # benchmark.classifier (images): what the classifier trains on; auto picks per folder (`ImageView.source`).
-CLASSIFIER_SOURCES = ("auto", "digits", "data")
+CLASSIFIER_SOURCES = schema.choices(schema.BenchmarkSettings, "classifier")
 
 
 class ClassifierView:
