@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from djepa import builders
 from djepa.engine.adapter import Adapter, HasFps, HasSampleRate, build_adapter
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.engine.loading import find_checkpoint, sampling_head_config
@@ -218,14 +219,26 @@ class Pipeline:
         device: str | torch.device = "auto",
         checkpoint: str | Path | None = None,
         overrides: Mapping[str, Any] | None = None,
+        plugins: Sequence[str] | None = None,
     ) -> Pipeline:
         """Load a run directory (its newest valid checkpoint, or `checkpoint`) or an `export` folder.
 
         `overrides` are dotted config keys (`{"modality.adapter.tokenizer.path": ..., "loss.head.sampling_steps":
         50}`); one that contradicts how the model was trained (grid, patch, channels, modality, model) raises
-        UsageError naming the key.
+        UsageError naming the key. The folder's `_target_` classes must come from djepa or from the modules in
+        `plugins` (djepa.builders): a folder someone sent cannot run code of its choosing.
         """
-        path = Path(path)
+        with builders.allowed_plugins(plugins):
+            return cls._load(Path(path), device, checkpoint, overrides)
+
+    @classmethod
+    def _load(
+        cls,
+        path: Path,
+        device: str | torch.device,
+        checkpoint: str | Path | None,
+        overrides: Mapping[str, Any] | None,
+    ) -> Pipeline:
         device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         if (path / EXPORT_INDEX).is_file():
             config, state, weights, expected_hash = cls._read_export(path)

@@ -16,6 +16,7 @@ import torch
 from einops import rearrange
 from torch.utils.data import Dataset, Subset
 
+from djepa import builders
 from djepa.chunks import map_chunks
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
@@ -24,7 +25,6 @@ from djepa.legacy import upgrade_tokenizer
 from djepa.modalities.folder import DataError, FolderScan, MappedDataset, MemoryDataset, load_folder
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
-from djepa.plugins import build, plugin_class
 from djepa.tokenizers.base import LatentTokenizer, weights_hash
 
 log = logging.getLogger(__name__)
@@ -133,18 +133,18 @@ class ModalityAdapter(ABC):
     @property
     def tokenizer_class(self) -> type:
         """The configured tokenizer's class, without loading it (its weights may not exist yet)."""
-        return plugin_class(self.tokenizer_config, "modality.adapter.tokenizer", LatentTokenizer)
+        return builders.resolve(self.tokenizer_config, "modality.adapter.tokenizer", builders.TOKENIZER)
 
     def build_tokenizer(self) -> LatentTokenizer:
-        """The tokenizer `modality.adapter.tokenizer._target_` names, built from that entry (djepa.plugins)."""
-        where = "modality.adapter.tokenizer"
-        tokenizer = build(self.tokenizer_config, where, LatentTokenizer, self.tokenizer_context())
+        """The tokenizer `modality.adapter.tokenizer._target_` names, built from that entry (djepa.builders)."""
+        tokenizer = builders.tokenizer(self.tokenizer_config, self.tokenizer_context())
         self.check_tokenizer(tokenizer)
         return tokenizer
 
     def require_default_tokenizer(self) -> None:
         """`train_tokenizer` makes the default tokenizer only; any other is pretrained."""
-        if self.tokenizer_class is not plugin_class({"_target_": self.default_tokenizer}, "default tokenizer"):
+        default = builders.resolve({"_target_": self.default_tokenizer}, "default tokenizer", builders.TOKENIZER)
+        if self.tokenizer_class is not default:
             raise UsageError(
                 f"train_tokenizer trains {self.default_tokenizer.rsplit('.', 1)[-1]}; "
                 f"modality.adapter.tokenizer._target_={self.tokenizer_config['_target_']} is a pretrained model: "

@@ -31,7 +31,7 @@ RULES = {
     "djepa.chunks": ("djepa",),
     # the base layer beside errors and io: the `_target_` builder and the old config names (class names as
     # strings only, never imports of what they name)
-    "djepa.plugins": ABOVE_THE_BASE,
+    "djepa.builders": ABOVE_THE_BASE,
     "djepa.legacy": ABOVE_THE_BASE,
     "djepa.nn": ("djepa.engine", "djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),
     "djepa.engine": ("djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),

@@ -81,11 +81,10 @@ def one_of(choices: Sequence[str], hints: dict[str, str] | None = None):
 
 def head_class(value: Any) -> str | None:
     """`loss.head._target_` must name a TokenHead (checked before the run directory is made)."""
-    from djepa.nn.heads import TokenHead
-    from djepa.plugins import plugin_class
+    from djepa import builders
 
     try:
-        plugin_class({"_target_": value}, "loss.head", TokenHead)
+        builders.resolve({"_target_": value}, "loss.head", builders.HEAD)
     except UsageError as err:
         return str(err).split(f"{value!r} ", 1)[-1]
     return None

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from djepa import builders
 from djepa.cli.config import cli_errors
 from djepa.errors import UsageError
 from djepa.export import export_pipeline
@@ -57,7 +58,10 @@ def run(argv: Sequence[str]) -> Path:
         except (OSError, json.JSONDecodeError) as err:
             raise UsageError(f"scores={args['scores']}: not a readable JSON file ({err})") from err
     pipe = Pipeline.from_pretrained(
-        args["run_dir"], device=args.get("device", "cpu"), checkpoint=args.get("checkpoint")
+        args["run_dir"],
+        device=args.get("device", "cpu"),
+        checkpoint=args.get("checkpoint"),
+        plugins=builders.plugin_list(args.get("plugins"), "plugins"),
     )
     out = export_pipeline(pipe, Path(args["out"]), copy_tokenizer=copy == "true", scores=scores)
     print(f"exported {pipe.source} (step {pipe.step}) to {out}")

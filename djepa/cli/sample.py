@@ -47,7 +47,9 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
     # Keys that describe the model: checked against the run's own config, never used to rebuild it.
     model_keys = [k for k in keys or [] if k.split(".")[0] in ("modality", "model", "loss")]
     overrides = {k: OmegaConf.select(cfg, k) for k in model_keys}
-    pipe = Pipeline.from_pretrained(cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint, overrides=overrides)
+    pipe = Pipeline.from_pretrained(
+        cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint, overrides=overrides, plugins=cfg.get("plugins")
+    )
     labels = None if cfg.prompt_class is None else [pipe.class_index(cfg.prompt_class, "prompt_class")]
     result = pipe(
         labels,

@@ -8,8 +8,12 @@ Needs the `demo` extra (`pip install -e ".[demo]"`); nothing is fetched from the
 
 from __future__ import annotations
 
+import atexit
+import errno
 import logging
 import os
+import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -17,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from djepa import builders
 from djepa.cli.config import cli_errors
 from djepa.errors import UsageError
 from djepa.pipeline import Pipeline
@@ -31,6 +36,50 @@ SERVE_KEYS = {
     "checkpoint": "a checkpoint directory instead of the newest (default: null)",
 }
 MAX_SAMPLES = 16
+KEEP_REQUESTS = 8  # output folders kept for the page to fetch; older requests' files are removed
+
+
+def check_port(value: object, host: str = "127.0.0.1") -> int:
+    """`port`: a whole number 1-65535 that nothing on `host` listens on yet; one-line UsageError otherwise."""
+    text = str(value).strip()
+    if not text.isdigit():
+        raise UsageError(f"port must be a number, got {value!r}")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise UsageError(f"port={port} is out of range: choose one from 1 to 65535 (default 7860)")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closing port is free
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"port={port} is in use on {host}: stop what listens there or choose another port"
+                ) from err
+            raise UsageError(f"port={port} cannot be opened on host={host}: {err.strerror or err}") from err
+    return port
+
+
+class RequestOutputs:
+    """Each request's files in its own folder under one `$TMPDIR/djepa-serve-*` folder: the newest `keep`
+    requests' folders stay (the page fetches them), older ones are removed, and the whole folder goes at close."""
+
+    def __init__(self, keep: int = KEEP_REQUESTS):
+        self.root = Path(tempfile.mkdtemp(prefix="djepa-serve-"))
+        self.keep = max(1, keep)
+        self.count = 0
+        atexit.register(self.close)  # also when the server stops by Ctrl-C or an error
+
+    def next(self) -> Path:
+        """A fresh folder for one request, after removing those beyond the newest `keep - 1`."""
+        self.count += 1
+        folders = sorted((p for p in self.root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        for old in folders[: max(0, len(folders) - (self.keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.root / str(self.count)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _gradio() -> Any:
@@ -72,12 +121,11 @@ def generate_files(
     return Path(result.grid_path), written[0]
 
 
-def build_app(pipe: Pipeline) -> Any:
-    """The Gradio Blocks app for `pipe` (not launched)."""
+def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
+    """The Gradio Blocks app for `pipe` (not launched); its files go to `outputs` (`app.djepa_outputs`)."""
     gr = _gradio()
     lock = threading.Lock()  # one generation at a time: the model is shared
-    workdir = Path(tempfile.mkdtemp(prefix="djepa-serve-"))
-    counter = iter(range(1 << 62))
+    files = outputs or RequestOutputs()
     modality = pipe.modality
     d = pipe.defaults
 
@@ -87,7 +135,7 @@ def build_app(pipe: Pipeline) -> Any:
         prime_path = prime if isinstance(prime, str) else getattr(prime, "name", None)
         try:
             with lock:
-                out = workdir / str(next(counter))
+                out = files.next()
                 settings = (num_samples, guidance, temperature, num_steps, seed)
                 grid, first = generate_files(pipe, label, *settings, prime_path, out)
         except (UsageError, FileNotFoundError, ValueError) as err:
@@ -119,18 +167,19 @@ def build_app(pipe: Pipeline) -> Any:
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 if modality == "image":
-                    outputs = [gr.Image(label="samples", type="filepath", elem_id="result")]
+                    shown = [gr.Image(label="samples", type="filepath", elem_id="result")]
                 elif modality == "video":
-                    outputs = [
+                    shown = [
                         gr.Video(label="first clip", elem_id="result"),
                         gr.Image(label="all clips (frame strips)", type="filepath", elem_id="grid"),
                     ]
                 else:
-                    outputs = [
+                    shown = [
                         gr.Audio(label="first clip", type="filepath", elem_id="result"),
                         gr.Image(label="spectrograms", type="filepath", elem_id="grid"),
                     ]
-        button.click(run, [label, num_samples, guidance, temperature, num_steps, seed, prime], outputs)
+        button.click(run, [label, num_samples, guidance, temperature, num_steps, seed, prime], shown)
+    app.djepa_outputs = files
     return app
 
 
@@ -148,11 +197,30 @@ def parse_args(argv: Sequence[str]) -> dict[str, str]:
     return args
 
 
-def launch(pipe: Pipeline, port: int = 7860, host: str = "127.0.0.1", block: bool = True) -> Any:
-    app = build_app(pipe)
-    app.queue().launch(
-        server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block, quiet=True
+def load_pipeline(args: dict[str, str]) -> Pipeline:
+    """The model `serve` shows: `run_dir` (or `checkpoint`), its `_target_` classes from djepa or `plugins`."""
+    return Pipeline.from_pretrained(
+        args["run_dir"],
+        args.get("device", "auto"),
+        args.get("checkpoint"),
+        plugins=builders.plugin_list(args.get("plugins"), "plugins"),
     )
+
+
+def launch(pipe: Pipeline, port: int = 7860, host: str = "127.0.0.1", block: bool = True) -> Any:
+    """Serve `pipe`. Blocking: until stopped, then its output files are removed; otherwise the caller closes the
+    app and `app.djepa_outputs` (or the files go at exit)."""
+    port = check_port(port, host)
+    app = build_app(pipe)
+    try:
+        app.queue().launch(
+            server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block, quiet=True
+        )
+    except OSError as err:  # the port taken between the check and the bind
+        app.djepa_outputs.close()
+        raise UsageError(f"port={port} cannot be opened on host={host}: {str(err).splitlines()[0]}") from err
+    if block:
+        app.djepa_outputs.close()
     return app
 
 
@@ -164,11 +232,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0)
     with cli_errors():
         args = parse_args(argv)
+        host = args.get("host", "127.0.0.1")
+        port = check_port(args.get("port", 7860), host)  # before the model loads: a taken port costs nothing
         _gradio()
-        pipe = Pipeline.from_pretrained(args["run_dir"], args.get("device", "auto"), args.get("checkpoint"))
-        port = int(args.get("port", 7860))
-        print(f"serving {pipe.source} on http://{args.get('host', '127.0.0.1')}:{port}")
-        launch(pipe, port, args.get("host", "127.0.0.1"))
+        pipe = load_pipeline(args)
+        print(f"serving {pipe.source} on http://{host}:{port}")
+        launch(pipe, port, host)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from djepa import builders
 from djepa.cli.config import cli_errors, compose_config, save_config
 from djepa.engine import distributed
 from djepa.engine.adapter import Adapter, build_adapter, ensure_tokenizer
@@ -107,6 +108,7 @@ def prepare(cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[int, 
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    builders.set_plugins(cfg.get("plugins"))  # the command line's allow-list, never the run_dir's config.yaml
     set_attention_backend(cfg.attention_backend)
     device = distributed.init_from_env(cfg.device)
     run_dir = Path(cfg.run_dir)

@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from djepa import builders
 from djepa.legacy import upgrade_head, upgrade_model_config
 from djepa.nn.denoiser import ResBlock
 from djepa.nn.heads import TokenHead
 from djepa.nn.pos_embed import GridPositionalEmbedding
 from djepa.nn.vit import Block, Transformer
-from djepa.plugins import build
 
 CFG_SCHEDULES = ("linear", "constant")
 
@@ -29,7 +29,7 @@ CFG_SCHEDULES = ("linear", "constant")
 def build_head(token_dim: int, cond_dim: int, width: int, depth: int, head: dict[str, Any]) -> TokenHead:
     """The denoising head `head["_target_"]` names (a TokenHead), its sizes given by the model."""
     sizes = {"token_dim": token_dim, "cond_dim": cond_dim, "width": width, "depth": depth}
-    return build(upgrade_head(head), "loss.head", TokenHead, sizes)
+    return builders.head(upgrade_head(head), sizes)
 
 
 def split_indices(mask: torch.Tensor, num_visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
