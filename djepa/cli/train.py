@@ -96,8 +96,12 @@ def prepare(cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[int, 
     """
     for path in clean_staging(run_dir):
         tqdm.write(f"removed {path.name}, left by an interrupted checkpoint write")
-    found = CheckpointManager(run_dir).latest_valid()
+    checkpoints = CheckpointManager(run_dir)
+    found = checkpoints.latest_valid()
     step, state = (int(found[1]["step"]), found[1]) if found else (0, None)
+    # A corrupt checkpoint past the resume point would pass for the latest one: set it aside, never delete it.
+    for path in checkpoints.set_aside_invalid(step):
+        tqdm.write(f"{path.with_suffix('').name} is corrupt: moved aside to {path}; resuming from step {step}")
     saved = None
     if state is not None:
         for change in check_resume(cfg, run_dir, step, state):
