@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch.utils.data import Dataset, Subset
@@ -323,14 +324,37 @@ class ModalityAdapter(ABC):
         must call this together and each encodes its share; without, the caller alone encodes everything.
         """
         cache = LatentCache(self.cache_dir / self.cache_key())
+        if cache.complete and (not shard or distributed.is_main()):
+            problem = cache.problem()
+            if problem is not None:
+                log.warning("latent cache %s is damaged (%s): removing it and encoding it again", cache.dir, problem)
+                cache.clear()
+        if shard:
+            distributed.barrier()
         if not cache.complete:
             self._build_cache(cache, batch_size, encode_device(device), workers, shard)
         meta = cache.meta
         self.skipped_files = int(meta.get("skipped_files", 0))
         if meta.get("class_names"):
             self._class_names = list(meta["class_names"])
+        self.check_classes(cache)
         # The cache holds latents, not tokens, so another patch size reuses it.
         return cache.token_data(self.to_tokens)
+
+    def check_classes(self, cache: LatentCache) -> None:
+        """A user folder's class none of whose files is usable would be a label the model is asked for but never
+        sees: refused as an empty class folder is, on the run that builds the cache and on every later one."""
+        if self.data_dir is None:
+            return
+        state, labels = cache.state(), cache.labels()
+        usable = np.bincount(labels[state == ENCODED], minlength=self.num_classes)
+        for label, name in enumerate(self.class_names):
+            if usable[label] == 0:
+                files = sum(1 for y in self.scan().labels if y == label)
+                raise DataError(
+                    f"class folder {self.data_dir / name} holds no {self.folder_items} ({files} files "
+                    "skipped): replace its files or remove the folder"
+                )
 
     def _build_cache(
         self, cache: LatentCache, batch_size: int, device: torch.device, workers: int | None, shard: bool
