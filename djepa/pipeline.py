@@ -258,8 +258,14 @@ class Pipeline:
         # Sampling-only head settings may change; the denoiser's weights are the same.
         head = config.loss.head if "loss" in config else None
         model_config["head_config"] = sampling_head_config(model_config["head_config"], head)
-        model = DJEPA(**model_config)
-        model.load_state_dict(weights)
+        try:
+            model = DJEPA(**model_config)
+            model.load_state_dict(weights)
+        except UsageError:
+            raise
+        except (TypeError, ValueError, RuntimeError, KeyError) as err:  # a hand-edited or damaged model config
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(f"{path}: the saved model config and weights do not make a model ({first_line})") from err
         adapter = build_adapter(config)
         if expected_hash is not None:
             found = tokenizer_hash(config.modality.adapter.tokenizer.path)
@@ -292,22 +298,47 @@ class Pipeline:
 
     @staticmethod
     def _read_export(path: Path) -> tuple[DictConfig, dict[str, Any], dict[str, torch.Tensor], str | None]:
+        """An export folder's config, state, weights and tokenizer hash; a damaged file is a one-line
+        UsageError naming it (weights are read as safetensors only, never unpickled)."""
         from safetensors.torch import load_file
 
-        index = json.loads((path / EXPORT_INDEX).read_text())
-        config = cast(DictConfig, OmegaConf.load(path / "config.yaml"))
-        tokenizer = index["tokenizer"]
-        tok_path = Path(tokenizer["path"])
+        def damaged(name: str, err: BaseException) -> UsageError:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            return UsageError(f"{path / name} is damaged or not what `export` writes: {first_line}")
+
+        try:
+            index = json.loads((path / EXPORT_INDEX).read_text())
+            tokenizer = index["tokenizer"]
+            tok_path = Path(tokenizer["path"])
+            class_names, modality = list(index["class_names"]), str(index["modality"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise damaged(EXPORT_INDEX, err) from err
+        try:
+            config = OmegaConf.load(path / "config.yaml")
+        except Exception as err:  # OSError, YAML and OmegaConf errors
+            raise damaged("config.yaml", err) from err
+        if not isinstance(config, DictConfig) or "modality" not in config:
+            raise damaged("config.yaml", ValueError("no modality section"))
         OmegaConf.update(
             config, "modality.adapter.tokenizer.path", str(tok_path if tok_path.is_absolute() else path / tok_path)
         )
+        try:
+            model_config = json.loads((path / "model" / "config.json").read_text())
+            if not isinstance(model_config, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            raise damaged("model/config.json", err) from err
+        try:
+            weights = load_file(str(path / "model" / "model.safetensors"))
+        except Exception as err:  # safetensors raises its own SafetensorError for a pickle or a torn file
+            raise damaged("model/model.safetensors", err) from err
         state = {
-            "model_config": json.loads((path / "model" / "config.json").read_text()),
-            "class_names": index["class_names"],
-            "modality": index["modality"],
+            "model_config": model_config,
+            "class_names": class_names,
+            "modality": modality,
             "step": index.get("step"),
         }
-        return config, state, load_file(str(path / "model" / "model.safetensors")), tokenizer.get("sha256")
+        return config, state, weights, tokenizer.get("sha256")
 
     # ---------------------------------------------------------------- generating
 

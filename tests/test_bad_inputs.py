@@ -5,9 +5,12 @@ used after all (a file name that is not UTF-8), the run goes on. A list that gro
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import pickle
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ import pytest
 from PIL import Image
 
 from djepa import builders
+from djepa.errors import UsageError
 from djepa.modalities.folder import DataError
 from djepa.modalities.image import ImageAdapter
 
@@ -90,3 +94,232 @@ def test_a_damaged_latent_cache_is_encoded_again_and_said_so(tmp_path, pool_toke
     assert "labels.npy unreadable" in caplog.text and "encoding it again" in caplog.text
     assert again.labels.tolist() == expected.labels.tolist() and len(again) == 4
     assert np.load(cache / "labels.npy").dtype == np.int64
+
+
+# ----------------------------------------------------------------------------- a run to sample, in milliseconds
+
+
+def samplable_run(tmp_path: Path) -> Path:
+    """A run directory of an untrained tiny model whose config decodes with the weightless test tokenizer."""
+    from conftest import tiny_model
+    from omegaconf import OmegaConf
+
+    from djepa.cli.config import compose_config
+    from djepa.engine.checkpoint import CheckpointManager
+
+    run = tmp_path / "run"
+    tok = tmp_path / "pool"
+    tok.mkdir()
+    (tok / "weights.txt").write_text("none")  # the tokenizer's identity for the export's hash
+    head = {"_target_": "djepa.nn.heads.DiffusionHead", "sampling_steps": 2}
+    model = tiny_model((4, 4), token_dim=4, num_classes=2, head=head)
+    state = {"model_config": model.config, "modality": "image", "class_names": ["a", "b"]}
+    CheckpointManager(run).save(1, {"ema": model.state_dict()}, state)
+    config = compose_config([f"home={tmp_path / 'home'}", "model=tiny"])
+    config.modality.adapter.tokenizer = {**POOL, "path": str(tok)}
+    OmegaConf.save(config, run / "config.yaml")
+    return run
+
+
+def raise_on_save(code: int):
+    def save(self, fp, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(fp))
+
+    return save
+
+
+# ----------------------------------------------------------------------------- read-only and full disks
+
+
+@pytest.mark.parametrize("code,why", [(errno.EROFS, "read-only"), (errno.ENOSPC, "the disk is full")])
+def test_sample_to_an_unwritable_out_is_one_line_naming_it(tmp_path, capsys, monkeypatch, pool_tokenizer, code, why):
+    from test_faults import one_line_error
+
+    from djepa.cli import sample
+
+    run = samplable_run(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setattr(Image.Image, "save", raise_on_save(code))
+    err = one_line_error(
+        capsys, sample.main, [f"run_dir={run}", f"out={out}", "num_samples=1", "prompt_class=0", "sample.num_steps=2"]
+    )
+    assert err.startswith(f"error: cannot write {out}/a_000") and f"(out={out})" in err and why in err
+
+
+def test_export_to_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(
+    tmp_path, capsys, monkeypatch, pool_tokenizer
+):
+    from test_faults import one_line_error
+
+    from djepa.cli import export
+
+    run = samplable_run(tmp_path)
+    out = tmp_path / "exported"
+    real_mkdir = Path.mkdir
+
+    def read_only_mkdir(self, *args, **kwargs):
+        if self == out:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "mkdir", read_only_mkdir)
+        err = one_line_error(capsys, export.main, [f"run_dir={run}", f"out={out}"])
+    assert err == f"error: cannot write out={out}: the file system is read-only"
+    assert not out.exists()
+
+    def full(path, tensors):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr("djepa.io.atomic_write_safetensors", full)  # the weights, after the tokenizer's copy
+    err = one_line_error(capsys, export.main, [f"run_dir={run}", f"out={out}"])
+    assert f"cannot write {out}/model/model.safetensors (out={out}): the disk is full" in err
+    assert not out.exists()  # the tokenizer copy and config.yaml written before it are gone too
+
+
+def test_train_on_a_full_disk_keeps_its_last_checkpoint_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from djepa.cli import train
+    from djepa.engine import checkpoint
+
+    tok = tmp_path / "pool"
+    tok.mkdir()
+    (tok / "weights.txt").write_text("none")
+    data = tmp_path / "data"
+    for name in ("a", "b"):
+        write_class(data, name, count=4)
+    run = tmp_path / "run"
+    args = [
+        f"home={tmp_path / 'home'}",
+        f"run_dir={run}",
+        f"modality.adapter.data_dir={data}",
+        "modality.adapter.image_size=16",
+        "model=tiny",
+        "train.steps=4",
+        "train.checkpoint_every=2",
+        "train.preview_every=100",
+        "train.batch_size=4",
+        "sample.preview_per_class=0",
+        "modality.adapter.tokenizer._target_=test_plugins.PoolTokenizer",
+        "+modality.adapter.tokenizer.factor=4",
+        f"modality.adapter.tokenizer.path={tok}",
+    ]
+    real = checkpoint.atomic_write_safetensors
+
+    def full_at_step_4(path, tensors):
+        if ".staging_0000004" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, tensors)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_safetensors", full_at_step_4)
+    with builders.allowed_plugins(["test_plugins"]), pytest.raises(SystemExit) as exit_info:
+        train.main(args)
+    err = capsys.readouterr().err
+    last = "error: " + err.rsplit("error: ", 1)[-1].strip()  # after the progress bars
+    assert exit_info.value.code == 2 and "Traceback" not in err and len(last.splitlines()) == 1, err
+    kept = run / "checkpoints" / "step_0000002"
+    assert last.startswith(f"error: cannot write {run}/checkpoints/.staging_0000004/") and "the disk is full" in last
+    assert f"the last valid checkpoint {kept} (step 2) is intact" in last and "run the same command to resume" in last
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002"]  # no half-written folder
+    checkpoint.CheckpointManager.verify(kept)
+
+
+# ----------------------------------------------------------------------------- damaged exports and tokenizers
+
+
+@pytest.fixture
+def exported(tmp_path, pool_tokenizer):
+    from djepa.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(samplable_run(tmp_path), device="cpu").save_pretrained(tmp_path / "export")
+
+
+PICKLE = pickle.dumps({"weights": [1, 2, 3]})
+
+
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("model/model.safetensors", PICKLE),
+        ("model_index.json", b"\x00garbage{"),
+        ("model_index.json", b"[1, 2]"),
+        ("model/config.json", b"not json"),
+        ("config.yaml", b"{unclosed: [\n"),
+    ],
+)
+def test_a_damaged_export_file_is_one_line_naming_it(exported, capsys, name, content):
+    from test_faults import one_line_error
+
+    from djepa.cli import sample
+    from djepa.pipeline import Pipeline
+
+    (exported / name).write_bytes(content)
+    with pytest.raises(UsageError, match=rf"^{exported / name} is damaged or not what `export` writes: [^\n]*$"):
+        Pipeline.from_pretrained(exported, device="cpu")
+    err = one_line_error(capsys, sample.main, [f"run_dir={exported}", f"out={exported.parent / 'out'}"])
+    assert str(exported / name) in err
+    assert not (exported.parent / "out").exists()
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".ckpt", ".pt"])
+def test_a_pickled_single_file_tokenizer_is_refused_without_reading_it(tmp_path, suffix, monkeypatch):
+    path = tmp_path / f"vae{suffix}"
+    path.write_bytes(PICKLE)
+    monkeypatch.setattr(pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    adapter = ImageAdapter({"path": str(path)}, [2, 2], str(tmp_path / "cache"))
+    with pytest.raises(UsageError, match=rf"^modality.adapter.tokenizer.path={path}: a single-file tokenizer must be"):
+        _ = adapter.tokenizer
+
+
+def test_a_damaged_tokenizer_folder_is_one_line(tmp_path):
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    (folder / "config.json").write_text("{broken")
+    adapter = ImageAdapter({"path": str(folder)}, [2, 2], str(tmp_path / "cache"))
+    with pytest.raises(UsageError, match=rf"^modality.adapter.tokenizer.path={folder} cannot be loaded: [^\n]*$"):
+        _ = adapter.tokenizer
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def test_serve_ports_out_of_range_zero_or_in_use_are_one_line():
+    from djepa.cli.serve import check_port
+
+    with pytest.raises(UsageError, match="^port=99999 is out of range: choose one from 1 to 65535"):
+        check_port("99999")
+    with pytest.raises(UsageError, match="^port=0 is out of range"):
+        check_port(0)
+    with pytest.raises(UsageError, match="^port must be a number, got 'http'"):
+        check_port("http")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError, match=f"^port={port} is in use on 127.0.0.1: stop what listens there"):
+            check_port(str(port))
+    assert check_port(str(port)) == port  # free again
+
+
+def test_serve_main_refuses_a_bad_port_before_loading_anything(tmp_path, capsys):
+    from test_faults import one_line_error
+
+    from djepa.cli import serve
+
+    err = one_line_error(capsys, serve.main, [f"run_dir={tmp_path / 'missing'}", "port=99999"])
+    assert err == "error: port=99999 is out of range: choose one from 1 to 65535 (default 7860)"
+
+
+def test_serve_request_files_are_bounded_and_removed_at_close(monkeypatch, tmp_path):
+    from djepa.cli.serve import RequestOutputs
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    outputs = RequestOutputs(keep=3)
+    assert outputs.root.parent == tmp_path and outputs.root.name.startswith("djepa-serve-")
+    for _ in range(10):
+        out = outputs.next()
+        out.mkdir()
+        (out / "grid.png").write_bytes(b"x")
+    assert sorted(int(p.name) for p in outputs.root.iterdir()) == [8, 9, 10]
+    outputs.close()
+    assert not outputs.root.exists()

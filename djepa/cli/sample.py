@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from djepa.cli.config import cli_errors, compose_config
-from djepa.errors import UsageError
+from djepa.errors import UsageError, writing
 from djepa.nn.attention import set_attention_backend
 from djepa.pipeline import Pipeline
 
@@ -61,7 +61,8 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
         progress=True,
         **sampling_overrides(cfg, keys),
     )
-    written = result.save(cfg.out)
+    with writing("out", cfg.out):
+        written = result.save(cfg.out)
     tqdm.write(f"wrote {len(written)} files and {result.grid_path} from {pipe.source} (seed {cfg.seed})")
     return written
 

@@ -25,7 +25,7 @@ from djepa.engine.runtime import resolve_precision
 from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
 from djepa.engine.tensorboard import TensorBoardLog
 from djepa.engine.trainer import TrainConfig, Trainer
-from djepa.errors import Terminated, UsageError
+from djepa.errors import Terminated, UsageError, disk_problem
 from djepa.nn.attention import set_attention_backend
 from djepa.nn.model import DJEPA
 from djepa.pipeline import Generation, tokenizer_hash
@@ -116,6 +116,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     set_attention_backend(cfg.attention_backend)
     device = distributed.init_from_env(cfg.device)
     run_dir = Path(cfg.run_dir)
+    try:
+        return run_locked(cfg, device, run_dir)
+    except Exception as err:
+        problem = disk_problem(err)
+        if problem is None:
+            raise
+        raise UsageError(cannot_write(cfg, run_dir, *problem)) from err
+
+
+def cannot_write(cfg: DictConfig, run_dir: Path, why: str, filename: str | None) -> str:
+    """One line for a write that failed for space or permission: the file, what is kept, how to resume."""
+    found = CheckpointManager(run_dir).latest_valid() if run_dir.is_dir() else None
+    kept = f"the last valid checkpoint {found[0]} (step {found[1]['step']}) is intact" if found else "no checkpoint yet"
+    where = filename or f"run_dir={run_dir} or home={cfg.home}"
+    return f"cannot write {where}: {why}; {kept}: free space (or fix the folder) and run the same command to resume"
+
+
+def run_locked(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         step, state = 0, None
         if distributed.is_main():

@@ -124,11 +124,15 @@ class CheckpointManager:
         """Write each tensor group to `<group>.safetensors` and `state.json` with their checksums last."""
         staging = self.staging(step)
         checksums = {}
-        for group, group_tensors in tensors.items():
-            path = staging / f"{group}.safetensors"
-            atomic_write_safetensors(path, group_tensors)
-            checksums[path.name] = sha256(path)
-        return self.commit(step, staging, state, checksums)
+        try:
+            for group, group_tensors in tensors.items():
+                path = staging / f"{group}.safetensors"
+                atomic_write_safetensors(path, group_tensors)
+                checksums[path.name] = sha256(path)
+            return self.commit(step, staging, state, checksums)
+        except BaseException:  # a full disk, an interrupt: the half-written folder only takes space
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     @staticmethod
     def verify(directory: Path) -> dict[str, Any]:
