@@ -147,7 +147,8 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
         # image: the grid; video and audio: the first item, playable, and the grid (frame strips / spectrograms)
         return str(grid) if modality == "image" else (str(first), str(grid))
 
-    with gr.Blocks(title=f"D-JEPA {modality}") as app:
+    # Gradio's own copies of the files shown: removed hourly once an hour old (and when the server restarts).
+    with gr.Blocks(title=f"D-JEPA {modality}", delete_cache=(3600, 3600)) as app:
         trained = f" (step {pipe.step})" if pipe.step is not None else ""  # a model built in code has no step
         gr.Markdown(f"## D-JEPA {modality} model\n`{pipe.source}`{trained}, {len(pipe.class_names)} classes")
         with gr.Row():
