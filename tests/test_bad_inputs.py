@@ -177,24 +177,21 @@ def test_export_to_a_read_only_or_full_disk_is_one_line_and_leaves_nothing(
     assert not out.exists()  # the tokenizer copy and config.yaml written before it are gone too
 
 
-def test_train_on_a_full_disk_keeps_its_last_checkpoint_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    from djepa.cli import train
-    from djepa.engine import checkpoint
-
+def pool_train_args(tmp_path: Path, steps: int = 4) -> list[str]:
+    """A train command over a 2-class folder of 8 small images with the weightless test tokenizer: seconds."""
     tok = tmp_path / "pool"
-    tok.mkdir()
-    (tok / "weights.txt").write_text("none")
-    data = tmp_path / "data"
-    for name in ("a", "b"):
-        write_class(data, name, count=4)
-    run = tmp_path / "run"
-    args = [
+    if not tok.exists():
+        tok.mkdir()
+        (tok / "weights.txt").write_text("none")
+        for name in ("a", "b"):
+            write_class(tmp_path / "data", name, count=4)
+    return [
         f"home={tmp_path / 'home'}",
-        f"run_dir={run}",
-        f"modality.adapter.data_dir={data}",
+        f"run_dir={tmp_path / 'run'}",
+        f"modality.adapter.data_dir={tmp_path / 'data'}",
         "modality.adapter.image_size=16",
         "model=tiny",
-        "train.steps=4",
+        f"train.steps={steps}",
         "train.checkpoint_every=2",
         "train.preview_every=100",
         "train.batch_size=4",
@@ -203,6 +200,14 @@ def test_train_on_a_full_disk_keeps_its_last_checkpoint_and_says_how_to_resume(t
         "+modality.adapter.tokenizer.factor=4",
         f"modality.adapter.tokenizer.path={tok}",
     ]
+
+
+def test_train_on_a_full_disk_keeps_its_last_checkpoint_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from djepa.cli import train
+    from djepa.engine import checkpoint
+
+    run = tmp_path / "run"
+    args = pool_train_args(tmp_path)
     real = checkpoint.atomic_write_safetensors
 
     def full_at_step_4(path, tensors):
@@ -323,3 +328,41 @@ def test_serve_request_files_are_bounded_and_removed_at_close(monkeypatch, tmp_p
     assert sorted(int(p.name) for p in outputs.root.iterdir()) == [8, 9, 10]
     outputs.close()
     assert not outputs.root.exists()
+
+
+# ----------------------------------------------------------------------------- run state
+
+
+def test_a_resume_past_a_corrupt_newest_checkpoint_keeps_the_valid_ones(tmp_path, capsys, pool_tokenizer):
+    """One flipped byte in step 4's weights, then `train train.steps=3 train.keep_checkpoints=1`: the resumed run
+    starts from step 2, sets step 4 aside, writes step 3 and keeps it; sampling finds it."""
+    from djepa.cli import sample, train
+
+    train.main(pool_train_args(tmp_path))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    weights = checkpoints / "step_0000004" / "ema.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="skipping corrupt checkpoint"):
+        train.main(pool_train_args(tmp_path, steps=3) + ["train.keep_checkpoints=1"])
+    assert "step_0000004 is corrupt: moved aside to" in capsys.readouterr().out
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_0000003", "step_0000004.invalid"]
+    assert (checkpoints / "step_0000004.invalid" / "ema.safetensors").read_bytes() == bytes(data)  # kept as found
+    out = tmp_path / "samples"
+    sample.main([f"run_dir={tmp_path / 'run'}", f"out={out}", "num_samples=1", "prompt_class=a", "sample.num_steps=2"])
+    assert (out / "a_000.png").is_file()
+
+
+def test_a_safetensors_write_error_on_a_full_disk_is_recognised():
+    from safetensors import SafetensorError
+
+    from djepa.errors import disk_problem, writing
+
+    err = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })')
+    assert disk_problem(err) == ("the disk is full", None)
+    assert disk_problem(SafetensorError("Error while deserializing header: HeaderTooLarge")) is None
+    assert disk_problem(OSError(errno.EIO, "I/O error")) is None  # not one the user can fix by a folder or space
+    with pytest.raises(UsageError, match="^cannot write out=x: the disk is full$"), writing("out", "x"):
+        raise err
