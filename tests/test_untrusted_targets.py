@@ -199,3 +199,24 @@ def test_the_adapter_kind_asks_for_what_the_core_calls():
     assert set(builders.ADAPTER.members) <= methods
     target = {"_target_": "djepa.modalities.audio.AudioAdapter"}
     assert builders.resolve(target, "modality.adapter", builders.ADAPTER) is AudioAdapter
+
+
+def test_train_resume_refuses_a_checkpoint_whose_head_names_a_payload(tmp_path, capsys):
+    """The checkpoint's own model config (state.json, which its checksums do not cover) names the head: a resumed
+    run compares it with the model it builds and never builds from it."""
+    from test_bad_inputs import pool_train_args
+
+    marker = tmp_path / "MARKER"
+    with builders.allowed_plugins(["test_plugins"]):
+        train.main(pool_train_args(tmp_path, steps=2))
+        state_path = tmp_path / "run" / "checkpoints" / "step_0000002" / "state.json"
+        state = json.loads(state_path.read_text())
+        state["model_config"]["head_config"] = popen(marker)
+        state_path.write_text(json.dumps(state))
+        capsys.readouterr()
+        err = one_line_error(capsys, train.main, pool_train_args(tmp_path, steps=4))
+    assert "holds a different model at step 2" in err and "subprocess.Popen" in err
+    assert_no_marker(marker)
+    with pytest.raises(UsageError, match="^loss.head._target_='subprocess.Popen' is outside djepa"):
+        Pipeline.from_pretrained(tmp_path / "run", device="cpu")
+    assert_no_marker(marker)
