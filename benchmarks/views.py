@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from djepa import schema
 from djepa.benchmarks.classifiers import ConvClassifier, load_or_train_classifier
 from djepa.benchmarks.colour_blind import colour_blind
 from djepa.benchmarks.listener import LISTENER_CLIPS, ListenerFrontEnd, listener_clips, with_noisy_copies
 from djepa.benchmarks.metrics import centroid_travel
-from djepa import schema
 from djepa.chunks import map_chunks
 from djepa.errors import UsageError
 from djepa.modalities.audio import AudioAdapter

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
-from djepa.errors import UsageError
+from djepa.errors import UsageError, writing
 from djepa.io import atomic_write_json, tree_sha256
 
 if TYPE_CHECKING:  # annotations only: the pipeline imports this module
@@ -123,7 +123,33 @@ def export_pipeline(
     config = pipe.config.copy()
     tok_source = Path(config.modality.adapter.tokenizer.path)
     digest = tokenizer_hash(tok_source)
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    try:
+        with writing("out", out):
+            out.mkdir(parents=True, exist_ok=True)
+            _write(pipe, out, config, tok_source, digest, copy_tokenizer, scores)
+    except BaseException:  # nothing half-written is left: the folder was new or empty
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        elif out.is_dir():
+            for child in out.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _write(
+    pipe: Pipeline,
+    out: Path,
+    config: Any,
+    tok_source: Path,
+    digest: str,
+    copy_tokenizer: bool,
+    scores: dict[str, Any] | None,
+) -> None:
     if copy_tokenizer:
         tok_ref = "tokenizer"
         if tok_source.is_dir():
@@ -162,4 +188,3 @@ def export_pipeline(
     }
     atomic_write_json(out / EXPORT_INDEX, index)
     (out / "README.md").write_text(model_card(pipe, index, scores))
-    return out

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from djepa import builders
 from djepa.engine.adapter import Adapter, HasFps, HasSampleRate, build_adapter
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.engine.loading import find_checkpoint, sampling_head_config
@@ -207,14 +208,26 @@ class Pipeline:
         device: str | torch.device = "auto",
         checkpoint: str | Path | None = None,
         overrides: Mapping[str, Any] | None = None,
+        plugins: Sequence[str] | None = None,
     ) -> Pipeline:
         """Load a run directory (its newest valid checkpoint, or `checkpoint`) or an `export` folder.
 
         `overrides` are dotted config keys (`{"modality.adapter.tokenizer.path": ..., "loss.head.sampling_steps":
         50}`); one that contradicts how the model was trained (grid, patch, channels, modality, model) raises
-        UsageError naming the key.
+        UsageError naming the key. The folder's `_target_` classes must come from djepa or from the modules in
+        `plugins` (djepa.builders): a folder someone sent cannot run code of its choosing.
         """
-        path = Path(path)
+        with builders.allowed_plugins(plugins):
+            return cls._load(Path(path), device, checkpoint, overrides)
+
+    @classmethod
+    def _load(
+        cls,
+        path: Path,
+        device: str | torch.device,
+        checkpoint: str | Path | None,
+        overrides: Mapping[str, Any] | None,
+    ) -> Pipeline:
         device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         if (path / EXPORT_INDEX).is_file():
             config, state, weights, expected_hash = cls._read_export(path)
@@ -234,8 +247,14 @@ class Pipeline:
         # Sampling-only head settings may change; the denoiser's weights are the same.
         head = config.loss.head if "loss" in config else None
         model_config["head_config"] = sampling_head_config(model_config["head_config"], head)
-        model = DJEPA(**model_config)
-        model.load_state_dict(weights)
+        try:
+            model = DJEPA(**model_config)
+            model.load_state_dict(weights)
+        except UsageError:
+            raise
+        except (TypeError, ValueError, RuntimeError, KeyError) as err:  # a hand-edited or damaged model config
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UsageError(f"{path}: the saved model config and weights do not make a model ({first_line})") from err
         adapter = build_adapter(config)
         if expected_hash is not None:
             found = tokenizer_hash(config.modality.adapter.tokenizer.path)
@@ -266,22 +285,47 @@ class Pipeline:
 
     @staticmethod
     def _read_export(path: Path) -> tuple[DictConfig, dict[str, Any], dict[str, torch.Tensor], str | None]:
+        """An export folder's config, state, weights and tokenizer hash; a damaged file is a one-line
+        UsageError naming it (weights are read as safetensors only, never unpickled)."""
         from safetensors.torch import load_file
 
-        index = json.loads((path / EXPORT_INDEX).read_text())
-        config = cast(DictConfig, OmegaConf.load(path / "config.yaml"))
-        tokenizer = index["tokenizer"]
-        tok_path = Path(tokenizer["path"])
+        def damaged(name: str, err: BaseException) -> UsageError:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            return UsageError(f"{path / name} is damaged or not what `export` writes: {first_line}")
+
+        try:
+            index = json.loads((path / EXPORT_INDEX).read_text())
+            tokenizer = index["tokenizer"]
+            tok_path = Path(tokenizer["path"])
+            class_names, modality = list(index["class_names"]), str(index["modality"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise damaged(EXPORT_INDEX, err) from err
+        try:
+            config = OmegaConf.load(path / "config.yaml")
+        except Exception as err:  # OSError, YAML and OmegaConf errors
+            raise damaged("config.yaml", err) from err
+        if not isinstance(config, DictConfig) or "modality" not in config:
+            raise damaged("config.yaml", ValueError("no modality section"))
         OmegaConf.update(
             config, "modality.adapter.tokenizer.path", str(tok_path if tok_path.is_absolute() else path / tok_path)
         )
+        try:
+            model_config = json.loads((path / "model" / "config.json").read_text())
+            if not isinstance(model_config, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as err:
+            raise damaged("model/config.json", err) from err
+        try:
+            weights = load_file(str(path / "model" / "model.safetensors"))
+        except Exception as err:  # safetensors raises its own SafetensorError for a pickle or a torn file
+            raise damaged("model/model.safetensors", err) from err
         state = {
-            "model_config": json.loads((path / "model" / "config.json").read_text()),
-            "class_names": index["class_names"],
-            "modality": index["modality"],
+            "model_config": model_config,
+            "class_names": class_names,
+            "modality": modality,
             "step": index.get("step"),
         }
-        return config, state, load_file(str(path / "model" / "model.safetensors")), tokenizer.get("sha256")
+        return config, state, weights, tokenizer.get("sha256")
 
     # ---------------------------------------------------------------- generating
 

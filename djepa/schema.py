@@ -230,6 +230,7 @@ class Config:
     roundtrip: bool = setting(False, "evaluate: also score the tokenizer's round trips of real items")
     roundtrip_data: str | None = setting(None, "evaluate: held-out folder for the round trip; null: the training data")
     roundtrip_count: int = setting(200, "evaluate: items in the round trip", low=1)
+    plugins: list[str] = setting([], "modules whose classes a config's `_target_` may name besides djepa's")
 
 
 @dataclass
@@ -242,6 +243,7 @@ class ExportConfig:
     copy_tokenizer: bool = setting(True, "true: copy the tokenizer into OUT/tokenizer; false: reference its path")
     scores: str | None = setting(None, "a JSON file of measured scores (e.g. what evaluate prints) for the card")
     device: str = setting("cpu", "where to load the model while exporting")
+    plugins: list[str] = setting([], "modules whose classes a config's `_target_` may name besides djepa's")
 
 
 @dataclass
@@ -253,6 +255,7 @@ class ServeConfig:
     host: str = setting("127.0.0.1", "address to listen on (127.0.0.1: this machine only)")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     checkpoint: str | None = setting(None, "a checkpoint directory instead of the newest")
+    plugins: list[str] = setting([], "modules whose classes a config's `_target_` may name besides djepa's")
 
 
 @dataclass

@@ -12,10 +12,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 from torch.utils.data import Dataset, Subset
 
+from djepa import builders
 from djepa.chunks import map_chunks
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
@@ -23,7 +25,6 @@ from djepa.errors import UsageError
 from djepa.modalities.folder import DataError, FolderScan, MappedDataset, MemoryDataset, dataset_length, load_folder
 from djepa.modalities.latent_cache import ENCODED, UNUSABLE, LatentCache, encode_into_cache
 from djepa.modalities.latent_cache import FORMAT as LATENT_CACHE_FORMAT
-from djepa.plugins import build, plugin_class
 from djepa.tokenizers.base import LatentTokenizer, weights_hash
 
 log = logging.getLogger(__name__)
@@ -135,18 +136,18 @@ class ModalityAdapter(ABC):
     @property
     def tokenizer_class(self) -> type:
         """The configured tokenizer's class, without loading it (its weights may not exist yet)."""
-        return plugin_class(self.tokenizer_config, "modality.adapter.tokenizer", LatentTokenizer)
+        return builders.resolve(self.tokenizer_config, "modality.adapter.tokenizer", builders.TOKENIZER)
 
     def build_tokenizer(self) -> LatentTokenizer:
-        """The tokenizer `modality.adapter.tokenizer._target_` names, built from that entry (djepa.plugins)."""
-        where = "modality.adapter.tokenizer"
-        tokenizer = build(self.tokenizer_config, where, LatentTokenizer, self.tokenizer_context())
+        """The tokenizer `modality.adapter.tokenizer._target_` names, built from that entry (djepa.builders)."""
+        tokenizer = builders.tokenizer(self.tokenizer_config, self.tokenizer_context())
         self.check_tokenizer(tokenizer)
         return tokenizer
 
     def require_default_tokenizer(self) -> None:
         """`train_tokenizer` makes the default tokenizer only; any other is pretrained."""
-        if self.tokenizer_class is not plugin_class({"_target_": self.default_tokenizer}, "default tokenizer"):
+        default = builders.resolve({"_target_": self.default_tokenizer}, "default tokenizer", builders.TOKENIZER)
+        if self.tokenizer_class is not default:
             raise UsageError(
                 f"train_tokenizer trains {self.default_tokenizer.rsplit('.', 1)[-1]}; "
                 f"modality.adapter.tokenizer._target_={self.tokenizer_config['_target_']} is a pretrained model: "
@@ -314,14 +315,37 @@ class ModalityAdapter(ABC):
         must call this together and each encodes its share; without, the caller alone encodes everything.
         """
         cache = LatentCache(self.cache_dir / self.cache_key())
+        if cache.complete and (not shard or distributed.is_main()):
+            problem = cache.problem()
+            if problem is not None:
+                log.warning("latent cache %s is damaged (%s): removing it and encoding it again", cache.dir, problem)
+                cache.clear()
+        if shard:
+            distributed.barrier()
         if not cache.complete:
             self._build_cache(cache, batch_size, encode_device(device), workers, shard)
         meta = cache.meta
         self.skipped_files = int(meta.get("skipped_files", 0))
         if meta.get("class_names"):
             self._class_names = list(meta["class_names"])
+        self.check_classes(cache)
         # The cache holds latents, not tokens, so another patch size reuses it.
         return cache.token_data(self.to_tokens)
+
+    def check_classes(self, cache: LatentCache) -> None:
+        """A user folder's class none of whose files is usable would be a label the model is asked for but never
+        sees: refused as an empty class folder is, on the run that builds the cache and on every later one."""
+        if self.data_dir is None:
+            return
+        state, labels = cache.state(), cache.labels()
+        usable = np.bincount(labels[state == ENCODED], minlength=self.num_classes)
+        for label, name in enumerate(self.class_names):
+            if usable[label] == 0:
+                files = sum(1 for y in self.scan().labels if y == label)
+                raise DataError(
+                    f"class folder {self.data_dir / name} holds no {self.folder_items} ({files} files "
+                    "skipped): replace its files or remove the folder"
+                )
 
     def _build_cache(
         self, cache: LatentCache, batch_size: int, device: torch.device, workers: int | None, shard: bool

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,20 @@ class FolderScan:
         digest.update("\0".join(self.class_names).encode())
         for path, label in zip(self.files, self.labels):
             stat = path.stat()
-            digest.update(f"\n{path.relative_to(self.root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+            # The name's bytes as the file system holds them: a name that is not UTF-8 hashes as well.
+            digest.update(b"\n" + os.fsencode(path.relative_to(self.root)))
+            digest.update(f"\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
         return digest.hexdigest()[:32]
+
+
+def readable_name(name: str) -> str:
+    """A file or folder name as text: one that is not valid UTF-8 (a Latin-1 `caf\\xe9`) reads as Latin-1, so a
+    class name prints, goes into JSON and matches a prompt (`café`)."""
+    raw = os.fsencode(name)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def scan_class_folders(folders: list[Path], root: Path, skip_hidden: bool) -> FolderScan:
@@ -53,7 +66,7 @@ def scan_class_folders(folders: list[Path], root: Path, skip_hidden: bool) -> Fo
                 continue
             files.append(path)
             labels.append(label)
-    return FolderScan(root, files, labels, [f.name for f in folders])
+    return FolderScan(root, files, labels, [readable_name(f.name) for f in folders])
 
 
 class FileDataset(Dataset):

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from djepa.modalities.base import DataError, ModalityAdapter
-from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
+from djepa.modalities.folder import FileDataset, FolderScan, load_folder, readable_name, scan_class_folders
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def class_folders(root: Path) -> list[Path]:
 
 def digit_or_folder_names(data_dir: Path | None) -> list[str]:
     """Class names: the class subfolders of a user directory, else the ten digits."""
-    return [f.name for f in class_folders(data_dir)] if data_dir else list(DIGIT_NAMES)
+    return [readable_name(f.name) for f in class_folders(data_dir)] if data_dir else list(DIGIT_NAMES)
 
 
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ class LatentCache:
         latent = [int(s) for s in latent_shape]
         layout = {"format": FORMAT, "items": int(items), "latent_shape": latent}
         path = self.dir / "layout.json"
-        if path.is_file() and json.loads(path.read_text()) == layout and self._arrays_exist():
+        if path.is_file() and json.loads(path.read_text()) == layout and self._arrays_exist() and not self.problem():
             return True
         self.dir.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
@@ -69,6 +70,34 @@ class LatentCache:
     def _arrays_exist(self) -> bool:
         return all((self.dir / f"{n}.npy").is_file() for n in ("mean", "std", "labels", "state"))
 
+    def problem(self) -> str | None:
+        """What is wrong with the cache's files (a damaged or replaced array: another dtype or length, a pickled
+        object array, which is never unpickled), or None when they fit its layout."""
+        try:
+            layout = json.loads((self.dir / "layout.json").read_text())
+            items, shape = int(layout["items"]), tuple(int(s) for s in layout["latent_shape"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return f"layout.json unreadable ({err})"
+        expected: dict[str, tuple[Any, tuple[int, ...]]] = {
+            "mean": (np.float32, (items, *shape)),
+            "std": (np.float32, (items, *shape)),
+            "labels": (np.int64, (items,)),
+            "state": (np.uint8, (items,)),
+        }
+        for name, (dtype, want) in expected.items():
+            try:
+                array = np.load(self.dir / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as err:
+                return f"{name}.npy unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+            if array.dtype != dtype or tuple(array.shape) != want:
+                return f"{name}.npy holds {array.dtype} {tuple(array.shape)}, not {np.dtype(dtype)} {want}"
+        return None
+
+    def clear(self) -> None:
+        """Remove the cache's files (derived data: the next run encodes them again)."""
+        self._arrays, self._offsets = {}, {}
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def _offset(self, name: str) -> int:
         """Where the rows of a .npy file start (after its header)."""
         if name not in self._offsets:
@@ -82,6 +111,9 @@ class LatentCache:
 
     def state(self) -> np.ndarray:
         return np.array(np.load(self.dir / "state.npy", mmap_mode="r"))
+
+    def labels(self) -> np.ndarray:
+        return np.array(np.load(self.dir / "labels.npy", mmap_mode="r"))
 
     def pending(self, rank: int = 0, world: int = 1) -> np.ndarray:
         """Indices still to encode, this rank's share (every world-th)."""

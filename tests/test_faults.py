@@ -99,8 +99,9 @@ TRAIN_CASES = [
     (["train.checkpoint_format=zarr"], "train.checkpoint_format='zarr' must be one of auto, full, sharded"),
     (["attention_backend=flash"], "attention_backend='flash' must be one of auto, xformers, sdpa, math"),
     (["loss=flow", "loss.head.sampler=rk45"], "loss.head.sampler='rk45' must be one of ddpm, dpm_solver, euler, heun"),
-    (["loss.head._target_=gan.Head"], "loss.head._target_='gan.Head' cannot be imported"),
-    (["loss.head._target_=torch.nn.Linear"], "loss.head._target_='torch.nn.Linear' is not a TokenHead"),
+    (["loss.head._target_=gan.Head"], "loss.head._target_='gan.Head' is outside djepa"),
+    (["loss.head._target_=djepa.nn.heads.Nowhere"], "loss.head._target_='djepa.nn.heads.Nowhere' cannot be imported"),
+    (["loss.head._target_=djepa.nn.model.DJEPA"], "loss.head._target_='djepa.nn.model.DJEPA' is not a TokenHead"),
     (["hydra.run.dir=/tmp/elsewhere"], "hydra settings are not used by djepa"),
     (["+new_key=1"], "+new_key: unknown key, nothing reads it"),
     (["+sample.foo=1"], "+sample.foo: unknown key"),
@@ -337,3 +338,43 @@ def test_resume_with_allowed_changes_logs_them_trims_metrics_and_cleans_staging(
     assert not (run_dir / "checkpoints" / ".staging_0000006").exists()
     assert OmegaConf.load(run_dir / "config.yaml").train.steps == 6
     assert OmegaConf.load(run_dir / "config.yaml").train.precision == saved.train.precision
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_rotation_never_deletes_the_newest_valid_checkpoint_nor_counts_a_corrupt_one(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=1)
+    _save(manager, 2)
+    _flip_a_byte(_save(CheckpointManager(tmp_path, keep=2), 4) / "ema.safetensors")
+    # a resumed run (from step 2, the newest valid) writes step 3: the corrupt step 4 counts for nothing
+    assert [p.name for p in manager.directories()] == ["step_0000002", "step_0000004"]
+    _save(manager, 3)
+    assert [p.name for p in manager.directories()] == ["step_0000003", "step_0000004"]
+    with pytest.warns(UserWarning, match="skipping corrupt checkpoint"):
+        directory, state = manager.latest_valid()
+    assert state["step"] == 3
+    # a corrupt one older than the newest `keep` valid ones goes with the next rotation
+    manager = CheckpointManager(tmp_path, keep=2)
+    _flip_a_byte(_save(manager, 1) / "ema.safetensors")
+    assert "step_0000001" in [p.name for p in manager.directories()]
+    _save(manager, 5)
+    assert [p.name for p in manager.directories()] == ["step_0000003", "step_0000004", "step_0000005"]
+
+
+def test_a_corrupt_checkpoint_past_the_resume_point_is_set_aside_not_deleted(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=1)
+    _save(manager, 2)
+    corrupt = _save(CheckpointManager(tmp_path, keep=2), 4)
+    _flip_a_byte(corrupt / "ema.safetensors")
+    kept_bytes = (corrupt / "ema.safetensors").read_bytes()
+    assert CheckpointManager(tmp_path).set_aside_invalid(4) == []  # none past step 4
+    (moved,) = CheckpointManager(tmp_path).set_aside_invalid(2)
+    assert moved.name == "step_0000004.invalid" and (moved / "ema.safetensors").read_bytes() == kept_bytes
+    assert [p.name for p in manager.directories()] == ["step_0000002"]
+    _save(manager, 3)
+    assert [p.name for p in manager.directories()] == ["step_0000003"] and moved.is_dir()
+    assert manager.latest_valid()[1]["step"] == 3

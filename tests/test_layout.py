@@ -39,7 +39,7 @@ RULES = {
     "djepa.chunks": ("djepa",),
     # the base layer beside errors and io: the `_target_` builder (class names as strings only, never imports of
     # what they name) and the config schema
-    "djepa.plugins": ABOVE_THE_BASE,
+    "djepa.builders": ABOVE_THE_BASE,
     "djepa.schema": ABOVE_THE_BASE,
     "djepa.nn": ("djepa.engine", "djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),
     "djepa.engine": ("djepa.cli", "djepa.pipeline", "djepa.export", *CORE_NEVER),

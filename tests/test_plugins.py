@@ -1,4 +1,4 @@
-"""One way to plug parts in (djepa.plugins): a tokenizer or a denoising head is a class plus a config entry naming
+"""One way to plug parts in (djepa.builders): a tokenizer or a denoising head is a class plus a config entry naming
 it by `_target_`, with no edit to an adapter or the model."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from djepa.builders import TOKENIZER, allowed_plugins, build
 from djepa.errors import UsageError
 from djepa.modalities.image import ImageAdapter
 from djepa.nn.heads import FlowHead
 from djepa.nn.model import DJEPA
-from djepa.plugins import build
 from djepa.tokenizers.base import LatentTokenizer
 
 
@@ -41,6 +41,13 @@ POOL = f"{__name__}.PoolTokenizer"
 HEAD = f"{__name__}.HalfStepFlowHead"
 
 
+@pytest.fixture(autouse=True)
+def _this_module_is_a_plugin():
+    """The test-only classes above live outside djepa: allow-listed, as a user allow-lists a plugin module."""
+    with allowed_plugins([__name__]):
+        yield
+
+
 def test_a_new_tokenizer_plugs_in_by_config_alone(tmp_path):
     adapter = ImageAdapter({"_target_": POOL, "path": str(tmp_path), "factor": 4}, [2, 2], str(tmp_path), 32, 1)
     tok = adapter.tokenizer
@@ -58,16 +65,19 @@ def test_a_new_tokenizer_plugs_in_by_config_alone(tmp_path):
 
 def test_bad_plugin_entries_are_one_line_errors_naming_the_key(tmp_path):
     where = "modality.adapter.tokenizer"
-    with pytest.raises(UsageError, match=f"{where}._target_='collections.OrderedDict' is not a LatentTokenizer"):
-        build({"_target_": "collections.OrderedDict"}, where, LatentTokenizer)
-    with pytest.raises(UsageError, match=f"{where}._target_='nowhere.Thing' cannot be imported"):
-        build({"_target_": "nowhere.Thing"}, where, LatentTokenizer)
+    with pytest.raises(UsageError, match=f"{where}._target_='collections.OrderedDict' is outside djepa"):
+        build({"_target_": "collections.OrderedDict"}, where, TOKENIZER)
+    with pytest.raises(UsageError, match=f"{where}._target_='djepa.nn.heads.FlowHead' is not a LatentTokenizer"):
+        build({"_target_": "djepa.nn.heads.FlowHead"}, where, TOKENIZER)
+    with allowed_plugins(["nowhere"]):
+        with pytest.raises(UsageError, match=f"{where}._target_='nowhere.Thing' cannot be imported"):
+            build({"_target_": "nowhere.Thing"}, where, TOKENIZER)
     with pytest.raises(UsageError, match=f"{where}.colour: PoolTokenizer takes no such setting"):
-        build({"_target_": POOL, "path": "x", "colour": "red"}, where, LatentTokenizer)
+        build({"_target_": POOL, "path": "x", "colour": "red"}, where, TOKENIZER)
     with pytest.raises(UsageError, match=f"{where}._target_ is missing"):
-        build({"path": "x"}, where, LatentTokenizer)
+        build({"path": "x"}, where, TOKENIZER)
     # null means "the default": another tokenizer's setting left in the config does no harm
-    assert build({"_target_": POOL, "path": "x", "griffin_lim_iters": None}, where, LatentTokenizer).factor == 2
+    assert build({"_target_": POOL, "path": "x", "griffin_lim_iters": None}, where, TOKENIZER).factor == 2
 
 
 def test_a_new_head_plugs_in_by_config_and_round_trips(tmp_path, make_tiny_model):
@@ -77,7 +87,7 @@ def test_a_new_head_plugs_in_by_config_and_round_trips(tmp_path, make_tiny_model
     model.save_pretrained(tmp_path)
     again = DJEPA.from_pretrained(tmp_path)
     assert type(again.head) is HalfStepFlowHead
-    with pytest.raises(UsageError, match="loss.head._target_='torch.nn.Linear' is not a TokenHead"):
+    with pytest.raises(UsageError, match="loss.head._target_='torch.nn.Linear' is outside djepa"):
         make_tiny_model((2, 2), head={"_target_": "torch.nn.Linear"})
 
 

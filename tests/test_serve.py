@@ -30,6 +30,8 @@ def serving(pipe):
     app = launch(pipe, port, block=False)
     yield f"http://127.0.0.1:{port}/"
     app.close()
+    app.djepa_outputs.close()
+    assert not app.djepa_outputs.root.exists()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import torch
 
+from djepa.errors import UsageError
 from djepa.io import tree_sha256
 
 _HASHES: dict[tuple, str] = {}
@@ -49,8 +50,18 @@ def load_local_model(cls: type[PretrainedModel], path: str | Path, missing: str)
     if path.is_file():
         if not hasattr(cls, "from_single_file"):
             raise TokenizerNotFound(f"{cls.__name__} loads from a save_pretrained directory, not the file {path}")
-        return cls.from_single_file(str(path), local_files_only=True, low_cpu_mem_usage=False)
-    return cls.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
+        if path.suffix != ".safetensors":  # .bin / .ckpt / .pt are pickles: never read from a path in a config
+            raise UsageError(
+                f"modality.adapter.tokenizer.path={path}: a single-file tokenizer must be .safetensors, pickle "
+                "formats (.bin, .ckpt, .pt) are never loaded; convert it (convert_tokenizer) to a safetensors folder"
+            )
+    try:
+        if path.is_file():
+            return cls.from_single_file(str(path), local_files_only=True, low_cpu_mem_usage=False)
+        return cls.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError, KeyError) as err:  # a damaged or foreign file: one line, not diffusers'
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"modality.adapter.tokenizer.path={path} cannot be loaded: {first_line}") from err
 
 
 class LatentTokenizer(ABC):

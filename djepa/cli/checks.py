@@ -26,11 +26,10 @@ def _is_int(value: Any) -> bool:
 
 def head_class(value: Any) -> str | None:
     """`loss.head._target_` must name a TokenHead (checked before the run directory is made)."""
-    from djepa.nn.heads import TokenHead
-    from djepa.plugins import plugin_class
+    from djepa import builders
 
     try:
-        plugin_class({"_target_": value}, "loss.head", TokenHead)
+        builders.resolve({"_target_": value}, "loss.head", builders.HEAD)
     except UsageError as err:
         return str(err).split(f"{value!r} ", 1)[-1]
     return None

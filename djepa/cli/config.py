@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from djepa import builders
 from djepa.cli.checks import validate, validate_overrides
 from djepa.errors import Terminated, UsageError
 
@@ -34,6 +35,7 @@ def compose_config(overrides: Sequence[str], config_name: str = "config") -> Dic
         if extra:  # config groups (loss=flow) can only change by composing again
             cfg = _compose(config_name, extra + list(overrides))
         apply_data_defaults(cfg, overrides)
+    builders.set_plugins(cfg.get("plugins"))  # the command line's allow-list, before a head class is checked
     validate(cfg, config_name)
     return cfg
 

@@ -33,7 +33,9 @@ def run(cfg: DictConfig) -> Path:
             scores = json.loads(Path(cfg.scores).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise UsageError(f"scores={cfg.scores}: not a readable JSON file ({err})") from err
-    pipe = Pipeline.from_pretrained(cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint)
+    pipe = Pipeline.from_pretrained(
+        cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint, plugins=list(cfg.plugins)
+    )
     out = export_pipeline(pipe, Path(cfg.out), copy_tokenizer=bool(cfg.copy_tokenizer), scores=scores)
     print(f"exported {pipe.source} (step {pipe.step}) to {out}")
     return out

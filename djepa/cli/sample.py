@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.input_checks import check_inputs
-from djepa.errors import UsageError
+from djepa.errors import UsageError, writing
 from djepa.nn.attention import set_attention_backend
 from djepa.pipeline import Pipeline
 
@@ -47,7 +47,9 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
     # Keys that describe the model: checked against the run's own config, never used to rebuild it.
     model_keys = [k for k in keys or [] if k.split(".")[0] in ("modality", "model", "loss")]
     overrides = {k: OmegaConf.select(cfg, k) for k in model_keys}
-    pipe = Pipeline.from_pretrained(cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint, overrides=overrides)
+    pipe = Pipeline.from_pretrained(
+        cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint, overrides=overrides, plugins=cfg.get("plugins")
+    )
     if keys is None or {"sample", "sample.precision"} & set(keys):  # else the run's own sample.precision
         pipe.defaults = dataclasses.replace(pipe.defaults, precision=str(cfg.sample.precision))
     labels = None if cfg.prompt_class is None else [pipe.class_index(cfg.prompt_class, "prompt_class")]
@@ -61,7 +63,8 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
         progress=True,
         **sampling_overrides(cfg, keys),
     )
-    written = result.save(cfg.out)
+    with writing("out", cfg.out):
+        written = result.save(cfg.out)
     tqdm.write(f"wrote {len(written)} files and {result.grid_path} from {pipe.source} (seed {cfg.seed})")
     return written
 

@@ -8,14 +8,20 @@ Needs the `demo` extra (`pip install -e ".[demo]"`); nothing is fetched from the
 
 from __future__ import annotations
 
+import atexit
+import errno
 import logging
 import os
+import shutil
+import socket
 import sys
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig
 
 from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
@@ -24,6 +30,50 @@ from djepa.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 16
+KEEP_REQUESTS = 8  # output folders kept for the page to fetch; older requests' files are removed
+
+
+def check_port(value: object, host: str = "127.0.0.1") -> int:
+    """`port`: a whole number 1-65535 that nothing on `host` listens on yet; one-line UsageError otherwise."""
+    text = str(value).strip()
+    if not text.isdigit():
+        raise UsageError(f"port must be a number, got {value!r}")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise UsageError(f"port={port} is out of range: choose one from 1 to 65535 (default 7860)")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closing port is free
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"port={port} is in use on {host}: stop what listens there or choose another port"
+                ) from err
+            raise UsageError(f"port={port} cannot be opened on host={host}: {err.strerror or err}") from err
+    return port
+
+
+class RequestOutputs:
+    """Each request's files in its own folder under one `$TMPDIR/djepa-serve-*` folder: the newest `keep`
+    requests' folders stay (the page fetches them), older ones are removed, and the whole folder goes at close."""
+
+    def __init__(self, keep: int = KEEP_REQUESTS):
+        self.root = Path(tempfile.mkdtemp(prefix="djepa-serve-"))
+        self.keep = max(1, keep)
+        self.count = 0
+        atexit.register(self.close)  # also when the server stops by Ctrl-C or an error
+
+    def next(self) -> Path:
+        """A fresh folder for one request, after removing those beyond the newest `keep - 1`."""
+        self.count += 1
+        folders = sorted((p for p in self.root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        for old in folders[: max(0, len(folders) - (self.keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.root / str(self.count)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _gradio() -> Any:
@@ -65,12 +115,11 @@ def generate_files(
     return Path(result.grid_path), written[0]
 
 
-def build_app(pipe: Pipeline) -> Any:
-    """The Gradio Blocks app for `pipe` (not launched)."""
+def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
+    """The Gradio Blocks app for `pipe` (not launched); its files go to `outputs` (`app.djepa_outputs`)."""
     gr = _gradio()
     lock = threading.Lock()  # one generation at a time: the model is shared
-    workdir = Path(tempfile.mkdtemp(prefix="djepa-serve-"))
-    counter = iter(range(1 << 62))
+    files = outputs or RequestOutputs()
     modality = pipe.modality
     d = pipe.defaults
 
@@ -80,7 +129,7 @@ def build_app(pipe: Pipeline) -> Any:
         prime_path = prime if isinstance(prime, str) else getattr(prime, "name", None)
         try:
             with lock:
-                out = workdir / str(next(counter))
+                out = files.next()
                 settings = (num_samples, guidance, temperature, num_steps, seed)
                 grid, first = generate_files(pipe, label, *settings, prime_path, out)
         except (UsageError, FileNotFoundError, ValueError) as err:
@@ -92,7 +141,8 @@ def build_app(pipe: Pipeline) -> Any:
         # image: the grid; video and audio: the first item, playable, and the grid (frame strips / spectrograms)
         return str(grid) if modality == "image" else (str(first), str(grid))
 
-    with gr.Blocks(title=f"D-JEPA {modality}") as app:
+    # Gradio's own copies of the files shown: removed hourly once an hour old (and when the server restarts).
+    with gr.Blocks(title=f"D-JEPA {modality}", delete_cache=(3600, 3600)) as app:
         trained = f" (step {pipe.step})" if pipe.step is not None else ""  # a model built in code has no step
         gr.Markdown(f"## D-JEPA {modality} model\n`{pipe.source}`{trained}, {len(pipe.class_names)} classes")
         with gr.Row():
@@ -112,36 +162,52 @@ def build_app(pipe: Pipeline) -> Any:
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 if modality == "image":
-                    outputs = [gr.Image(label="samples", type="filepath", elem_id="result")]
+                    shown = [gr.Image(label="samples", type="filepath", elem_id="result")]
                 elif modality == "video":
-                    outputs = [
+                    shown = [
                         gr.Video(label="first clip", elem_id="result"),
                         gr.Image(label="all clips (frame strips)", type="filepath", elem_id="grid"),
                     ]
                 else:
-                    outputs = [
+                    shown = [
                         gr.Audio(label="first clip", type="filepath", elem_id="result"),
                         gr.Image(label="spectrograms", type="filepath", elem_id="grid"),
                     ]
-        button.click(run, [label, num_samples, guidance, temperature, num_steps, seed, prime], outputs)
+        button.click(run, [label, num_samples, guidance, temperature, num_steps, seed, prime], shown)
+    app.djepa_outputs = files
     return app
 
 
+def load_pipeline(cfg: DictConfig) -> Pipeline:
+    """The model `serve` shows: `run_dir` (or `checkpoint`), its `_target_` classes from djepa or `plugins`."""
+    return Pipeline.from_pretrained(cfg.run_dir, cfg.device, cfg.checkpoint, plugins=list(cfg.plugins))
+
+
 def launch(pipe: Pipeline, port: int = 7860, host: str = "127.0.0.1", block: bool = True) -> Any:
+    """Serve `pipe`. Blocking: until stopped, then its output files are removed; otherwise the caller closes the
+    app and `app.djepa_outputs` (or the files go at exit)."""
+    port = check_port(port, host)
     app = build_app(pipe)
-    app.queue().launch(
-        server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block, quiet=True
-    )
+    try:
+        app.queue().launch(
+            server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block, quiet=True
+        )
+    except OSError as err:  # the port taken between the check and the bind
+        app.djepa_outputs.close()
+        raise UsageError(f"port={port} cannot be opened on host={host}: {str(err).splitlines()[0]}") from err
+    if block:
+        app.djepa_outputs.close()
     return app
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     with cli_errors():
         cfg = compose_config(list(sys.argv[1:] if argv is None else argv), "serve")
+        port = check_port(cfg.port, cfg.host)  # before the model loads: a taken port costs nothing
         _gradio()
-        pipe = Pipeline.from_pretrained(cfg.run_dir, cfg.device, cfg.checkpoint)
-        print(f"serving {pipe.source} on http://{cfg.host}:{cfg.port}")
-        launch(pipe, int(cfg.port), str(cfg.host))
+        pipe = load_pipeline(cfg)
+        print(f"serving {pipe.source} on http://{cfg.host}:{port}")
+        launch(pipe, port, str(cfg.host))
 
 
 if __name__ == "__main__":  # `python -m ...` answers --help / --cfg job as the console script does

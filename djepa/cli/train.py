@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from djepa import builders
 from djepa.cli.config import cli_errors, compose_config, save_config
 from djepa.cli.input_checks import check_inputs
 from djepa.engine import distributed
@@ -25,7 +26,7 @@ from djepa.engine.runtime import resolve_precision
 from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
 from djepa.engine.tensorboard import TensorBoardLog
 from djepa.engine.trainer import TrainConfig, Trainer
-from djepa.errors import Terminated, UsageError
+from djepa.errors import Terminated, UsageError, disk_problem
 from djepa.nn.attention import set_attention_backend
 from djepa.nn.model import DJEPA
 from djepa.pipeline import Generation, tokenizer_hash
@@ -96,8 +97,12 @@ def prepare(cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[int, 
     """
     for path in clean_staging(run_dir):
         tqdm.write(f"removed {path.name}, left by an interrupted checkpoint write")
-    found = CheckpointManager(run_dir).latest_valid()
+    checkpoints = CheckpointManager(run_dir)
+    found = checkpoints.latest_valid()
     step, state = (int(found[1]["step"]), found[1]) if found else (0, None)
+    # A corrupt checkpoint past the resume point would pass for the latest one: set it aside, never delete it.
+    for path in checkpoints.set_aside_invalid(step):
+        tqdm.write(f"{path.with_suffix('').name} is corrupt: moved aside to {path}; resuming from step {step}")
     saved = None
     if state is not None:
         for change in check_resume(cfg, run_dir, step, state):
@@ -108,9 +113,28 @@ def prepare(cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[int, 
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    builders.set_plugins(cfg.get("plugins"))  # the command line's allow-list, never the run_dir's config.yaml
     set_attention_backend(cfg.attention_backend)
     device = distributed.init_from_env(cfg.device)
     run_dir = Path(cfg.run_dir)
+    try:
+        return run_locked(cfg, device, run_dir)
+    except Exception as err:
+        problem = disk_problem(err)
+        if problem is None:
+            raise
+        raise UsageError(cannot_write(cfg, run_dir, *problem)) from err
+
+
+def cannot_write(cfg: DictConfig, run_dir: Path, why: str, filename: str | None) -> str:
+    """One line for a write that failed for space or permission: the file, what is kept, how to resume."""
+    found = CheckpointManager(run_dir).latest_valid() if run_dir.is_dir() else None
+    kept = f"the last valid checkpoint {found[0]} (step {found[1]['step']}) is intact" if found else "no checkpoint yet"
+    where = filename or f"run_dir={run_dir} or home={cfg.home}"
+    return f"cannot write {where}: {why}; {kept}: free space (or fix the folder) and run the same command to resume"
+
+
+def run_locked(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         step, state = 0, None
         if distributed.is_main():

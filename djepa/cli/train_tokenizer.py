@@ -9,6 +9,7 @@ from typing import Any, cast
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from djepa import builders
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.input_checks import check_inputs
 from djepa.engine.adapter import build_adapter
@@ -16,6 +17,7 @@ from djepa.errors import UsageError
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    builders.set_plugins(cfg.get("plugins"))  # the command line's allow-list (djepa.builders)
     adapter = build_adapter(cfg)
     try:
         metrics = adapter.train_tokenizer(cast(dict[str, Any], OmegaConf.to_container(cfg.tokenizer, resolve=True)))

@@ -1,5 +1,5 @@
 """The modality adapter: the interface the core calls (`Adapter`), the adapter of a composed config, built from
-`modality.adapter._target_` (djepa.plugins), and its default tokenizer, trained on first use.
+`modality.adapter._target_` (djepa.builders), and its default tokenizer, trained on first use.
 
 The core never imports a modality: adapters arrive as objects named by `_target_` in the config.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from djepa.plugins import build
+from djepa import builders
 
 if TYPE_CHECKING:  # annotations only: `import djepa.cli.config` stays free of torch
     import torch
@@ -107,7 +107,7 @@ class HasSampleRate(Protocol):
 def build_adapter(cfg: DictConfig) -> Adapter:
     # The tokenizer entry inside stays a dict: the adapter builds it when first needed (it may not exist yet).
     settings = cast(dict[str, Any], OmegaConf.to_container(cfg.modality.adapter, resolve=True))
-    return cast(Adapter, build(settings, "modality.adapter"))
+    return cast(Adapter, builders.adapter(settings))
 
 
 # What a user folder's own default tokenizer depends on, besides the folder (adapter keys, where present).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -37,18 +38,64 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+STEP_DIR = re.compile(r"step_(\d+)")
+
+
 class CheckpointManager:
-    """`run_dir/checkpoints/step_XXXXXXX/` directories, the last `keep` kept, each verified on load."""
+    """`run_dir/checkpoints/step_XXXXXXX/` directories, each verified on load; rotation keeps the newest `keep`
+    valid ones (a corrupt one is never counted as kept, and the newest valid one is never deleted)."""
 
     def __init__(self, run_dir: str | Path, keep: int = 3):
         self.root = Path(run_dir) / "checkpoints"
         self.keep = keep
+        self._valid: dict[str, bool] = {}  # verification results by directory name, one hashing per process
 
     def directories(self) -> list[Path]:
+        """The `step_N` directories, oldest first (not the ones set aside as `.invalid`)."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step_")]
+        found = [p for p in self.root.iterdir() if p.is_dir() and STEP_DIR.fullmatch(p.name)]
         return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+    def is_valid(self, directory: Path) -> bool:
+        if directory.name not in self._valid:
+            try:
+                self.verify(directory)
+                self._valid[directory.name] = True
+            except ValueError:
+                self._valid[directory.name] = False
+        return self._valid[directory.name]
+
+    def rotate(self) -> list[Path]:
+        """Delete the checkpoints older than the newest `keep` valid ones; a corrupt one among those is left for
+        a later rotation (it counts for nothing). Returns what was deleted."""
+        kept, deleted = 0, []
+        for directory in reversed(self.directories()):
+            if kept < max(1, self.keep):
+                kept += self.is_valid(directory)
+                continue
+            shutil.rmtree(directory, ignore_errors=True)
+            self._valid.pop(directory.name, None)
+            deleted.append(directory)
+        return deleted
+
+    def set_aside_invalid(self, after_step: int) -> list[Path]:
+        """Rename every corrupt checkpoint newer than `after_step` (the step a run resumes from) to
+        `step_N.invalid`, so it is never taken for the latest one nor counted as kept; the new paths.
+        Only the run's writer calls this (under the run lock)."""
+        moved = []
+        for directory in self.directories():
+            if int(directory.name.split("_")[1]) <= after_step or self.is_valid(directory):
+                continue
+            target = directory.with_name(f"{directory.name}.invalid")
+            suffix = 1
+            while target.exists():
+                suffix += 1
+                target = directory.with_name(f"{directory.name}.invalid{suffix}")
+            os.replace(directory, target)
+            self._valid.pop(directory.name, None)
+            moved.append(target)
+        return moved
 
     def staging_path(self, step: int) -> Path:
         return self.root / f".staging_{step:07d}"
@@ -69,19 +116,23 @@ class CheckpointManager:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
         fsync_dir(self.root)
-        for old in self.directories()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        self._valid[final.name] = True  # its checksums were just computed from the files written
+        self.rotate()
         return final
 
     def save(self, step: int, tensors: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> Path:
         """Write each tensor group to `<group>.safetensors` and `state.json` with their checksums last."""
         staging = self.staging(step)
         checksums = {}
-        for group, group_tensors in tensors.items():
-            path = staging / f"{group}.safetensors"
-            atomic_write_safetensors(path, group_tensors)
-            checksums[path.name] = sha256(path)
-        return self.commit(step, staging, state, checksums)
+        try:
+            for group, group_tensors in tensors.items():
+                path = staging / f"{group}.safetensors"
+                atomic_write_safetensors(path, group_tensors)
+                checksums[path.name] = sha256(path)
+            return self.commit(step, staging, state, checksums)
+        except BaseException:  # a full disk, an interrupt: the half-written folder only takes space
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     @staticmethod
     def verify(directory: Path) -> dict[str, Any]:

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from djepa import builders
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.errors import UsageError
-from djepa.nn.heads import FREE_HEAD_KEYS, TokenHead
+from djepa.nn.heads import FREE_HEAD_KEYS
 from djepa.nn.model import DJEPA
-from djepa.plugins import plugin_class
 
 
 def find_checkpoint(run_dir: str | Path, checkpoint: str | None) -> tuple[Path, dict[str, Any]]:
@@ -45,7 +45,7 @@ def sampling_head_config(trained: dict[str, Any], head: Mapping[str, Any] | None
     if head.get("_target_") != trained["_target_"]:
         return trained
     # A setting the head takes counts even where the run was trained before its config named it (`sampler`).
-    takes = inspect.signature(plugin_class(trained, "loss.head", TokenHead)).parameters
+    takes = inspect.signature(builders.resolve(trained, "loss.head", builders.HEAD)).parameters
     free = {k: v for k, v in head.items() if k in FREE_HEAD_KEYS and (k in trained or k in takes)}
     return {**trained, **free}
 

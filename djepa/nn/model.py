@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from djepa import builders
 from djepa.nn.denoiser import ResBlock
 from djepa.nn.heads import TokenHead
 from djepa.nn.pos_embed import GridPositionalEmbedding
 from djepa.nn.vit import Block, Transformer
-from djepa.plugins import build
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
 
@@ -32,7 +32,7 @@ DEFAULT_HEAD: dict[str, Any] = {"_target_": "djepa.nn.heads.DiffusionHead"}
 def build_head(token_dim: int, cond_dim: int, width: int, depth: int, head: dict[str, Any]) -> TokenHead:
     """The denoising head `head["_target_"]` names (a TokenHead), its sizes given by the model."""
     sizes = {"token_dim": token_dim, "cond_dim": cond_dim, "width": width, "depth": depth}
-    return build(head, "loss.head", TokenHead, sizes)
+    return builders.head(head, sizes)
 
 
 def split_indices(mask: torch.Tensor, num_visible: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
