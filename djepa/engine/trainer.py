@@ -27,7 +27,7 @@ from djepa.engine.tensorboard import TensorBoardLog
 from djepa.io import sha256
 from djepa.nn.heads import TokenHead
 from djepa.nn.masking import prefix_mask, training_mask
-from djepa.nn.model import DJEPA
+from djepa.nn.model import DJEPA, LossDraws
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TrainConfig:
     # Each optimizer step accumulates the gradients of K such batches: the update of one batch K times larger.
     grad_accum_steps: int = 1
     blr: float = 1e-4  # the base lr, read only when lr is None (the paper's rule, which the README's recipes use)
-    lr: float | None = None  # absolute; defaults to blr * batch_size / 256
+    lr: float | None = None  # absolute; defaults to blr * effective_batch / 256
     warmup_steps: int = 100
     lr_schedule: str = "constant"  # or cosine
     min_lr: float = 0.0
@@ -432,7 +432,7 @@ class Trainer:
         mask: torch.Tensor,
         num_visible: int,
         has_context: bool,
-        draws: Any = None,
+        draws: LossDraws | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The per-term losses of one (micro-)batch and their weighted total."""
         config = self.config
