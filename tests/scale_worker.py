@@ -82,8 +82,8 @@ def draws(root: Path) -> dict:
     return {"straight": straight, "resumed": resumed}
 
 
-def no_label_drop(root: Path) -> int:
-    t = trainer(root / "no_label_drop", model(label_drop=0.0))
+def no_label_drop(root: Path, parallel: str) -> int:
+    t = trainer(root / f"no_label_drop_{parallel}", model(label_drop=0.0), parallel=parallel)
     t.fit()
     return t.step
 
@@ -135,11 +135,11 @@ def main(out: Path) -> None:
     distributed.init_from_env("cpu")
     root = out.parent
     result = {"draws": draws(root)}
-    try:
-        result["no_label_drop_steps"] = no_label_drop(root)
-    except RuntimeError as err:
-        result["no_label_drop_error"] = str(err)[:300]
     for parallel in ("ddp", "fsdp"):
+        try:
+            result[f"no_label_drop_{parallel}"] = no_label_drop(root, parallel)
+        except RuntimeError as err:
+            result[f"no_label_drop_{parallel}_error"] = str(err)[:300]
         try:
             result[f"accumulation_{parallel}"] = accumulation(root, parallel)
         except (TypeError, ValueError) as err:

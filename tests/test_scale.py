@@ -104,9 +104,10 @@ def test_linear_guidance_follows_mars_sample_tokens_to_the_last_step(make_tiny_m
 
 
 @pytest.mark.slow
-def test_ddp_trains_without_label_drop(two_ranks):
-    for rank in two_ranks:
-        assert rank.get("no_label_drop_steps") == 3, rank.get("no_label_drop_error")
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_train_without_label_drop(two_ranks, parallel):
+    for rank in two_ranks:  # the fake class then gets no gradient
+        assert rank.get(f"no_label_drop_{parallel}") == 3, rank.get(f"no_label_drop_{parallel}_error")
 
 
 @pytest.fixture
