@@ -84,8 +84,13 @@ class LossSettings:
 @dataclass
 class TrainSettings:
     steps: int = setting(1200, "optimizer steps", low=1)
-    batch_size: int = setting(64, "items per step (over all ranks)", low=1)
-    blr: float = setting(1e-4, "base lr, read only when lr is null: lr = blr x batch_size / 256", low=0, low_open=True)
+    batch_size: int = setting(64, "items per forward/backward pass (over all ranks)", low=1)
+    grad_accum_steps: int = setting(
+        1, "K: each optimizer step sums K passes' gradients (a batch of batch_size x K)", low=1
+    )
+    blr: float = setting(
+        1e-4, "base lr, read only when lr is null: lr = blr x batch_size x grad_accum_steps / 256", low=0, low_open=True
+    )
     lr: float | None = setting(1e-3, "peak learning rate; null: derived from blr", low=0.0, low_open=True)
     warmup_steps: int = setting(100, "linear warm-up steps", low=0)
     lr_schedule: str = setting(

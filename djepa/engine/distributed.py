@@ -13,6 +13,8 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
+from djepa.errors import UsageError
+
 if TYPE_CHECKING:
     from djepa.nn.model import DJEPA
 
@@ -22,11 +24,24 @@ class WrongCollectiveDevice(RuntimeError):
 
 
 def init_from_env(device_name: str = "auto") -> torch.device:
-    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); the device to use."""
-    cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); the device to use.
+
+    `cuda` (and `auto` where CUDA is available) takes the LOCAL_RANK-th GPU; `cuda:N` takes GPU N, which
+    several processes on one machine cannot share.
+    """
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if cuda:
+        if not torch.cuda.is_available():
+            raise UsageError(f"device={device_name}: no CUDA device is available (use device=auto or cpu)")
+        index = torch.device(device_name).index if device_name.startswith("cuda:") else None
+        local_procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if index is not None and local_procs > 1:
+            raise UsageError(
+                f"device={device_name}: torchrun runs {local_procs} processes on this machine, which cannot all "
+                "use one GPU; use device=cuda (each process takes the GPU of its LOCAL_RANK)"
+            )
+        local = index if index is not None else int(os.environ.get("LOCAL_RANK", "0"))
         # Set the rank's GPU before the group forms, so NCCL's communicator is bound to it from the start.
-        local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:
@@ -107,7 +122,13 @@ def wrap_for_training(model: DJEPA, parallel: str) -> nn.Module:
         return model
     if parallel == "ddp":
         device = next(model.parameters()).device
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Without label drop the fake class takes no part in the loss: DDP must then look for unused parameters,
+        # or its reducer waits for that gradient and the next step fails.
+        return DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.label_drop == 0,
+        )
     if parallel == "fsdp":
         shard_model(model)
         return model

@@ -8,13 +8,14 @@ import json
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from djepa import schema
@@ -24,16 +25,19 @@ from djepa.engine.data import TokenData
 from djepa.engine.runtime import autocast, resolve_precision
 from djepa.engine.tensorboard import TensorBoardLog
 from djepa.io import sha256
+from djepa.nn.heads import TokenHead
 from djepa.nn.masking import prefix_mask, training_mask
-from djepa.nn.model import DJEPA
+from djepa.nn.model import DJEPA, LossDraws
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 64
+    batch_size: int = 64  # the global batch of one forward/backward pass (all ranks together)
+    # Each optimizer step accumulates the gradients of K such batches: the update of one batch K times larger.
+    grad_accum_steps: int = 1
     blr: float = 1e-4  # the base lr, read only when lr is None (the paper's rule, which the README's recipes use)
-    lr: float | None = None  # absolute; defaults to blr * batch_size / 256
+    lr: float | None = None  # absolute; defaults to blr * effective_batch / 256
     warmup_steps: int = 100
     lr_schedule: str = "constant"  # or cosine
     min_lr: float = 0.0
@@ -86,8 +90,13 @@ class TrainConfig:
             raise ValueError(f"{key}={value!r} {problem}")
 
     @property
+    def effective_batch(self) -> int:
+        """The rows one optimizer step learns from: batch_size times grad_accum_steps."""
+        return self.batch_size * self.grad_accum_steps
+
+    @property
     def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+        return self.lr if self.lr is not None else self.blr * self.effective_batch / 256
 
 
 class NonFiniteLoss(RuntimeError):
@@ -162,6 +171,13 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % (2**63 - 1)
 
 
+def rank_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of a step's in-model draws (dropout, label drop, timesteps, noise) on `rank`: rank 0 keeps
+    step_seed, so one process draws as it always has; other ranks mix in their rank, so no two ranks draw alike."""
+    base = step_seed(seed, step)
+    return base if rank == 0 else (base ^ (rank * 0x9E3779B97F4A7C15)) % (2**63 - 1)
+
+
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     """The data order is a function of (seed, step): a fresh permutation per epoch, no state to save."""
     start = step * batch_size
@@ -219,6 +235,11 @@ class Trainer:
         self.preview = preview
         self.tensorboard = tensorboard  # gets each metrics.jsonl record (rank 0; None: off)
         self.extra_state = extra_state or {}
+        # Accumulation draws a step's randomness once for all its rows (DJEPA.loss_draws); a plugin head that
+        # cannot hand its draws over lets each micro-batch draw its own (equal in law, not bit for bit).
+        self.exact_draws = type(model.head).draw is not TokenHead.draw
+        if config.grad_accum_steps > 1 and not self.exact_draws and distributed.is_main():
+            tqdm.write(f"{type(model.head).__name__} has no draw(): each micro-batch draws its own noise")
         self.dtype = resolve_precision(device, config.precision)
         # Fused AdamW skips a step with non-finite gradients on the device (its found_inf), so deciding the
         # skip needs no host sync; FSDP's DTensor parameters keep the foreach kernel and decide on the host.
@@ -356,9 +377,10 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This rank's tokens, labels and mask of a step, on the host (the step reads the mask's counts there)."""
+        """This rank's tokens, labels and mask of a step (all its micro-batches), on the host (the step reads
+        the mask's counts there)."""
         config = self.config
-        idx = batch_indices(len(self.data), config.batch_size, config.seed, step)
+        idx = batch_indices(len(self.data), config.effective_batch, config.seed, step)
         gen = torch.Generator().manual_seed(step_seed(config.seed, step))
         tokens = self.data.mean[idx]
         if self.data.std is not None:
@@ -380,13 +402,81 @@ class Trainer:
             return tensor.to(self.device)
         return tensor.pin_memory().to(self.device, non_blocking=True)
 
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+        num_visible: int,
+        has_context: bool,
+        draws: LossDraws | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The per-term losses of one (micro-)batch and their weighted total."""
+        config = self.config
+        teacher = self.teacher if self.teacher is not None else self.ema
+        with autocast(self.device, self.dtype):
+            targets = teacher(tokens, labels) if self.use_jepa and has_context else None
+            if self.sharded and targets is not None:
+                # FSDP keeps a root unsharded after forward, expecting a backward. fully_shard gives the
+                # module's class its reshard method at run time, which the type checker cannot see.
+                teacher.reshard()  # type: ignore[operator]
+            args = (tokens, labels, mask, targets, num_visible) + (() if draws is None else (draws,))
+            losses = self.train_module(*args)
+        total = config.denoise_weight * losses["denoise"]
+        if self.use_jepa:
+            total = total + config.jepa_weight * losses["jepa"]
+        return losses, total
+
+    @contextlib.contextmanager
+    def gradient_sync(self, sync: bool) -> Iterator[None]:
+        """Backward passes inside reduce their gradients over ranks only when `sync`: DDP's no_sync, FSDP's
+        set_requires_gradient_sync; nothing to do in one process."""
+        if isinstance(self.train_module, DistributedDataParallel) and not sync:
+            with self.train_module.no_sync():
+                yield
+            return
+        if self.sharded:
+            self.model.set_requires_gradient_sync(sync)  # type: ignore[operator]  # given by fully_shard
+        yield
+
+    def accumulate(
+        self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, num_visible: int, has_context: bool
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
+        """grad_accum_steps forward/backward passes over equal slices of the step's rows, gradients summed.
+
+        The step's random draws are made once for all its rows, in the order one pass over them makes them,
+        and each pass takes its rows' share: with dropout off the update equals one pass over all rows up to
+        float rounding (dropout masks are drawn per pass). Returns the mean losses, the mean total and the
+        gradient probe's record (taken on the first pass)."""
+        k = self.config.grad_accum_steps
+        rows = tokens.shape[0] // k
+        num_hidden = self.model.num_tokens - num_visible
+        draws = self.model.loss_draws(tokens.shape[0], num_hidden, tokens) if self.exact_draws else None
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        probe: dict[str, torch.Tensor] = {}
+        for i in range(k):
+            part = slice(i * rows, (i + 1) * rows)
+            part_draws = None if draws is None else self.model.slice_draws(draws, tokens.shape[0], num_hidden, part)
+            with self.gradient_sync(i == k - 1):  # the ranks reduce the summed gradients once, on the last pass
+                micro = (tokens[part], labels[part], mask[part])
+                losses, total = self.forward(*micro, num_visible, has_context, part_draws)
+                if i == 0 and self.probe_due() and has_context:
+                    probe = self.gradient_probe(losses)
+                (total / k).backward()
+            for name, value in [*losses.items(), ("total", total)]:
+                sums[name] = sums[name] + value.detach() if name in sums else value.detach()
+        means = {name: value / k for name, value in sums.items()}
+        total = means.pop("total")
+        return means, total, probe
+
     def train_step(self) -> dict[str, Any]:
         """One optimizer step. Its values stay on the device as 0-dim tensors, so on a GPU the step costs no
         host sync; `settle` reads a whole logging interval back at once and applies the non-finite rule."""
         config = self.config
-        # Every random draw of a step (dropout, label drop, noise, timesteps) follows from (seed, step),
-        # so a resumed run repeats the uninterrupted one exactly.
-        torch.manual_seed(step_seed(config.seed, self.step))
+        # Every random draw of a step (dropout, label drop, noise, timesteps) follows from (seed, step, rank),
+        # so a resumed run repeats the uninterrupted one exactly, and ranks draw independently.
+        torch.manual_seed(rank_seed(config.seed, self.step, distributed.rank()))
         tokens, labels, mask = self.batch(self.step)
         # Every row shares its visible count (training_mask, prefix_mask): read here on the host, it spares the
         # model a device sync to size its gathers.
@@ -399,24 +489,18 @@ class Trainer:
         # With no visible token there is no context to predict targets from: the JEPA term is off for
         # the batch (DJEPA.loss), and the teacher pass is skipped.
         has_context = num_visible > 0 or self.model.jepa_without_context
-        teacher = self.teacher if self.teacher is not None else self.ema
-        with autocast(self.device, self.dtype):
-            targets = teacher(tokens, labels) if self.use_jepa and has_context else None
-            if self.sharded and targets is not None:
-                # FSDP keeps a root unsharded after forward, expecting a backward. fully_shard gives the
-                # module's class its reshard method at run time, which the type checker cannot see.
-                teacher.reshard()  # type: ignore[operator]
-            losses = self.train_module(tokens, labels, mask, targets, num_visible)
-        total = config.denoise_weight * losses["denoise"]
-        if self.use_jepa:
-            total = total + config.jepa_weight * losses["jepa"]
         record: dict[str, Any] = {"lr": lr}
         if self.use_jepa:
             record["jepa_active"] = has_context
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.probe_due() and has_context:
-            record |= self.gradient_probe(losses)
-        total.backward()
+        if config.grad_accum_steps > 1:
+            losses, total, probe = self.accumulate(tokens, labels, mask, num_visible, has_context)
+            record |= probe
+        else:
+            losses, total = self.forward(tokens, labels, mask, num_visible, has_context)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.probe_due() and has_context:
+                record |= self.gradient_probe(losses)
+            total.backward()
         norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
         # A non-finite loss (on any rank: the sum goes through a collective) or gradient skips the update. The
         # gradients are averaged over ranks, so every rank decides alike.
@@ -508,7 +592,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
         self.resume()
-        tokens_per_step = config.batch_size * self.model.num_tokens
+        tokens_per_step = config.effective_batch * self.model.num_tokens
         bar = tqdm(total=config.steps, initial=self.step, desc="train", dynamic_ncols=True, disable=not main)
         last: dict[str, Any] = {}
         pending: list[dict[str, Any]] = []  # the records since the last settle, values still on the device

@@ -29,7 +29,15 @@ class TokenHead(nn.Module):
         self.token_dim = token_dim
         self.net = DenoiserMLP(token_dim, cond_dim, width, depth, out_channels)
 
-    def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, target: torch.Tensor, cond: torch.Tensor, draws: tuple[torch.Tensor, ...] | None = None
+    ) -> torch.Tensor:
+        """Per-row loss [M]; `draws` (from `draw`) replace the random draws it would make itself."""
+        raise NotImplementedError
+
+    def draw(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The random draws `loss` makes for target rows shaped like `like` [M, D], in its order, each with M
+        leading rows: made ahead for a large batch, a slice of rows serves a slice of the batch."""
         raise NotImplementedError
 
     def set_sampling_steps(self, steps: int) -> None:
@@ -46,11 +54,12 @@ class TokenHead(nn.Module):
     def _guided(
         self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float
     ) -> torch.Tensor:
-        """Output for M rows; with `uncond`, both conditions in one call, mixed on the first D channels."""
+        """Output for M rows; with `uncond`, both conditions in one call, mixed on the first D channels in fp32
+        (under bf16 autocast the mix would round cond - uncond, which the x0 estimate then multiplies)."""
         if uncond is None:
             return self.net(x, t, cond)
         out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
-        cond_out, uncond_out = out.chunk(2)
+        cond_out, uncond_out = out.float().chunk(2)
         d = self.token_dim
         mixed = uncond_out[:, :d] + guidance * (cond_out[:, :d] - uncond_out[:, :d])
         return torch.cat([mixed, cond_out[:, d:]], dim=1)
@@ -223,10 +232,15 @@ class DiffusionHead(TokenHead):
             )
         self.sampler = sampler
 
-    def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def draw(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        t = torch.randint(0, self.num_timesteps, (like.shape[0],), device=like.device)
+        return t, torch.randn_like(like)
+
+    def loss(
+        self, target: torch.Tensor, cond: torch.Tensor, draws: tuple[torch.Tensor, ...] | None = None
+    ) -> torch.Tensor:
         s = self.train_schedule
-        t = torch.randint(0, self.num_timesteps, (target.shape[0],), device=target.device)
-        noise = torch.randn_like(target)
+        t, noise = draws if draws is not None else self.draw(target)
         x_t = s.take("sqrt_ac", t, target) * target + s.take("sqrt_1m_ac", t, target) * noise
         out = self.net(x_t, t.float(), cond)
         eps, v = out.float().chunk(2, dim=1)
@@ -325,9 +339,14 @@ class FlowHead(TokenHead):
         """Spend more of the path near the noise end when time_shift > 1."""
         return t / (self.time_shift - (self.time_shift - 1) * t)
 
-    def loss(self, target: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        t = self.shift(torch.rand(target.shape[0], device=target.device))
-        noise = torch.randn_like(target)
+    def draw(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.rand(like.shape[0], device=like.device), torch.randn_like(like)
+
+    def loss(
+        self, target: torch.Tensor, cond: torch.Tensor, draws: tuple[torch.Tensor, ...] | None = None
+    ) -> torch.Tensor:
+        u, noise = draws if draws is not None else self.draw(target)
+        t = self.shift(u)
         x_t = t[:, None] * target + (1 - t[:, None]) * noise
         velocity = self.net(x_t, t * 1000, cond).float()
         return ((velocity - (target - noise)) ** 2).mean(dim=1)

@@ -28,6 +28,10 @@ GUIDANCE_SCHEDULES = ("linear", "constant")
 # The paper's head, for a model built in code without naming one.
 DEFAULT_HEAD: dict[str, Any] = {"_target_": "djepa.nn.heads.DiffusionHead"}
 
+# A loss's random draws made ahead (DJEPA.loss_draws): the label drops' uniforms [B, 1] (None without label
+# drop) and the head's draws for its rows (TokenHead.draw).
+LossDraws = tuple[torch.Tensor | None, tuple[torch.Tensor, ...]]
+
 
 def build_head(token_dim: int, cond_dim: int, width: int, depth: int, head: dict[str, Any]) -> TokenHead:
     """The denoising head `head["_target_"]` names (a TokenHead), its sizes given by the model."""
@@ -158,13 +162,17 @@ class DJEPA(nn.Module):
 
     # ------------------------------------------------------------------ pieces
 
-    def class_embedding(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+    def class_embedding(
+        self, labels: torch.Tensor | None, batch: int, drop_draw: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Class embeddings; in training each row's label is dropped to the fake class with chance label_drop,
+        decided by `drop_draw` [batch, 1] (uniform draws, see loss_draws) or by a fresh draw."""
         if labels is None:
             return self.fake_class.expand(batch, -1)
         emb = self.class_emb(labels)
         if self.training and self.label_drop > 0:
-            drop = torch.rand(batch, 1, device=emb.device) < self.label_drop
-            emb = torch.where(drop, self.fake_class.to(emb.dtype), emb)
+            u = torch.rand(batch, 1, device=emb.device) if drop_draw is None else drop_draw
+            emb = torch.where(u < self.label_drop, self.fake_class.to(emb.dtype), emb)
         return emb
 
     def encode(self, tokens: torch.Tensor, visible: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
@@ -206,22 +214,27 @@ class DJEPA(nn.Module):
         mask: torch.Tensor,
         targets: torch.Tensor | None = None,
         num_visible: int | None = None,
+        draws: LossDraws | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-term losses for tokens [B, N, D] with `mask` [B, N] True where hidden.
 
         `targets` are the EMA model's `target_features`; required when the model has a JEPA loss.
         `num_visible`, the visible count every row shares, lets the step run without a host sync.
+        `draws` (loss_draws, slice_draws) replace the random draws the loss would make itself.
         """
         b, n, _ = tokens.shape
         if n != self.num_tokens:
             raise ValueError(f"got {n} tokens, the model's grid {self.grid} holds {self.num_tokens}")
+        drop_draw, head_draws = draws if draws is not None else (None, None)
         visible, hidden = split_indices(mask, num_visible)
-        z = self.predict(self.encode(tokens, visible, self.class_embedding(labels, b)), visible)
+        z = self.predict(self.encode(tokens, visible, self.class_embedding(labels, b, drop_draw)), visible)
         # Only the hidden tokens are denoised: the reference multiplies the loss of all tokens by
         # the mask, which gives the same gradient for more work.
         cond, target = gather_rows(z, hidden), gather_rows(tokens, hidden)
         mul = self.diffusion_batch_mul
-        losses = {"denoise": self.head.loss(target.repeat(mul, 1), cond.repeat(mul, 1)).mean()}
+        rows = (target.repeat(mul, 1), cond.repeat(mul, 1))
+        per_row = self.head.loss(*rows) if head_draws is None else self.head.loss(*rows, head_draws)
+        losses = {"denoise": per_row.mean()}
         if self.jepa:
             assert self.jepa_proj is not None  # built exactly when jepa is on
             pred = self.jepa_proj(cond).float()
@@ -236,6 +249,24 @@ class DJEPA(nn.Module):
                 losses["jepa"] = F.smooth_l1_loss(pred, gather_rows(targets, hidden), beta=2.0)
         return losses
 
+    def loss_draws(self, batch: int, num_hidden: int, like: torch.Tensor) -> LossDraws:
+        """Every random draw `loss` makes for `batch` rows with `num_hidden` hidden tokens each (dropout aside),
+        made now in the order `loss` makes them: the label drops' uniforms, then the head's draws for its rows.
+        `like` gives the tokens' device and dtype. Sliced by slice_draws, a share of rows takes its share."""
+        drop = torch.rand(batch, 1, device=like.device) if self.training and self.label_drop > 0 else None
+        rows = self.diffusion_batch_mul * batch * num_hidden
+        return drop, self.head.draw(like.new_empty(rows, self.token_dim))
+
+    def slice_draws(self, draws: LossDraws, batch: int, num_hidden: int, part: slice) -> LossDraws:
+        """The draws of rows `part` of a batch's loss_draws: the head's rows run (copy, row, hidden token)."""
+        drop, head = draws
+        mul = self.diffusion_batch_mul
+
+        def rows(x: torch.Tensor) -> torch.Tensor:
+            return x.view(mul, batch, num_hidden, *x.shape[1:])[:, part].reshape(-1, *x.shape[1:])
+
+        return (None if drop is None else drop[part]), tuple(rows(x) for x in head)
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -243,11 +274,12 @@ class DJEPA(nn.Module):
         mask: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         num_visible: int | None = None,
+        draws: LossDraws | None = None,
     ) -> dict[str, torch.Tensor] | torch.Tensor:
         """The entry DDP, FSDP and torch.compile wrap: `loss`, or with no mask the EMA's `target_features`."""
         if mask is None:
             return self.target_features(tokens, labels)
-        return self.loss(tokens, labels, mask, targets, num_visible)
+        return self.loss(tokens, labels, mask, targets, num_visible, draws)
 
     # ------------------------------------------------------------------ sampling
 
@@ -307,11 +339,13 @@ class DJEPA(nn.Module):
             z = self.predict(self.encode(x, vis, cond_emb), vis)
             mask_len = math.floor(unknown * math.cos(math.pi / 2 * (step + 1) / num_steps))
             mask_len = max(1, min(remaining - 1, mask_len))
+            # The linear ramp reads the count left masked before the last step reveals everything, so it never
+            # reaches the full scale (1 + (cfg - 1) * (N - 1) / N at the end), as MAR's sample_tokens.
+            revealed = (unknown - mask_len) / unknown if guidance_schedule == "linear" else 1.0
             if step == num_steps - 1 or remaining == 1:
                 mask_len = 0
             # The tokens revealed now, in grid order: the rows the head samples, in the order its noise is drawn.
             reveal = orders[:, mask_len:remaining].sort(dim=1).values
-            revealed = (unknown - mask_len) / unknown if guidance_schedule == "linear" else 1.0
             step_guidance = 1.0 + (guidance - 1.0) * revealed if guided else 1.0
             uncond = gather_rows(z[b:], reveal).float() if guided else None
             new = self.head.sample(gather_rows(z[:b], reveal).float(), uncond, temperature, step_guidance)
