@@ -36,7 +36,7 @@ class TrainConfig:
     batch_size: int = 64  # the global batch of one forward/backward pass (all ranks together)
     # Each optimizer step accumulates the gradients of K such batches: the update of one batch K times larger.
     grad_accum_steps: int = 1
-    blr: float = 1e-4  # the base lr, read only when lr is None (the paper's rule, which the README's recipes use)
+    blr: float = 1e-4  # the base lr, read only when lr is None (the paper's rule)
     lr: float | None = None  # absolute; defaults to blr * effective_batch / 256
     warmup_steps: int = 100
     lr_schedule: str = "constant"  # or cosine

@@ -104,7 +104,7 @@ class DJEPA(nn.Module):
         jepa: bool = True,
         head_config: dict[str, Any] | None = None,
         grad_checkpointing: bool = False,
-        # Ablation switches of issue 12's fidelity fixes; the defaults are the reference's.
+        # Ablation switches; the defaults are the reference's.
         jepa_projector_norm: bool = True,  # the projector's hidden LayerNorm
         jepa_target_norm: bool = False,  # a second layer norm over the targets (the pre-fix targets)
         jepa_without_context: bool = False,  # the JEPA term also on batches with no visible token
