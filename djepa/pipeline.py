@@ -212,10 +212,24 @@ class Pipeline:
     ) -> Pipeline:
         """Load a run directory (its newest valid checkpoint, or `checkpoint`) or an `export` folder.
 
-        `overrides` are dotted config keys (`{"modality.adapter.tokenizer.path": ..., "loss.head.sampling_steps":
-        50}`); one that contradicts how the model was trained (grid, patch, channels, modality, model) raises
-        UsageError naming the key. The folder's `_target_` classes must come from djepa or from the modules in
-        `plugins` (djepa.builders): a folder someone sent cannot run code of its choosing.
+        Args:
+            path: a run directory written by `train`, or a folder written by `export` / `save_pretrained`.
+            device: `auto` (CUDA where available, else CPU), `cpu`, `cuda` or `cuda:N`.
+            checkpoint: a checkpoint folder (`RUN/checkpoints/step_NNNNNNN`) to load instead of the newest valid one.
+            overrides: dotted config keys that may differ from training, e.g.
+                `{"modality.adapter.tokenizer.path": ..., "loss.head.sampling_steps": 50}`; one that contradicts
+                how the model was trained (grid, patch, channels, modality, model) raises UsageError naming the key.
+            plugins: modules whose classes the folder's `_target_` entries may name besides djepa's own
+                (djepa.builders): a folder someone sent cannot run code of its choosing.
+
+        Returns:
+            The pipeline, its model in eval mode on `device`.
+
+        Examples:
+            >>> from djepa import Pipeline
+            >>> pipe = Pipeline.from_pretrained("runs/image", device="cpu")
+            >>> pipe.modality, len(pipe.class_names)
+            ('image', 10)
         """
         with builders.allowed_plugins(plugins):
             return cls._load(Path(path), device, checkpoint, overrides)
@@ -388,11 +402,36 @@ class Pipeline:
         batch_size: int = 50,
         progress: bool = False,
     ) -> Generation:
-        """`num_samples` items for each of `class_labels` (ids or names; None: every class), decoded.
+        """Generate `num_samples` items for each of `class_labels`, decoded to media.
 
-        `seed` makes the call repeatable: the same seed gives the same media, bit for bit, on the same machine
-        (the global torch RNG is left as it was). `prime` (video / audio) is a real file whose start stays
-        fixed (`prime_frames` frames, `prime_seconds` seconds) while the rest is generated.
+        Args:
+            class_labels: class ids or names (`pipe.class_names`), one or a list; None: every class.
+            num_samples: items per class.
+            guidance_scale: classifier-free guidance scale (1: none); None: the run's `sample.guidance_scale`.
+            temperature: scales the denoiser's sampling noise (below 1: sharper, less varied); None: the run's.
+            num_steps: reveal steps of the masked autoregressive sampler; None: the run's.
+            guidance_schedule: `linear` (guidance ramps up as tokens are revealed, MAR's) or `constant`; None: the
+                run's.
+            precision: `auto` (bf16 autocast where bf16 is fast), `bf16` or `fp32`; None: the run's.
+            seed: makes the call repeatable: the same seed gives the same media, bit for bit, on the same machine
+                (the global torch RNG is left as it was). None: draws from the global RNG.
+            prime: video / audio: a real file whose start stays fixed while the rest is generated (continuation).
+            prime_frames: video: frames of `prime` kept.
+            prime_seconds: audio: seconds of `prime` kept.
+            batch_size: items drawn per model call.
+            progress: show a progress bar.
+
+        Returns:
+            A `Generation`: `.images` (PIL), `.videos` or `.waveforms` by modality, `.labels`, and `.save(folder)`,
+            which writes what the `sample` command writes.
+
+        Examples:
+            >>> out = pipe(class_labels=[3, 7], num_samples=2, seed=0, num_steps=4)
+            >>> len(out.images), out.labels
+            (4, [3, 3, 7, 7])
+            >>> again = pipe(class_labels=[3, 7], num_samples=2, seed=0, num_steps=4)
+            >>> again.images[0].tobytes() == out.images[0].tobytes()
+            True
         """
         if num_samples < 1:
             raise UsageError(f"num_samples must be positive, got {num_samples}")

@@ -288,3 +288,24 @@ def test_a_tokenizer_that_cannot_load_is_one_line_before_any_sampling(image_run,
     with pytest.raises(UsageError, match="is not the one this model was|cannot be loaded") as info:
         Pipeline.from_pretrained(run_dir, device="cpu", overrides={"modality.adapter.tokenizer.path": str(bad)})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_the_pipelines_docstring_examples_run(image_run, tmp_path, monkeypatch):
+    """The Examples blocks of `Pipeline.from_pretrained` and `Pipeline.__call__` run as written (on the tiny run
+    in place of runs/image)."""
+    import doctest
+
+    from djepa.pipeline import Pipeline
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "image").symlink_to(image_run[1])
+    globs: dict = {}
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for function in (Pipeline.from_pretrained, Pipeline.__call__):
+        (test,) = finder.find(function, globs=globs)
+        assert test.examples, f"{function.__qualname__} has no Examples"
+        runner.run(test, clear_globs=False)
+        globs.update(test.globs)
+    assert runner.summarize(verbose=False).failed == 0
