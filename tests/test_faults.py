@@ -98,14 +98,14 @@ TRAIN_CASES = [
     (["train.warmup_steps=-5"], "train.warmup_steps=-5 must be a whole number >= 0"),
     (["train.checkpoint_format=zarr"], "train.checkpoint_format='zarr' must be one of auto, full, sharded"),
     (["attention_backend=flash"], "attention_backend='flash' must be one of auto, xformers, sdpa, math"),
-    (["loss=flow", "loss.head.sampler=rk45"], "loss.head.sampler='rk45' must be one of ddpm, dpm_solver, euler, heun"),
+    (["loss=flow", "loss.head.sampler=rk45"], "loss.head.sampler='rk45' must be one of euler, heun"),
     (["loss.head._target_=gan.Head"], "loss.head._target_='gan.Head' is outside djepa"),
     (["loss.head._target_=djepa.nn.heads.Nowhere"], "loss.head._target_='djepa.nn.heads.Nowhere' cannot be imported"),
     (["loss.head._target_=djepa.nn.model.DJEPA"], "loss.head._target_='djepa.nn.model.DJEPA' is not a TokenHead"),
     (["hydra.run.dir=/tmp/elsewhere"], "hydra settings are not used by djepa"),
     (["+new_key=1"], "+new_key: unknown key, nothing reads it"),
     (["+sample.foo=1"], "+sample.foo: unknown key"),
-    (["model.heads=8"], "model.heads: renamed model.num_heads"),  # the attention heads, apart from loss.head
+    (["model.heads=8"], "model.heads: unknown key"),  # the attention heads are model.num_heads
     (["device=gpu"], "device='gpu' must be auto, cpu, cuda or cuda:N"),
 ]
 
@@ -123,8 +123,8 @@ SAMPLE_CASES = [
     (["sample.temperature=0"], "sample.temperature=0 must be a number > 0"),
     (["prompt_class=2.7"], "prompt_class=2.7 must be a class index"),
     (["prompt_class=true"], "prompt_class=true must be a class index"),
-    (["num_samples=abc"], "num_samples='abc' must be a whole number >= 1"),
-    (["num_samples=1000000000000"], "num_samples=1000000000000 must be a whole number >= 1 and <= 100,000"),
+    (["num_samples=abc"], "num_samples: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["num_samples=1000000000000"], "num_samples=1000000000000 must be a whole number >= 1 and <= 100000"),
     (["sample.num_steps=0"], "sample.num_steps=0 must be a whole number >= 1"),
     (["checkpoint=/dev/null"], "checkpoint='/dev/null' is not a checkpoint: expected a folder"),
 ]
@@ -205,19 +205,6 @@ def test_config_changes_split_frozen_from_free():
     frozen, free = config_changes(saved, new)
     assert frozen == ["model.num_heads 4 -> 8"]
     assert free == ["train.steps 10 -> 20"]  # precision auto keeps bf16; keys new to the config are no change
-
-
-def test_a_run_saved_with_model_heads_resumes_as_model_num_heads(tmp_path):
-    # config.yaml of a run from before the rename: `model.heads`, read as today's `model.num_heads`
-    from djepa.cli.config import compose_config
-
-    cfg = compose_config(["model=tiny", f"home={tmp_path}", f"run_dir={tmp_path}"])
-    saved = OmegaConf.to_container(cfg)
-    saved["model"] = {("heads" if k == "num_heads" else k): v for k, v in saved["model"].items()}
-    OmegaConf.save(OmegaConf.create(saved), tmp_path / "config.yaml")
-    assert check_resume(cfg, tmp_path, 4, {"modality": "image"}) == []
-    with pytest.raises(UsageError, match="model.num_heads 2 -> 4"):
-        check_resume(compose_config(["model=tiny", "model.num_heads=4", f"home={tmp_path}"]), tmp_path, 4, {})
 
 
 def test_the_built_model_must_match_the_checkpoint(tmp_path):

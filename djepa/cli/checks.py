@@ -121,11 +121,18 @@ def validate(cfg: DictConfig, config_name: str = "config") -> None:
             raise UsageError(f"{key}={_show(value)} {found}")
 
 
+# `+key=value` adds a key; only the plug-in sections hand all their keys on (as constructor arguments), so a new
+# key anywhere else would be silently ignored.
+OPEN_SECTIONS = ("modality.adapter.", "loss.head.")
+
+
 def validate_overrides(overrides: Sequence[str]) -> None:
-    """Refuse `hydra.*` settings (compose() ignores them)."""
+    """Refuse `hydra.*` settings (compose() ignores them) and `+key=...` additions that nothing reads."""
     for item in overrides:
         key = item.split("=", 1)[0]
         bare = key.lstrip("+~")
+        if key.startswith("+") and not bare.startswith(OPEN_SECTIONS):
+            raise UsageError(f"{key}: unknown key, nothing reads it (the keys and their meaning: --help)")
         if bare == "hydra" or bare.startswith(("hydra.", "hydra/")):
             raise UsageError(
                 f"{key}: hydra settings are not used by djepa (outputs go to run_dir=..., or out=... for sample)"
@@ -137,6 +144,8 @@ def _show(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, str):
         return repr(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))  # as typed: a float key holds `-1` as -1.0
     return str(value)
 
 
