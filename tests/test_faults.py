@@ -20,7 +20,7 @@ from djepa.cli import sample, train, train_tokenizer
 from djepa.cli.checks import resolve_prompt_class
 from djepa.cli.config import cli_errors
 from djepa.engine.checkpoint import CheckpointManager
-from djepa.engine.resume_check import check_model_config, check_resume, config_changes, trim_metrics
+from djepa.engine.resume_check import check_model_config, config_changes, trim_metrics
 from djepa.engine.run_lock import RunLock
 from djepa.errors import Terminated, UsageError
 
