@@ -30,6 +30,7 @@ lint: setup
 
 # mypy on every installed package (djepa/, modalities/, tokenizers/, benchmarks/); pyproject.toml's [tool.mypy].
 typecheck: setup
+	@for p in modalities tokenizers benchmarks configs; do test -e djepa/$$p || ln -s ../$$p djepa/$$p; done
 	$(BIN)/mypy
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or a page outside nav fails.

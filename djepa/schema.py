@@ -41,7 +41,14 @@ def setting(
     hints: Mapping[str, str] | None = None,
 ) -> Any:
     """A dataclass field carrying its meaning and allowed values (read by `problem`, `--help` and the docs)."""
-    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open, "high_open": high_open}
+    meta: dict[str, Any] = {
+        "help": help,
+        "choices": choices,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "high_open": high_open,
+    }
     meta["hints"] = dict(hints or {})
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)

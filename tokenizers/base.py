@@ -57,7 +57,10 @@ def load_local_model(cls: type[PretrainedModel], path: str | Path, missing: str)
             )
     try:
         if path.is_file():
-            return cls.from_single_file(str(path), local_files_only=True, low_cpu_mem_usage=False)
+            # diffusers' FromOriginalModelMixin: on the concrete classes, not on the type variable's bound
+            return cls.from_single_file(  # type: ignore[attr-defined]
+                str(path), local_files_only=True, low_cpu_mem_usage=False
+            )
         return cls.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError) as err:  # a damaged or foreign file: one line, not diffusers'
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]

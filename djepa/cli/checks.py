@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,8 +88,7 @@ CUSTOM_CHECKS: dict[str, Callable[[Any], str | None]] = {
 
 def _schema_problems(cfg: DictConfig, root: type) -> Iterator[tuple[str, Any, str]]:
     """Breaches of the schema: the top level, each section, and the keys of built-in adapters and heads."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(plain, dict)
+    plain = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     top = {k: v for k, v in plain.items() if k not in schema.SECTIONS}
     yield from schema.section_problems(root, top, "")
     if root is not schema.Config:
@@ -100,14 +99,13 @@ def _schema_problems(cfg: DictConfig, root: type) -> Iterator[tuple[str, Any, st
         section = OmegaConf.select(cfg, where, default=None)
         plugin = schema.PLUGINS.get(str(section.get("_target_"))) if section is not None else None
         if plugin is not None:
-            values = OmegaConf.to_container(section, resolve=True)
-            assert isinstance(values, dict)
+            values = cast(dict[str, Any], OmegaConf.to_container(section, resolve=True))
             yield from schema.section_problems(plugin, values, f"{where}.")
 
 
 def validate(cfg: DictConfig, config_name: str = "config") -> None:
     """Raise a UsageError naming the first key that is missing, of the wrong type or out of range."""
-    for key in cfg:
+    for key in map(str, cfg):
         if OmegaConf.is_missing(cfg, key):
             raise UsageError(f"{key}= is required ({config_name} --help lists the keys)")
     for key, value, problem in _schema_problems(cfg, schema.ROOTS[config_name]):
