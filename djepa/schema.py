@@ -288,6 +288,9 @@ ROOTS: dict[str, type] = {
     "convert_tokenizer": ConvertTokenizerConfig,
 }
 
+# Mappings read whole (a plug-in's constructor arguments, the benchmark's variants by name): keys may be added.
+OPEN_SECTIONS = ("modality.adapter", "loss.head", "benchmark.variants")
+
 SECTIONS: dict[str, type] = {
     "modality": ModalitySettings,
     "model": ModelSettings,
@@ -521,8 +524,13 @@ def register() -> None:
     small commands compose their own root config by name."""
     from hydra.core.config_store import ConfigStore
 
+    from omegaconf import OmegaConf
+
     store = ConfigStore.instance()
-    store.store(name="_schema", node=Config)
+    root = OmegaConf.structured(Config)
+    for where in OPEN_SECTIONS:  # every key there is read: plug-in arguments, variant names
+        OmegaConf.set_struct(OmegaConf.select(root, where), False)
+    store.store(name="_schema", node=root)
     for name, root in ROOTS.items():
         if name != "config":
             store.store(name=name, node=root)

@@ -28,7 +28,7 @@ def tiny_model(grid, token_dim=4, num_classes=3, head=None, jepa=True, **overrid
         grid=grid,
         num_classes=num_classes,
         jepa=jepa,
-        head_config=head or {"type": "diffusion", "sampling_steps": 10},
+        head_config=head or {"_target_": "djepa.nn.heads.DiffusionHead", "sampling_steps": 10},
         **settings,
     )
 

@@ -182,7 +182,11 @@ def test_oobleck_loads_from_a_local_directory(tmp_path):
     mean, std = tok.encode_moments(torch.rand(2, 1, 4000) - 0.5)
     assert mean.shape == (2, 4, 1000) and (std > 0).all()
     assert tok.decode(mean).shape == (2, 1, 4000)
-    adapter = tiny_adapter(tmp_path, tokenizer={"kind": "oobleck", "path": str(tmp_path / "oobleck")}, patch_size=[4])
+    adapter = tiny_adapter(
+        tmp_path,
+        tokenizer={"_target_": "djepa.tokenizers.oobleck.OobleckTokenizer", "path": str(tmp_path / "oobleck")},
+        patch_size=[4],
+    )
     assert adapter.media_grid == (4000,) and adapter.token_grid == (250,) and adapter.token_dim == 16
     assert adapter.decode_tokens(adapter.to_tokens(mean)).shape == (2, 1, 4000)
 

@@ -311,7 +311,7 @@ def test_serve_main_refuses_a_bad_port_before_loading_anything(tmp_path, capsys)
     from djepa.cli import serve
 
     err = one_line_error(capsys, serve.main, [f"run_dir={tmp_path / 'missing'}", "port=99999"])
-    assert err == "error: port=99999 is out of range: choose one from 1 to 65535 (default 7860)"
+    assert err == "error: port=99999 must be a whole number >= 1 and <= 65535"
 
 
 def test_serve_request_files_are_bounded_and_removed_at_close(monkeypatch, tmp_path):

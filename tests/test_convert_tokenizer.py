@@ -12,6 +12,7 @@ from mar_vae_reference import AutoencoderKL as MarAutoencoderKL
 from safetensors.torch import load_file
 
 from djepa.cli import convert_tokenizer, scripts
+from djepa.cli.config import compose_config
 from djepa.errors import UsageError
 from djepa.tokenizers.autoencoder_kl import AutoencoderKLTokenizer
 
@@ -35,7 +36,7 @@ def test_mar_kl16_becomes_an_autoencoder_kl_with_its_weights_and_its_outputs(tmp
     # a training checkpoint may carry LDM's loss networks beside the autoencoder: left out, and said so
     torch.save({"model": original | {"loss.logvar": torch.zeros(())}}, checkpoint)
     out = tmp_path / "kl16"
-    assert convert_tokenizer.run([f"checkpoint={checkpoint}", f"out={out}"]) == out
+    assert convert_tokenizer.run(compose_config([f"checkpoint={checkpoint}", f"out={out}"], "convert_tokenizer")) == out
 
     config = json.loads((out / "config.json").read_text())
     assert config["_class_name"] == "AutoencoderKL" and config["scaling_factor"] == 0.2325
@@ -78,7 +79,9 @@ def test_convert_tokenizer_refuses_what_it_cannot_convert_in_one_line(tmp_path, 
     layers = {"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}
     torch.save({"model": layers, "args": argparse.Namespace(vae_embed_dim=16)}, tmp_path / "partial.ckpt")
     with pytest.raises(UsageError, match="not an LDM/MAR KL autoencoder state dict: no decoder.conv_out.weight"):
-        convert_tokenizer.run([f"checkpoint={tmp_path / 'partial.ckpt'}", f"out={tmp_path / 'a'}"])
+        convert_tokenizer.run(
+            compose_config([f"checkpoint={tmp_path / 'partial.ckpt'}", f"out={tmp_path / 'a'}"], "convert_tokenizer")
+        )
 
     class Payload:  # pickled code is refused, never run
         def __reduce__(self):
@@ -86,17 +89,21 @@ def test_convert_tokenizer_refuses_what_it_cannot_convert_in_one_line(tmp_path, 
 
     torch.save({"model": Payload()}, tmp_path / "code.ckpt")
     with pytest.raises(UsageError, match="does not load as plain tensors"):
-        convert_tokenizer.run([f"checkpoint={tmp_path / 'code.ckpt'}", f"out={tmp_path / 'b'}"])
+        convert_tokenizer.run(
+            compose_config([f"checkpoint={tmp_path / 'code.ckpt'}", f"out={tmp_path / 'b'}"], "convert_tokenizer")
+        )
     assert "ran" not in capsys.readouterr().out
 
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(UsageError, match="exists and is not an empty folder"):
-        convert_tokenizer.run([f"checkpoint={tmp_path / 'partial.ckpt'}", f"out={tmp_path / 'full'}"])
+        convert_tokenizer.run(
+            compose_config([f"checkpoint={tmp_path / 'partial.ckpt'}", f"out={tmp_path / 'full'}"], "convert_tokenizer")
+        )
     with pytest.raises(UsageError, match="checkpoint= is required"):
-        convert_tokenizer.run([f"out={tmp_path / 'c'}"])
-    with pytest.raises(UsageError, match="unknown argument 'vae=x'"):
-        convert_tokenizer.run(["vae=x"])
+        convert_tokenizer.run(compose_config([f"out={tmp_path / 'c'}"], "convert_tokenizer"))
+    with pytest.raises(UsageError, match="vae: unknown key"):
+        convert_tokenizer.run(compose_config(["vae=x"], "convert_tokenizer"))
     with pytest.raises(SystemExit) as exit_info:  # the console script: one line, status 2
         scripts.convert_tokenizer([f"checkpoint={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'd'}"])
     assert exit_info.value.code == 2 and "missing.ckpt is not a file" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from djepa.nn.masking import mask_from_orders, random_orders, sample_mask_ratio,
 @pytest.mark.parametrize("grid", [(12,), (4, 4), (2, 3, 3)])
 @pytest.mark.parametrize("head", ["diffusion", "flow"])
 def test_loss_falls_and_samples_have_grid_shape(make_tiny_model, grid, head):
-    model = make_tiny_model(grid, head={"type": head, "sampling_steps": 5})
+    model = make_tiny_model(grid, head={"_target_": f"djepa.nn.heads.{head.title()}Head", "sampling_steps": 5})
     n = model.num_tokens
     # a learnable distribution: each class has its own mean token pattern
     means = torch.randn(3, n, 4)
@@ -63,7 +63,7 @@ def test_known_tokens_are_kept_when_sampling(make_tiny_model):
 
 
 def test_constant_cfg_guides_the_first_tokens_and_linear_does_not(make_tiny_model):
-    model = make_tiny_model((4, 4), head={"type": "flow", "sampling_steps": 3}).eval()
+    model = make_tiny_model((4, 4), head={"_target_": "djepa.nn.heads.FlowHead", "sampling_steps": 3}).eval()
     with torch.no_grad():  # zero-initialised output layers would make guidance a no-op
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -117,9 +117,11 @@ def test_sampling_steps_of_a_checkpoint_follow_the_loss_head_config(make_tiny_mo
     directory = CheckpointManager(tmp_path).save(1, {"ema": model.state_dict()}, {"model_config": model.config})
     state = CheckpointManager.verify(directory)
     assert load_ema_model(directory, state, torch.device("cpu")).head.sampling_steps == 10
-    head = OmegaConf.create({"type": "diffusion", "sampling_steps": 7})
+    head = OmegaConf.create({"_target_": "djepa.nn.heads.DiffusionHead", "sampling_steps": 7})
     assert load_ema_model(directory, state, torch.device("cpu"), head).head.sampling_steps == 7
-    other = OmegaConf.create({"type": "flow", "sampling_steps": 3})  # another head type: left as trained
+    other = OmegaConf.create(
+        {"_target_": "djepa.nn.heads.FlowHead", "sampling_steps": 3}
+    )  # another head type: left as trained
     assert load_ema_model(directory, state, torch.device("cpu"), other).head.sampling_steps == 10
 
 
@@ -138,5 +140,7 @@ def test_the_sampler_of_a_checkpoint_follows_the_loss_head_config(make_tiny_mode
     loaded = load_ema_model(directory, state, torch.device("cpu"), head)
     assert loaded.head.sampler == "dpm_solver" and loaded.head.sampling_steps == 4
     assert loaded.sample(torch.tensor([0, 1]), num_steps=2).shape[0] == 2
-    other = OmegaConf.create({"type": "flow", "sampler": "euler"})  # another head type: left as trained
+    other = OmegaConf.create(
+        {"_target_": "djepa.nn.heads.FlowHead", "sampler": "euler"}
+    )  # another head type: left as trained
     assert load_ema_model(directory, state, torch.device("cpu"), other).head.sampler == "ddpm"

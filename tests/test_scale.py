@@ -86,7 +86,7 @@ def guidance_per_step(model, num_steps, guidance=3.0):
 
 @pytest.mark.parametrize("num_steps", [4, 16])
 def test_linear_guidance_follows_mars_sample_tokens_to_the_last_step(make_tiny_model, num_steps):
-    model = make_tiny_model((4, 4), head={"type": "flow", "sampling_steps": 1}).eval()
+    model = make_tiny_model((4, 4), head={"_target_": "djepa.nn.heads.FlowHead", "sampling_steps": 1}).eval()
     n, g = 16, 3.0
     expected, remaining = [], n
     for step in range(num_steps):  # LTH14/mar models/mar.py sample_tokens, its mask_len clamped to at least 1
@@ -174,7 +174,9 @@ def assert_close_params(a: Trainer, b: Trainer) -> None:
 @pytest.mark.parametrize("head", ["diffusion", "flow"])
 def test_four_micro_batches_make_the_update_of_one_four_times_larger(make_tiny_model, tmp_path, head):
     def make(grid):  # label drop and the JEPA term on: every random draw the loss makes is exercised
-        return make_tiny_model(grid, head={"type": head, "sampling_steps": 2}, label_drop=0.5)
+        return make_tiny_model(
+            grid, head={"_target_": f"djepa.nn.heads.{head.title()}Head", "sampling_steps": 2}, label_drop=0.5
+        )
 
     large = train(make, tmp_path / "a", steps=4, batch_size=16, warmup_steps=2, checkpoint_every=100)
     accumulated = train(
@@ -214,5 +216,5 @@ def test_accumulation_reduces_gradients_once_per_step_on_two_ranks(two_ranks, pa
 
 
 def test_grad_accum_steps_must_be_positive():
-    with pytest.raises(ValueError, match="train.grad_accum_steps must be positive"):
+    with pytest.raises(ValueError, match="train.grad_accum_steps=0 must be a whole number >= 1"):
         config(grad_accum_steps=0)

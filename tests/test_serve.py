@@ -177,18 +177,19 @@ def test_a_mistake_shows_one_message_in_the_page_not_a_traceback(server, browser
 
 
 def test_serve_arguments_are_checked():
-    from djepa.cli.serve import parse_args
+    from djepa.cli.config import compose_config
 
     with pytest.raises(UsageError, match="run_dir= is required"):
-        parse_args(["port=1"])
-    with pytest.raises(UsageError, match="port must be a number"):
-        parse_args(["run_dir=x", "port=http"])
-    assert parse_args(["run_dir=x"]) == {"run_dir": "x"}
+        compose_config(["port=1"], "serve")
+    with pytest.raises(UsageError, match="port: Value 'http'"):
+        compose_config(["run_dir=x", "port=http"], "serve")
+    assert compose_config(["run_dir=x"], "serve").port == 7860
 
 
 def test_serve_help_exits_zero(capsys):
-    from djepa.cli.serve import main
+    from djepa.cli.scripts import serve
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: serve run_dir=")
+        serve(["--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0 and text.startswith("usage: serve") and "run_dir=REQUIRED" in text

@@ -188,15 +188,14 @@ def test_a_file_that_is_not_an_inception_state_dict_is_a_clear_error(tmp_path):
 
 def test_config_key_reaches_evaluate_and_stays_out_of_training_overrides(tmp_path):
     default = compose_config([])
-    assert default.standard_weights is None and default.benchmark.standard_weights is None
+    assert default.standard_weights is None and "standard_weights" not in default.benchmark  # one key, top level
     never_loaded = evaluate.RealMedia(adapter=None)  # loading it would fail: the data must not be touched
     assert evaluate.standard_metric(default, never_loaded) is None
-    assert compose_config(["benchmark.standard_weights=/w.pth"]).standard_weights == "/w.pth"
     assert compose_config(["modality=audio", "standard_weights=/w.pt"]).standard_weights == "/w.pt"
     missing = tmp_path / "gone.pt"
     with pytest.raises(UsageError, match="gone.pt"):  # before any data is loaded
         evaluate.standard_metric(compose_config([f"standard_weights={missing}"]), never_loaded)
-    argv = ["modality=video", "standard_weights=/w.pt", "benchmark.standard_weights=/w.pt", "train.steps=3"]
+    argv = ["modality=video", "standard_weights=/w.pt", "train.steps=3"]
     argv += ["~benchmark.variants", "+benchmark.variants={a:['loss.jepa_weight=2']}"]  # a variant set of one's own
     assert passthrough_overrides(argv) == ["modality=video", "train.steps=3"]
 

@@ -116,7 +116,7 @@ def test_serve_loading_refuses_the_payload(tmp_path):
     marker = tmp_path / "MARKER"
     run = fake_run(tmp_path, adapter=popen(marker))
     with pytest.raises(UsageError, match=r"^modality.adapter._target_='subprocess.Popen' is outside djepa[^\n]*$"):
-        serve.load_pipeline({"run_dir": str(run), "device": "cpu"})
+        serve.load_pipeline(OmegaConf.create({"run_dir": str(run), "device": "cpu", "checkpoint": None, "plugins": []}))
     assert_no_marker(marker)
 
 

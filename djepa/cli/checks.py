@@ -110,6 +110,8 @@ def validate(cfg: DictConfig, config_name: str = "config") -> None:
             raise UsageError(f"{key}= is required ({config_name} --help lists the keys)")
     for key, value, problem in _schema_problems(cfg, schema.ROOTS[config_name]):
         raise UsageError(f"{key}={_show(value)} {problem}")
+    if config_name == "convert_tokenizer":  # its `checkpoint` is a file to convert, not a run's checkpoint
+        return
     for key, check in CUSTOM_CHECKS.items():
         value = OmegaConf.select(cfg, key, default=_MISSING)
         if value is _MISSING:
@@ -119,9 +121,9 @@ def validate(cfg: DictConfig, config_name: str = "config") -> None:
             raise UsageError(f"{key}={_show(value)} {found}")
 
 
-# `+key=value` adds a key; only the plug-in sections hand all their keys on (as constructor arguments), so a new
-# key anywhere else would be silently ignored.
-OPEN_SECTIONS = ("modality.adapter.", "loss.head.")
+# `+key=value` adds a key; only the plug-in sections (constructor arguments) and the benchmark's variants (a name
+# per variant) read every key they hold, so a new key anywhere else would be silently ignored.
+OPEN_SECTIONS = ("modality.adapter.", "loss.head.", "benchmark.variants")
 
 
 def validate_overrides(overrides: Sequence[str]) -> None:
