@@ -523,7 +523,6 @@ def register() -> None:
     """Register the schema in Hydra's ConfigStore (idempotent): `configs/config.yaml` starts from `_schema`; the
     small commands compose their own root config by name."""
     from hydra.core.config_store import ConfigStore
-
     from omegaconf import OmegaConf
 
     store = ConfigStore.instance()
