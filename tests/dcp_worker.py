@@ -11,30 +11,16 @@ import sys
 from pathlib import Path
 
 import torch
+from worker_model import FLOW, tiny_djepa
 
 from djepa.engine import distributed
 from djepa.engine.sharded_checkpoint import consolidate_ema, full_state, load_sharded, save_sharded
 from djepa.nn.masking import training_mask
-from djepa.nn.model import DJEPA
 
 
 def build(seed: int):
     torch.manual_seed(seed)
-    model = DJEPA(
-        token_dim=4,
-        grid=(4, 4),
-        num_classes=3,
-        encoder_depth=1,
-        encoder_width=32,
-        predictor_depth=1,
-        predictor_width=32,
-        num_heads=2,
-        buffer_size=4,
-        denoiser_depth=1,
-        denoiser_width=32,
-        head_config={"type": "flow"},
-        jepa=False,
-    )
+    model = tiny_djepa(head_config=FLOW, jepa=False)
     ema = copy.deepcopy(model)
     if distributed.world_size() > 1:
         distributed.shard_model(model)

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import torch
+from worker_model import FLOW, tiny_djepa
 
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
 from djepa.engine.sharded_checkpoint import full_state
 from djepa.engine.trainer import TrainConfig, Trainer
-from djepa.nn.model import DJEPA
 
 
 def digest(tensors: dict) -> str:
@@ -28,21 +28,7 @@ def digest(tensors: dict) -> str:
 def main(out: Path, parallel: str = "ddp", steps: int = 20, checkpoint_format: str = "auto") -> None:
     device = distributed.init_from_env("cpu")
     torch.manual_seed(0)
-    model = DJEPA(
-        token_dim=4,
-        grid=(4, 4),
-        num_classes=3,
-        encoder_depth=1,
-        encoder_width=32,
-        predictor_depth=1,
-        predictor_width=32,
-        num_heads=2,
-        buffer_size=4,
-        denoiser_depth=1,
-        denoiser_width=32,
-        diffusion_batch_mul=2,
-        head_config={"type": "flow"},
-    )
+    model = tiny_djepa(diffusion_batch_mul=2, head_config=FLOW)
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(64) % 3
     mean = torch.randn(3, 16, 4, generator=g)[labels] + 0.1 * torch.randn(64, 16, 4, generator=g)

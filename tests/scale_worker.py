@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from worker_model import DIFFUSION, tiny_djepa
 
 from djepa.engine import distributed
 from djepa.engine.data import TokenData
@@ -21,22 +22,7 @@ from djepa.nn.model import DJEPA
 
 def model(**overrides) -> DJEPA:
     torch.manual_seed(0)  # the same initial weights on every rank, as the train command
-    settings = dict(
-        token_dim=4,
-        grid=(4, 4),
-        num_classes=3,
-        encoder_depth=1,
-        encoder_width=32,
-        predictor_depth=1,
-        predictor_width=32,
-        num_heads=2,
-        buffer_size=4,
-        denoiser_depth=1,
-        denoiser_width=32,
-        diffusion_batch_mul=2,
-        head_config={"type": "diffusion", "sampling_steps": 5},
-    )
-    return DJEPA(**(settings | overrides))
+    return tiny_djepa(**({"diffusion_batch_mul": 2, "head_config": {**DIFFUSION, "sampling_steps": 5}} | overrides))
 
 
 def data() -> TokenData:

@@ -7,19 +7,11 @@ import importlib.util
 import pytest
 import torch
 from PIL import Image
+from test_faults import one_line_error
 
 from djepa import pipeline
 from djepa.cli import sample, train, train_tokenizer
 from djepa.cli.config import compose_config
-
-
-def one_line_error(capsys, run, argv, code=2) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == code, err
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    return err
 
 
 def refused(capsys, tmp_path, main, overrides, key):
@@ -167,7 +159,7 @@ def test_sample_precision_decides_the_dtype_the_model_runs_in(precision, dtype, 
                 hook.remove()
 
     monkeypatch.setattr(pipeline, "generate", recording)
-    argv = [*common, f"run_dir={run_dir}", "num_samples=1", "prompt_class=0", f"out={tmp_path}", "num_steps=2"]
+    argv = [*common, f"run_dir={run_dir}", "num_samples=1", "prompt_class=0", f"out={tmp_path}", "sample.num_steps=2"]
     sample.main([*argv, f"sample.precision={precision}"])
     assert (tmp_path / "0_000.png").is_file()
     assert dtype in seen and (dtype == torch.float32) == (torch.bfloat16 not in seen), seen

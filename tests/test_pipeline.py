@@ -51,7 +51,8 @@ def test_pipeline_reads_sampling_defaults_from_the_run(pipe):
     # The run was trained with num_steps=2 and loss.head.sampling_steps=3: both come back without being asked.
     assert pipe.defaults.num_steps == 2
     assert pipe.model.head.sampling_steps == 3
-    assert pipe.settings(cfg=1.5).guidance == 1.5 and pipe.settings().guidance == pipe.defaults.guidance
+    assert pipe.settings(guidance_scale=1.5).guidance_scale == 1.5
+    assert pipe.settings().guidance_scale == pipe.defaults.guidance_scale
 
 
 @pytest.mark.slow
