@@ -65,7 +65,7 @@ def test_sample_without_class_covers_every_class(trained_run, tmp_path):
         (["run_dir=/nonexistent/run"], "run_dir /nonexistent/run does not exist"),
         (["checkpoint=/nonexistent/ckpt"], "checkpoint /nonexistent/ckpt does not exist"),
         (["model=huge"], "Could not find 'model/huge'"),
-        (["sample.guidance_schedule=cosine"], "guidance_schedule must be linear or constant, got 'cosine'"),
+        (["sample.guidance_schedule=cosine"], "sample.guidance_schedule='cosine' must be one of linear, constant"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_nonzero(trained_run, args, message, capsys):

@@ -161,7 +161,7 @@ def test_export_refuses_a_non_empty_folder_and_unknown_keys(image_run, tmp_path,
     (tmp_path / "full" / "x").write_text("x")
     for args, message in (
         ([f"run_dir={run_dir}", f"out={tmp_path / 'full'}"], "exists and is not empty"),
-        ([f"run_dir={run_dir}", f"out={tmp_path / 'o'}", "colour=red"], "unknown argument 'colour=red'"),
+        ([f"run_dir={run_dir}", f"out={tmp_path / 'o'}", "colour=red"], "colour: unknown key"),
         ([f"run_dir={run_dir}"], "out= is required"),
     ):
         with pytest.raises(SystemExit) as exit_info:
