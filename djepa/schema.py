@@ -13,6 +13,7 @@ classes below and checked when the built-in class is the one named.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -389,6 +390,16 @@ class Key:
     meta: Mapping[str, Any]
 
 
+@functools.cache
+def _hints(settings: type) -> dict[str, Any]:
+    return typing.get_type_hints(settings)
+
+
+@functools.cache
+def _fields(settings: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(settings)}
+
+
 def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type) and not typing.get_args(annotation):
         return annotation.__name__
@@ -430,8 +441,8 @@ def choices(settings: type, name: str) -> tuple[str, ...]:
 
 def problem(settings: type, name: str, value: Any) -> str | None:
     """What is wrong with `value` for field `name` of `settings` (None: nothing), as the tail of a one-line error."""
-    f = {f.name: f for f in dataclasses.fields(settings)}[name]
-    annotation = typing.get_type_hints(settings)[name]
+    f = _fields(settings)[name]
+    annotation = _hints(settings)[name]
     meta = f.metadata
     if value is None:
         return None if _allows_none(annotation) else "must not be null"
@@ -462,7 +473,7 @@ def problem(settings: type, name: str, value: Any) -> str | None:
 
 def section_problems(settings: type, values: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any, str]]:
     """(key, value, problem) for each value of a section that breaks its schema; unknown keys are skipped."""
-    names = {f.name for f in dataclasses.fields(settings)}
+    names = _fields(settings)
     for name, value in values.items():
         if name in names and not (isinstance(value, str) and value.startswith("${")):
             found = problem(settings, name, value)

@@ -9,8 +9,14 @@ from djepa.errors import UsageError
 pytestmark = pytest.mark.slow  # the benchmark end to end: a tokenizer and three variants train
 
 
-def test_quick_benchmark_writes_results_plots_and_summary(tmp_path):
-    home, out = tmp_path / "home", tmp_path / "bench"
+@pytest.fixture(scope="module")
+def bench_home(tmp_path_factory):
+    """One home for the benchmark runs here: the tokenizer, latent cache and classifier are made once."""
+    return tmp_path_factory.mktemp("bench-home")
+
+
+def test_quick_benchmark_writes_results_plots_and_summary(tmp_path, bench_home):
+    home, out = bench_home, tmp_path / "bench"
     argv = [
         f"home={home}",
         f"out={out}",
@@ -50,8 +56,8 @@ def test_quick_benchmark_writes_results_plots_and_summary(tmp_path):
     assert results["modality"] == "image"
 
 
-def test_benchmark_with_seeds_gives_standard_errors_and_steps_to_reach(tmp_path):
-    home, out = tmp_path / "home", tmp_path / "bench"
+def test_benchmark_with_seeds_gives_standard_errors_and_steps_to_reach(tmp_path, bench_home):
+    home, out = bench_home, tmp_path / "bench"
     argv = [
         f"home={home}",
         f"out={out}",
