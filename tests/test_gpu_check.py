@@ -82,6 +82,30 @@ def test_sampling_a_small_batch_on_cpu(tmp_path):
     assert drawn["finite"] and drawn["shape"] == [3, 16, 4] and drawn["seconds"] > 0
 
 
+def test_the_single_gpu_parts_fit_together_on_cpu(tmp_path, monkeypatch):
+    """run_on_gpu's sequence (attention, timed steps, FLOPs, MFU, sampling) at the tiny shape, the CUDA-only
+    host-sync check stubbed: every part reports figures, none an error, and the JSON holds them."""
+
+    def tiny(device, batch, run_dir):
+        trainer = tiny_trainer(tmp_path)
+        trainer.ema.head.set_sampling_steps(2)
+        return trainer
+
+    agreement = gpu_check.attention_agreement
+    monkeypatch.setattr(gpu_check, "build_trainer", tiny)
+    monkeypatch.setattr(
+        gpu_check, "attention_agreement", lambda d, dtype, b: agreement(d, torch.float32, b, (1, 2, 6, 4), 0)
+    )
+    monkeypatch.setattr(gpu_check, "host_sync_check", lambda trainer, labels: "not checked")
+    report = gpu_check.Report(tmp_path / "gpu_check.json", {"batch": 4, "peak_tflops": 1.0})
+    args = {"steps": 1, "out": tmp_path, "compile": False}
+    gpu_check.single_gpu_parts(report, torch.device("cpu"), args, ["sdpa"])
+    found = json.loads((tmp_path / "gpu_check.json").read_text())
+    parts = ("attention", "train_sdpa", "flops", "mfu", "host_sync", "sampling")
+    assert all(key in found and "error" not in found[key] for key in parts), found
+    assert found["mfu"]["sdpa"] > 0 and found["flops"]["counted_per_image"] > 0 and found["sampling"]["finite"]
+
+
 @pytest.mark.slow
 def test_a_two_rank_ddp_step_ends_with_the_same_weights_on_both_ranks():
     spec = {"batch": 4, "model": "tiny", "grid": [4, 4], "dim": 4, "classes": 3, "precision": "fp32", "steps": 2}

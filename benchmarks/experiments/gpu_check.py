@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import importlib.metadata
 import json
 import math
@@ -384,16 +385,64 @@ def default_batch(device: torch.device) -> int:
     return 256 if gib > 100 else 128 if gib > 60 else 64
 
 
-def run_on_gpu(args: dict[str, Any], write: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+class Report:
+    """The check's results, written to `path` whole after each part, so a timeout keeps what was measured."""
+
+    def __init__(self, path: Path, results: dict[str, Any]):
+        self.path = path
+        self.results = results
+        self.started = time.perf_counter()
+
+    def write(self) -> None:
+        self.results["seconds"] = time.perf_counter() - self.started
+        self.path.write_text(json.dumps(self.results, indent=2) + "\n")
+
+    def part(self, key: str, fn: Callable[[], Any]) -> Any:
+        """One part: its result, or its error, under `key`; a failing part does not stop the others."""
+        t = time.perf_counter()
+        try:
+            self.results[key] = fn()
+        except Exception as err:
+            self.results[key] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        print(f"gpu_check {key} ({time.perf_counter() - t:.0f} s): {json.dumps(self.results[key])[:400]}", flush=True)
+        self.write()
+        return self.results[key]
+
+
+def single_gpu_parts(report: Report, device: torch.device, args: dict[str, Any], backends: list[str]) -> None:
+    """Attention agreement, timed training per backend, FLOPs and MFU, the host-sync check and sampling."""
+    batch, steps, warmup, peak = report.results["batch"], args["steps"] or 20, 3, report.results["peak_tflops"]
+    report.part("attention", lambda: attention_agreement(device, torch.bfloat16, ["math", *backends]))
+    trainer = build_trainer(device, batch, args["out"] / "run")
+    report.results["parameters"] = trainer.model.num_params()
+    training = {
+        b: report.part(f"train_{b}", functools.partial(time_training, trainer, b, steps, warmup)) for b in backends
+    }
+
+    def flops() -> dict[str, Any]:
+        counted = count_flops(trainer, "sdpa", warmup, steps)
+        visible = visible_counts(trainer, warmup, steps)
+        analytic = sum(analytic_flops(trainer.model, v)["total"] for v in visible) / len(visible)
+        return {"counted_per_image": counted, "analytic_per_image": analytic, "mean_visible": sum(visible) / steps}
+
+    counted = report.part("flops", flops).get("counted_per_image")  # eager, before any compilation
+    if args["compile"]:
+        compile_blocks(trainer.model)
+        timed = functools.partial(time_training, trainer, "sdpa", steps, 8)  # more warm-up: compiling
+        training["sdpa+compile"] = report.part("train_sdpa_compiled", timed)
+    if peak and counted:
+        speeds = {k: v["images_per_s"] for k, v in training.items() if "images_per_s" in v}
+        report.results["mfu"] = {k: counted * images_per_s / (peak * 1e12) for k, images_per_s in speeds.items()}
+        report.write()
+    report.part("host_sync", lambda: host_sync_check(trainer, torch.arange(8)))
+    report.part("sampling", lambda: sample_batch(trainer.ema, 16, 64))
+
+
+def run_on_gpu(args: dict[str, Any], path: Path) -> dict[str, Any]:
     device = torch.device("cuda", 0)
     torch.cuda.set_device(device)
     name = torch.cuda.get_device_name(device)
     peak = args["peak_tflops"] or peak_tflops(name)
-    batch = args["batch"] or default_batch(device)
-    steps = args["steps"] or 20
-    have_xformers = xformers_version() is not None
-    backends = ["sdpa"] + (["xformers"] if have_xformers else [])
-    started = time.perf_counter()
     results: dict[str, Any] = {
         "gpu": name,
         "gpus": torch.cuda.device_count(),
@@ -402,64 +451,22 @@ def run_on_gpu(args: dict[str, Any], write: Callable[[dict[str, Any]], None]) ->
         "xformers": xformers_version(),
         "model": MODEL,
         "tokens": [*GRID, TOKEN_DIM],
-        "batch": batch,
+        "batch": args["batch"] or default_batch(device),
         "peak_tflops": peak,
         "peak_tflops_from": "argument" if args["peak_tflops"] else ("table" if peak else None),
     }
-
-    def part(key: str, fn: Callable[[], Any]) -> None:
-        """One part of the check: its result or its error under `key`, written at once."""
-        t = time.perf_counter()
-        try:
-            results[key] = fn()
-        except Exception as err:
-            results[key] = {"error": f"{type(err).__name__}: {err}"[:500]}
-        print(f"gpu_check {key} ({time.perf_counter() - t:.0f} s): {json.dumps(results[key])[:400]}", flush=True)
-        results["seconds"] = time.perf_counter() - started
-        write(results)
-
-    part("attention", lambda: attention_agreement(device, torch.bfloat16, ["math", "sdpa", *backends[1:]]))
-    trainer = build_trainer(device, batch, args["out"] / "run")
-    results["parameters"] = trainer.model.num_params()
-    warmup = 3
-    training: dict[str, Any] = {}
-    for backend in backends:
-        part(f"train_{backend}", functools.partial(time_training, trainer, backend, steps, warmup))
-        training[backend] = results[f"train_{backend}"]
-
-    def flops() -> dict[str, Any]:
-        counted = count_flops(trainer, "sdpa", warmup, steps)
-        visible = visible_counts(trainer, warmup, steps)
-        analytic = sum(analytic_flops(trainer.model, v)["total"] for v in visible) / len(visible)
-        return {"counted_per_image": counted, "analytic_per_image": analytic, "mean_visible": sum(visible) / steps}
-
-    part("flops", flops)  # eager, before any compilation: the counter sees every op
-    if args["compile"]:
-        compile_blocks(trainer.model)
-        part("train_sdpa_compiled", lambda: time_training(trainer, "sdpa", steps, warmup=8))
-        training["sdpa+compile"] = results["train_sdpa_compiled"]
-    counted = results["flops"].get("counted_per_image")
-    if peak and counted:
-        results["mfu"] = {
-            k: counted * v["images_per_s"] / (peak * 1e12) for k, v in training.items() if "images_per_s" in v
-        }
-        write(results)
-    part("host_sync", lambda: host_sync_check(trainer, torch.arange(8)))
-    part("sampling", lambda: sample_batch(trainer.ema, 16, 64))
+    report = Report(path, results)
+    backends = ["sdpa"] + (["xformers"] if results["xformers"] else [])
+    single_gpu_parts(report, device, args, backends)
+    # The ranks need GPU 0's memory, which this process's allocator still holds after the parts above.
+    gc.collect()
+    torch.cuda.empty_cache()
     if torch.cuda.device_count() >= 2:
-        spec = {
-            "batch": 32,
-            "model": MODEL,
-            "grid": list(GRID),
-            "dim": TOKEN_DIM,
-            "classes": CLASSES,
-            "precision": "bf16",
-            "steps": 2,
-        }
-        part("ddp", lambda: ddp_check("cuda", spec))
+        spec = {"batch": 32, "model": MODEL, "grid": list(GRID), "dim": TOKEN_DIM, "classes": CLASSES}
+        report.part("ddp", lambda: ddp_check("cuda", spec | {"precision": "bf16", "steps": 2}))
     else:
         results["ddp"] = {"skipped": "1 GPU"}
-        write(results)
+        report.write()
     return results
 
 
@@ -468,16 +475,12 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     out: Path = args["out"]
     out.mkdir(parents=True, exist_ok=True)
     path = out / "gpu_check.json"
-
-    def write(results: dict[str, Any]) -> None:
-        path.write_text(json.dumps(results, indent=2) + "\n")
-
     if not torch.cuda.is_available():
         results: dict[str, Any] = {"skipped": "no CUDA device"}
-        write(results)
+        path.write_text(json.dumps(results) + "\n")
         print(f"gpu_check: skipped, no CUDA device ({path})")
         return results
-    results = run_on_gpu(args, write)
+    results = run_on_gpu(args, path)
     print(f"gpu_check: {path}")
     return results
 
