@@ -86,13 +86,11 @@ def test_the_single_gpu_parts_fit_together_on_cpu(tmp_path, monkeypatch):
     """run_on_gpu's sequence (attention, timed steps, FLOPs, MFU, sampling) at the tiny shape, the CUDA-only
     host-sync check stubbed: every part reports figures, none an error, and the JSON holds them."""
 
-    def tiny(device, batch, run_dir):
-        trainer = tiny_trainer(tmp_path)
-        trainer.ema.head.set_sampling_steps(2)
-        return trainer
+    trainer = tiny_trainer(tmp_path)
+    trainer.ema.head.set_sampling_steps(2)
 
     agreement = gpu_check.attention_agreement
-    monkeypatch.setattr(gpu_check, "build_trainer", tiny)
+    monkeypatch.setattr(gpu_check, "build_trainer", lambda device, batch, run_dir: trainer)
     monkeypatch.setattr(
         gpu_check, "attention_agreement", lambda d, dtype, b: agreement(d, torch.float32, b, (1, 2, 6, 4), 0)
     )

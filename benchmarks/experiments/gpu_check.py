@@ -124,7 +124,11 @@ def attention_agreement(
             for _ in range(repeats):
                 torch.autograd.grad(attention(q, k, v), (q, k, v), g)
             synchronize(device)
-            return out.float(), tuple(x.float() for x in grads), 1000 * (time.perf_counter() - start) / max(1, repeats)
+            return (
+                out.detach().float(),
+                tuple(x.float() for x in grads),
+                1000 * (time.perf_counter() - start) / max(1, repeats),
+            )
 
     ref_out, ref_grads, _ = run("math", torch.float32)
     results: dict[str, dict[str, Any]] = {}
