@@ -26,7 +26,8 @@ class DataError(UsageError):
 
 @dataclass(frozen=True)
 class FolderScan:
-    """Every candidate file under root/<class>/ in a fixed order, its class id, and the class names."""
+    """Every candidate file under root/<class>/ (or straight in root: the one class `unconditional`) in a fixed
+    order, its class id, and the class names."""
 
     root: Path
     files: list[Path]
