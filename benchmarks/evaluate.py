@@ -26,7 +26,7 @@ from djepa.benchmarks.roundtrip import heldout_media, roundtrip_scores
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
 from djepa.benchmarks.views import ClassifierView, classify_media, config_view, load_classifier
 from djepa.cli.config import cli_errors, compose_config
-from djepa.engine.adapter import build_adapter
+from djepa.engine.adapter import build_adapter, is_unconditional
 from djepa.engine.loading import find_checkpoint, load_ema_model
 from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
@@ -85,7 +85,8 @@ def score(
     """The classifier's scores of `per_class` samples per class, and the view's own measurements of them."""
     adapter = view.adapter
     labels = class_grid_labels(adapter.num_classes, per_class)
-    if view.unconditional:  # one class: nothing for guidance to contrast
+    unconditional = is_unconditional(getattr(adapter, "class_names", []))
+    if unconditional:  # one class: nothing for guidance to contrast
         settings = dataclasses.replace(settings, guidance_scale=1.0)
     start = time.perf_counter()
     tokens = generate(model, labels, settings)
@@ -95,7 +96,7 @@ def score(
     # An unconditional run's classifier knows the digits, not the run's data: its features only.
     classes = (
         {}
-        if view.unconditional
+        if unconditional
         else {
             "accuracy": accuracy(logits, labels),
             "per_class_accuracy": per_class_accuracy(logits, labels, getattr(adapter, "class_names", None)),
