@@ -4,10 +4,13 @@ Samples `num_samples` items per class from the run's latest checkpoint and repor
 accuracy on them, the Fréchet distance on its features and the Inception-style score; with
 `standard_weights=PATH` (a local file, see `standard.py`) also the standard FID or feature-network FD; with
 `roundtrip=true` also the classifier's accuracy on real items and on their tokenizer round trips (`roundtrip.py`).
+An unconditional run (a folder without class subfolders) is sampled with guidance 1 and scored by the Fréchet
+distance (and the view's own measurements) only: with one class there is no accuracy to read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -23,7 +26,7 @@ from djepa.benchmarks.roundtrip import heldout_media, roundtrip_scores
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
 from djepa.benchmarks.views import ClassifierView, classify_media, config_view, load_classifier
 from djepa.cli.config import cli_errors, compose_config
-from djepa.engine.adapter import build_adapter
+from djepa.engine.adapter import build_adapter, is_unconditional
 from djepa.engine.loading import find_checkpoint, load_ema_model
 from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
@@ -82,16 +85,27 @@ def score(
     """The classifier's scores of `per_class` samples per class, and the view's own measurements of them."""
     adapter = view.adapter
     labels = class_grid_labels(adapter.num_classes, per_class)
+    unconditional = is_unconditional(getattr(adapter, "class_names", []))
+    if unconditional:  # one class: nothing for guidance to contrast
+        settings = dataclasses.replace(settings, guidance_scale=1.0)
     start = time.perf_counter()
     tokens = generate(model, labels, settings)
     sample_seconds = time.perf_counter() - start
     media = adapter.decode_tokens(tokens)
     logits, feats = classify_media(classifier, view, media)
+    # An unconditional run's classifier knows the digits, not the run's data: its features only.
+    classes = (
+        {}
+        if unconditional
+        else {
+            "accuracy": accuracy(logits, labels),
+            "per_class_accuracy": per_class_accuracy(logits, labels, getattr(adapter, "class_names", None)),
+            "inception_score": inception_score(logits),
+        }
+    )
     return {
-        "accuracy": accuracy(logits, labels),
-        "per_class_accuracy": per_class_accuracy(logits, labels, getattr(adapter, "class_names", None)),
+        **classes,
         "fd": frechet_distance(real_features, feats),
-        "inception_score": inception_score(logits),
         "sample_ms_per_item": 1000 * sample_seconds / len(labels),
         "samples": len(labels),
         **view.media_metrics(media),

@@ -3,6 +3,8 @@ name of its cached network, and the measurements taken beside it (video: motion)
 
 The adapters only turn media into tokens and back; everything here is evaluation. `classifier_view` picks the
 view of an adapter by its class; an adapter of another kind gets the default view (its own data, as it is).
+An unconditional run (a folder without class subfolders: one class) gives a classifier nothing to learn, so its
+classifier trains on the modality's embedded digits and serves as the feature network of the Fréchet distance.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from djepa.benchmarks.colour_blind import colour_blind
 from djepa.benchmarks.listener import LISTENER_CLIPS, ListenerFrontEnd, listener_clips, with_noisy_copies
 from djepa.benchmarks.metrics import centroid_travel
 from djepa.chunks import map_chunks
+from djepa.engine.adapter import is_unconditional
 from djepa.errors import UsageError
 from djepa.modalities.audio import AudioAdapter
 from djepa.modalities.base import ModalityAdapter
@@ -36,6 +39,11 @@ class ClassifierView:
 
     def __init__(self, adapter: ModalityAdapter):
         self.adapter = adapter
+
+    @property
+    def unconditional(self) -> bool:
+        """The run's data has no classes: the classifier learns the embedded digits instead (features only)."""
+        return is_unconditional(self.adapter.class_names)
 
     @property
     def tag(self) -> str:
@@ -76,11 +84,16 @@ class ImageView(ClassifierView):
     def source(self) -> str:
         """What the classifier trains on: "digits" (the embedded grey digits) or "data" (the folder's images).
 
-        auto: the digits for the embedded default and for folders written by rgb_digits, the folder's own
-        images otherwise (a user's classes are not digits)."""
+        auto: the digits for the embedded default, for folders written by rgb_digits and for unlabelled folders
+        (one class teaches nothing), the folder's own images otherwise (a user's classes are not digits)."""
+        if self.choice == "data" and self.unconditional:
+            raise UsageError(
+                f"benchmark.classifier=data: {self.adapter.data_dir} has no classes to train a classifier on; "
+                "use benchmark.classifier=digits (or auto)"
+            )
         if self.choice != "auto":
             return self.choice
-        return "digits" if self.adapter.data_dir is None or self.rgb_digits else "data"
+        return "digits" if self.adapter.data_dir is None or self.rgb_digits or self.unconditional else "data"
 
     @property
     def colour_blind(self) -> bool:
@@ -91,10 +104,10 @@ class ImageView(ClassifierView):
         return f"-colourblind-{self.source}" if self.colour_blind else ""
 
     def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.colour_blind:
+        if not (self.colour_blind or self.unconditional):
             return super().training_data()
         if self.source == "digits":
-            if self.adapter.class_names != DIGIT_NAMES:
+            if self.adapter.class_names != DIGIT_NAMES and not self.unconditional:
                 raise UsageError(
                     f"benchmark.classifier=digits needs the class folders 0..9, {self.adapter.data_dir} has "
                     f"{self.adapter.class_names}"
@@ -102,7 +115,7 @@ class ImageView(ClassifierView):
             images, labels = mnist_images(self.adapter.image_size)
         else:
             images, labels = self.adapter.in_memory_data()
-        return colour_blind(images), labels
+        return (colour_blind(images) if self.colour_blind else images), labels
 
     def rows(self, media: torch.Tensor) -> tuple[torch.Tensor, int]:
         return (colour_blind(media) if self.colour_blind else media), 1
@@ -114,9 +127,10 @@ class VideoView(ClassifierView):
     adapter: VideoAdapter
 
     def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Single frames [M, C, H, W]: the real MNIST digits placed as in the clips, or a user folder's frames."""
+        """Single frames [M, C, H, W]: the real MNIST digits placed as in the clips, or a user folder's frames (of
+        a labelled one: an unlabelled folder's classifier learns the digits)."""
         adapter = self.adapter
-        if adapter.data_dir is not None:
+        if adapter.data_dir is not None and not self.unconditional:
             return adapter.folder_frames(MAX_FRAMES_IN_MEMORY)
         digits, labels = scaled_digits(adapter.digit_size)
         gen = torch.Generator().manual_seed(int(adapter.seed) + 1)
@@ -149,7 +163,7 @@ class AudioView(ClassifierView):
 
     def training_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         adapter = self.adapter
-        if adapter.data_dir is None:
+        if adapter.data_dir is None or self.unconditional:  # an unlabelled folder: the digits' listener
             audio, labels = listener_clips(adapter.cache_dir, LISTENER_CLIPS, adapter.sample_rate, adapter.num_samples)
         else:
             audio, labels = adapter.in_memory_data()  # at most memory_items clips
@@ -191,7 +205,9 @@ def load_classifier(cfg: DictConfig, view: ClassifierView, steps: int = 400) -> 
     name = f"{cfg.modality.name}-{view.adapter.cache_key()}{view.tag}-{steps}steps.safetensors"
     x, labels = view.training_data()
     path = Path(cfg.home) / "classifiers" / name
-    return load_or_train_classifier(path, x, labels, view.adapter.num_classes, steps=steps)
+    # An unconditional run's classifier learns the embedded digits: their classes, not the run's one.
+    num_classes = int(labels.max()) + 1 if view.unconditional else view.adapter.num_classes
+    return load_or_train_classifier(path, x, labels, num_classes, steps=steps)
 
 
 def classify_media(

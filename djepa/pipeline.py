@@ -13,7 +13,9 @@ export are thin layers over this class.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from djepa import builders
-from djepa.engine.adapter import Adapter, HasFps, HasSampleRate, build_adapter
+from djepa.engine.adapter import UNCONDITIONAL, Adapter, HasFps, HasSampleRate, build_adapter, is_unconditional
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.engine.loading import find_checkpoint, sampling_head_config
 from djepa.engine.runtime import resolve_device
@@ -119,7 +121,7 @@ class Generation:
     media: torch.Tensor  # decoded batch as the adapter returns it, values in [-1, 1]
     labels: list[int]
     class_names: list[str]
-    rows: int  # rows of the preview grid: one per requested class
+    rows: int  # rows of the preview grid: one per requested class (unconditional: about square)
     adapter: Adapter = field(repr=False)
     grid_path: Path | None = None  # set by save()
 
@@ -179,7 +181,12 @@ class Generation:
 
 
 class Pipeline:
-    """A D-JEPA model with its adapter (tokenizer included), class names and sampling defaults."""
+    """A D-JEPA model with its adapter (tokenizer included), class names and sampling defaults.
+
+    A model trained on a folder without class subfolders has the one class `unconditional` (`unconditional`):
+    it samples with guidance 1 (there is no other class to contrast) and takes no class; asking for another
+    class or another guidance scale is a UsageError.
+    """
 
     def __init__(
         self,
@@ -194,7 +201,7 @@ class Pipeline:
         self.model = model.eval()
         self.adapter = adapter
         self.class_names = list(class_names)
-        self.defaults = defaults
+        self.defaults = dataclasses.replace(defaults, guidance_scale=1.0) if self.unconditional else defaults
         self.config = config
         self.source = Path(source)
         self.step = step
@@ -351,8 +358,18 @@ class Pipeline:
     def modality(self) -> str:
         return str(self.config.modality.name)
 
+    @property
+    def unconditional(self) -> bool:
+        """Trained on a folder without class subfolders: no class to choose, no guidance."""
+        return is_unconditional(self.class_names)
+
     def class_index(self, label: int | str, key: str = "class_labels") -> int:
         """A class id from an id or a class name; `key` names the argument in the error."""
+        if self.unconditional and label not in (0, "0", UNCONDITIONAL):
+            raise UsageError(
+                f"{key}={label!r}: this model is unconditional (trained on a folder without class subfolders): "
+                f"leave {key} out"
+            )
         if isinstance(label, str) and label in self.class_names:
             return self.class_names.index(label)
         if isinstance(label, str) and label.lstrip("-").isdigit():
@@ -376,6 +393,11 @@ class Pipeline:
     ) -> SamplingSettings:
         """The run's sampling defaults with the given values replacing them."""
         d = self.defaults
+        if self.unconditional and guidance_scale is not None and float(guidance_scale) != 1.0:
+            raise UsageError(
+                f"guidance_scale={guidance_scale}: this model is unconditional, guidance has no class to contrast: "
+                "leave it out (1)"
+            )
         return SamplingSettings(  # validated on construction
             float(d.guidance_scale if guidance_scale is None else guidance_scale),
             float(d.temperature if temperature is None else temperature),
@@ -405,9 +427,11 @@ class Pipeline:
         """Generate `num_samples` items for each of `class_labels`, decoded to media.
 
         Args:
-            class_labels: class ids or names (`pipe.class_names`), one or a list; None: every class.
+            class_labels: class ids or names (`pipe.class_names`), one or a list; None: every class (an
+                unconditional model: leave it out).
             num_samples: items per class.
-            guidance_scale: classifier-free guidance scale (1: none); None: the run's `sample.guidance_scale`.
+            guidance_scale: classifier-free guidance scale (1: none); None: the run's `sample.guidance_scale` (an
+                unconditional model: 1, the only value it takes).
             temperature: scales the denoiser's sampling noise (below 1: sharper, less varied); None: the run's.
             num_steps: reveal steps of the masked autoregressive sampler; None: the run's.
             guidance_schedule: `linear` (guidance ramps up as tokens are revealed, MAR's) or `constant`; None: the
@@ -456,4 +480,6 @@ class Pipeline:
             tokens = generate(self.model, labels, settings, batch_size, known_tokens, known_mask, progress=progress)
             # Decoding can draw random numbers too (Griffin-Lim's initial phase), so it stays inside the seed.
             media = self.adapter.decode_tokens(tokens)
-        return Generation(media, labels.tolist(), self.class_names, len(ids), self.adapter)
+        # An unconditional batch has one class: its preview is laid out about square rather than in one row.
+        rows = max(1, math.isqrt(len(labels))) if self.unconditional else len(ids)
+        return Generation(media, labels.tolist(), self.class_names, rows, self.adapter)

@@ -21,8 +21,8 @@ from djepa.errors import UsageError
 from djepa.io import atomic_write_safetensors
 from djepa.modalities.base import HELDOUT_SEED_OFFSET, ModalityAdapter
 from djepa.modalities.espeak import espeak_voices, speak
-from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
-from djepa.modalities.image import class_folders, grid_canvas
+from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_user_folder
+from djepa.modalities.image import grid_canvas
 from djepa.modalities.waveform import peak_normalize
 from djepa.tokenizers.base import LatentTokenizer
 from djepa.tokenizers.mel import MelFrontEnd, MelSettings, MelTokenizer, fit_length
@@ -127,8 +127,13 @@ def read_clip_audio(path: Path, sample_rate: int, num_samples: int, normalize: b
     return peak_normalize(audio) if normalize else audio.clamp(-1, 1)
 
 
+# What marks a file straight in a folder as a clip (an unlabelled folder); in class folders every file is tried.
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64"}
+
+
 def scan_audio_folder(root: Path) -> FolderScan:
-    return scan_class_folders(class_folders(root), root, skip_hidden=True)
+    """root/<class>/<clips>, or clips straight in root (one class, `unconditional`)."""
+    return scan_user_folder(root, AUDIO_SUFFIXES, skip_hidden=True)
 
 
 def audio_folder_dataset(scan: FolderScan, sample_rate: int, num_samples: int, normalize: bool = True) -> FileDataset:

@@ -1,4 +1,5 @@
-"""User folders (root/<class>/<files>): the file list, its fingerprint, and a lazy torch Dataset over it."""
+"""User folders (root/<class>/<files>, or root/<files> for an unconditional model): the file list, its
+fingerprint, and a lazy torch Dataset over it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from djepa.engine.adapter import UNCONDITIONAL
 from djepa.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ class DataError(UsageError):
 
 @dataclass(frozen=True)
 class FolderScan:
-    """Every candidate file under root/<class>/ in a fixed order, its class id, and the class names."""
+    """Every candidate file under root/<class>/ (or straight in root: the one class `unconditional`) in a fixed
+    order, its class id, and the class names."""
 
     root: Path
     files: list[Path]
@@ -55,6 +58,46 @@ def readable_name(name: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def class_folders(root: Path) -> list[Path]:
+    """Class subfolders of a user data directory (none: an unlabelled folder), refusing a missing root and an
+    empty class folder."""
+    if not root.is_dir():
+        raise DataError(f"data_dir {root} does not exist or is not a directory")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        # A class with no items would be a label the model is asked for but never sees: refuse it.
+        if next((p for p in folder.rglob("*") if p.is_file()), None) is None:
+            raise DataError(f"class folder {folder} is empty: add files to it or remove it")
+    return folders
+
+
+def loose_media(root: Path, suffixes: set[str]) -> list[Path]:
+    """The media files straight in `root` (by suffix, hidden ones left out), sorted."""
+    return sorted(
+        p for p in root.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+    )
+
+
+def scan_user_folder(root: Path, suffixes: set[str], skip_hidden: bool) -> FolderScan:
+    """root/<class>/<files> labelled by class, or media files straight in root (no class subfolders) as the one
+    class `unconditional`; both at once, or neither, is a one-line DataError naming what was found."""
+    folders = class_folders(root)
+    loose = loose_media(root, suffixes)
+    if folders and loose:
+        raise DataError(
+            f"data_dir {root} mixes loose files ({loose[0].name}) and class subfolders ({folders[0].name}/): "
+            "move the files into class folders, or out of the folders for an unconditional model"
+        )
+    if folders:
+        return scan_class_folders(folders, root, skip_hidden)
+    if not loose:
+        raise DataError(
+            f"data_dir {root} has no class subfolders and no media files ({', '.join(sorted(suffixes))}): "
+            f"expected {root}/<class>/<files>, or the files straight in it for an unconditional model"
+        )
+    return FolderScan(root, loose, [0] * len(loose), [UNCONDITIONAL])
 
 
 def scan_class_folders(folders: list[Path], root: Path, skip_hidden: bool) -> FolderScan:

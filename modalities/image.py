@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from djepa.modalities.base import DataError, ModalityAdapter
-from djepa.modalities.folder import FileDataset, FolderScan, load_folder, readable_name, scan_class_folders
+from djepa.modalities.base import ModalityAdapter
+from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_user_folder
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,9 @@ def mnist_images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def class_folders(root: Path) -> list[Path]:
-    """Class subfolders of a user data directory, with clear errors for unusable layouts."""
-    if not root.is_dir():
-        raise DataError(f"data_dir {root} does not exist or is not a directory")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DataError(f"data_dir {root} has no class subfolders (expected {root}/<class>/<files>)")
-    for folder in folders:
-        # A class with no items would be a label the model is asked for but never sees: refuse it.
-        if next((p for p in folder.rglob("*") if p.is_file()), None) is None:
-            raise DataError(f"class folder {folder} is empty: add files to it or remove it")
-    return folders
-
-
 def digit_or_folder_names(data_dir: Path | None) -> list[str]:
-    """Class names: the class subfolders of a user directory, else the ten digits."""
-    return [readable_name(f.name) for f in class_folders(data_dir)] if data_dir else list(DIGIT_NAMES)
+    """Class names: the class subfolders of a user directory (`unconditional` for one without), else the digits."""
+    return scan_image_folder(data_dir).class_names if data_dir else list(DIGIT_NAMES)
 
 
 def to_unit_range(pixels: torch.Tensor) -> torch.Tensor:
@@ -141,7 +127,8 @@ def image_folder_dataset(scan: FolderScan, size: int, channels: int, flip: bool 
 
 
 def scan_image_folder(root: Path) -> FolderScan:
-    return scan_class_folders(class_folders(root), root, skip_hidden=False)
+    """root/<class>/<images>, or images straight in root (one class, `unconditional`)."""
+    return scan_user_folder(root, IMAGE_SUFFIXES, skip_hidden=False)
 
 
 def load_image_folder(root: Path, size: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, list[str], int]:

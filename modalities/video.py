@@ -20,9 +20,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from djepa.modalities.base import HELDOUT_SEED_OFFSET, DataError, ModalityAdapter
-from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_class_folders
+from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_user_folder
 from djepa.modalities.image import (
-    class_folders,
     digit_or_folder_names,
     load_mnist_digits,
     to_uint8,
@@ -182,7 +181,8 @@ def read_video_file(path: Path, frames: int, stride: int, size: int, channels: i
 
 
 def scan_video_folder(root: Path) -> FolderScan:
-    return scan_class_folders(class_folders(root), root, skip_hidden=True)
+    """root/<class>/<clips>, or clips straight in root (one class, `unconditional`)."""
+    return scan_user_folder(root, VIDEO_SUFFIXES, skip_hidden=True)
 
 
 def video_folder_dataset(scan: FolderScan, frames: int, stride: int, size: int, channels: int) -> FileDataset:

@@ -1,5 +1,8 @@
 """`sample run_dir=DIR [prompt_class=C] [num_samples=N] [seed=S] out=OUT`: files plus a grid.
 
+An unconditional model (trained on a folder without class subfolders) takes no prompt_class and samples with
+guidance 1: `num_samples` items in all.
+
 A thin layer over `djepa.Pipeline`: the model, its adapter and its sampling defaults come from the run's (or
 export's) own config; the command line picks classes, count, seed and sampling settings.
 """
@@ -53,6 +56,9 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
     if keys is None or {"sample", "sample.precision"} & set(keys):  # else the run's own sample.precision
         pipe.defaults = dataclasses.replace(pipe.defaults, precision=str(cfg.sample.precision))
     labels = None if cfg.prompt_class is None else [pipe.class_index(cfg.prompt_class, "prompt_class")]
+    settings = sampling_overrides(cfg, keys)
+    if pipe.unconditional and "sample.guidance_scale" not in (keys or []):
+        settings.pop("guidance_scale", None)  # guidance 1, unless the user asked for another (refused)
     result = pipe(
         labels,
         int(cfg.num_samples),
@@ -61,7 +67,7 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
         prime_frames=int(cfg.prime_frames),
         prime_seconds=float(cfg.prime_seconds),
         progress=True,
-        **sampling_overrides(cfg, keys),
+        **settings,
     )
     with writing("out", cfg.out):
         written = result.save(cfg.out)

@@ -1,8 +1,8 @@
 """`serve run_dir=DIR [port=7860]`: a Gradio page on localhost over `Pipeline`.
 
-Class dropdown with the model's class names, guidance / temperature / steps / seed controls, Generate shows
-the image grid, a playable video or a playable clip with its spectrogram; video and audio models take an
-uploaded prime for continuation. Mistakes show as one message in the page, never a stack trace.
+Class dropdown with the model's class names, guidance / temperature / steps / seed controls (an unconditional
+model hides the class and guidance), Generate shows the image grid, a playable video or a playable clip with its
+spectrogram; video and audio models take an uploaded prime for continuation. Mistakes show as one message in the page, never a stack trace.
 Needs the `demo` extra (`pip install -e ".[demo]"`); nothing is fetched from the network.
 """
 
@@ -102,7 +102,7 @@ def generate_files(
     if seed is None or int(seed) < 0:
         raise UsageError(f"seed must be a whole number >= 0, got {seed}")
     result = pipe(
-        [label],
+        None if pipe.unconditional else [label],
         int(num_samples),
         guidance_scale=float(guidance),
         temperature=float(temperature),
@@ -124,7 +124,7 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
     d = pipe.defaults
 
     def run(label, num_samples, guidance, temperature, num_steps, seed, prime):
-        if label is None or label == "":
+        if (label is None or label == "") and not pipe.unconditional:
             raise gr.Error("pick a class first")
         prime_path = prime if isinstance(prime, str) else getattr(prime, "name", None)
         try:
@@ -144,12 +144,20 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
     # Gradio's own copies of the files shown: removed hourly once an hour old (and when the server restarts).
     with gr.Blocks(title=f"D-JEPA {modality}", delete_cache=(3600, 3600)) as app:
         trained = f" (step {pipe.step})" if pipe.step is not None else ""  # a model built in code has no step
-        gr.Markdown(f"## D-JEPA {modality} model\n`{pipe.source}`{trained}, {len(pipe.class_names)} classes")
+        classes = "unconditional" if pipe.unconditional else f"{len(pipe.class_names)} classes"
+        gr.Markdown(f"## D-JEPA {modality} model\n`{pipe.source}`{trained}, {classes}")
         with gr.Row():
             with gr.Column(scale=1):
-                label = gr.Dropdown(pipe.class_names, value=pipe.class_names[0], label="class", elem_id="class")
+                # An unconditional model has no class to pick and no guidance (its default is 1): both hidden.
+                conditional = not pipe.unconditional
+                label = gr.Dropdown(
+                    pipe.class_names, value=pipe.class_names[0], label="class", elem_id="class", visible=conditional
+                )
                 num_samples = gr.Slider(1, MAX_SAMPLES, value=4, step=1, label="samples", elem_id="samples")
-                guidance = gr.Slider(1.0, 10.0, value=d.guidance_scale, step=0.1, label="guidance scale", elem_id="cfg")
+                guidance = gr.Slider(
+                    1.0, 10.0, value=d.guidance_scale, step=0.1, label="guidance scale", elem_id="cfg",
+                    visible=conditional,
+                )  # fmt: skip
                 temperature = gr.Slider(0.1, 1.5, value=d.temperature, step=0.05, label="temperature")
                 num_steps = gr.Slider(1, 128, value=d.num_steps, step=1, label="steps", elem_id="steps")
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ from djepa import builders
 from djepa.cli.config import cli_errors, compose_config, save_config
 from djepa.cli.input_checks import check_inputs
 from djepa.engine import distributed
-from djepa.engine.adapter import Adapter, build_adapter, ensure_tokenizer
+from djepa.engine.adapter import Adapter, build_adapter, ensure_tokenizer, is_unconditional
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.engine.model_config import build_model
 from djepa.engine.resume_check import check_model_config, check_resume, clean_staging, trim_metrics
@@ -57,7 +58,10 @@ def write_class_grid(
     labels = class_grid_labels(adapter.num_classes, per_class)
     was_training = model.training
     model.eval()
-    tokens = generate(model, labels, SamplingSettings.from_config(cfg), progress=False)
+    settings = SamplingSettings.from_config(cfg)
+    if is_unconditional(adapter.class_names):  # one class: nothing for guidance to contrast
+        settings = dataclasses.replace(settings, guidance_scale=1.0)
+    tokens = generate(model, labels, settings, progress=False)
     model.train(was_training)
     media = adapter.decode_tokens(tokens)
     grid = adapter.save_grid(media, adapter.num_classes, path)

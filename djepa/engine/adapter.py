@@ -23,6 +23,16 @@ if TYPE_CHECKING:  # annotations only: `import djepa.cli.config` stays free of t
     from djepa.engine.data import TokenData
 
 
+# The one class of an adapter whose data has no classes (a folder without class subfolders): its model is
+# unconditional, so classifier-free guidance has no other class to contrast and sampling uses guidance 1.
+UNCONDITIONAL = "unconditional"
+
+
+def is_unconditional(class_names: list[str]) -> bool:
+    """Whether a model with these classes is unconditional (the one class `unconditional`)."""
+    return list(class_names) == [UNCONDITIONAL]
+
+
 class Adapter(Protocol):
     """What the core (train, train_tokenizer, the pipeline, sample, export) calls on a modality adapter: the
     contract of any class `modality.adapter._target_` names. djepa.modalities.base.ModalityAdapter implements
