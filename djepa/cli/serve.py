@@ -2,7 +2,8 @@
 
 Class dropdown with the model's class names, guidance / temperature / steps / seed controls (an unconditional
 model hides the class and guidance), Generate shows the image grid, a playable video or a playable clip with its
-spectrogram; video and audio models take an uploaded prime for continuation. Mistakes show as one message in the page, never a stack trace.
+spectrogram; video and audio models take an uploaded prime for continuation. Mistakes show as one message in the
+page, never a stack trace.
 Needs the `demo` extra (`pip install -e ".[demo]"`); nothing is fetched from the network.
 """
 
