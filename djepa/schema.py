@@ -408,8 +408,8 @@ def _type_name(annotation: Any) -> str:
 
 def keys(settings: type = Config, prefix: str = "") -> Iterator[Key]:
     """Every documented key of a settings class, sections first-level expanded (dotted names)."""
-    hints = typing.get_type_hints(settings)
-    for f in dataclasses.fields(settings):
+    hints = _hints(settings)
+    for f in _fields(settings).values():
         annotation = hints[f.name]
         if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             yield from keys(annotation, f"{prefix}{f.name}.")
@@ -434,7 +434,7 @@ def _base_type(annotation: Any) -> Any:
 
 def choices(settings: type, name: str) -> tuple[str, ...]:
     """The allowed values of a field with choices."""
-    found = {f.name: f for f in dataclasses.fields(settings)}[name].metadata["choices"]
+    found = _fields(settings)[name].metadata["choices"]
     assert found, f"{settings.__name__}.{name} has no choices"
     return tuple(found)
 
@@ -447,7 +447,7 @@ def problem(settings: type, name: str, value: Any) -> str | None:
     if value is None:
         return None if _allows_none(annotation) else "must not be null"
     base = _base_type(annotation)
-    if isinstance(value, str) and value == "" and base is str:
+    if isinstance(value, str) and not value.strip() and base is str:
         return "must not be empty"
     if base is bool and not isinstance(value, bool):
         return "must be true or false"

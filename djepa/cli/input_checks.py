@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from djepa.errors import UsageError
 
-# Paths whose empty value would silently mean the current directory or the filesystem root (`${home}/...`).
-PATH_KEYS = ("home", "run_dir", "out", "modality.adapter.tokenizer.path", "modality.adapter.cache_dir")
+# Paths inside plug-in sections (the schema refuses empty top-level paths): empty would mean the current directory.
+PATH_KEYS = ("modality.adapter.tokenizer.path", "modality.adapter.cache_dir")
 # The AutoencoderKL-based tokenizers `train_tokenizer` makes, per modality: their downsampling is
 # 2 ** (len(block_out_channels) - 1) per spatial axis, read from the saved config.json or from `tokenizer`.
 KL_TOKENIZERS = {

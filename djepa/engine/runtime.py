@@ -8,6 +8,8 @@ import time
 
 import torch
 
+from djepa.schema import PRECISIONS
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -43,8 +45,8 @@ def cpu_bf16_is_fast() -> bool:
 
 def resolve_precision(device: torch.device, requested: str = "auto") -> torch.dtype:
     """bf16 on CUDA and on CPUs that do it fast, fp32 elsewhere. Never fp16 (loss spikes to NaN)."""
-    if requested not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"train.precision must be auto, bf16 or fp32, got {requested!r}")
+    if requested not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested == "fp32":
         return torch.float32
     if requested == "bf16":
