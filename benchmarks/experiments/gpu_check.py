@@ -4,7 +4,7 @@
 On the first CUDA device, within minutes, at the `model=djepa_b` shape on synthetic KL-16-shaped latents (256 tokens
 of dim 16, 1000 classes):
 
-1. the attention backends (math, sdpa, xformers where installed) against an fp32 math reference, forward and
+1. the attention backends (math, sdpa, xformers where installed and its kernels run) against an fp32 math reference, forward and
    backward, in bf16 at the predictor's shape (64 x 12 heads x 320 tokens x 64);
 2. bf16 training steps through the project's Trainer, per backend (and with `compile=true` compiled blocks), each
    over the same step indices: images/s, step time, peak memory; FLOPs of those steps counted by
@@ -48,7 +48,7 @@ from djepa.engine.model_config import build_model
 from djepa.engine.sampling import SamplingSettings, generate
 from djepa.engine.trainer import Trainer, compile_blocks
 from djepa.errors import UsageError
-from djepa.nn.attention import attention, set_attention_backend
+from djepa.nn.attention import attention, set_attention_backend, xformers_problem
 from djepa.nn.model import DJEPA
 
 # KL-16 latents of a 256 x 256 image: a 16 x 16 grid of 16-dim tokens; ImageNet's classes.
@@ -453,6 +453,7 @@ def run_on_gpu(args: dict[str, Any], path: Path) -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "xformers": xformers_version(),
+        "xformers_problem": xformers_problem() if xformers_version() else None,
         "model": MODEL,
         "tokens": [*GRID, TOKEN_DIM],
         "batch": args["batch"] or default_batch(device),
@@ -460,7 +461,7 @@ def run_on_gpu(args: dict[str, Any], path: Path) -> dict[str, Any]:
         "peak_tflops_from": "argument" if args["peak_tflops"] else ("table" if peak else None),
     }
     report = Report(path, results)
-    backends = ["sdpa"] + (["xformers"] if results["xformers"] else [])
+    backends = ["sdpa"] + (["xformers"] if results["xformers"] and not results["xformers_problem"] else [])
     single_gpu_parts(report, device, args, backends)
     # The ranks need GPU 0's memory, which this process's allocator still holds after the parts above.
     gc.collect()

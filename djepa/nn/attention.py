@@ -1,11 +1,14 @@
 """One attention function with a backend chosen once per device type.
 
-xformers' memory-efficient kernel on CUDA where the `gpu` extra is installed, torch SDPA
-elsewhere; `math` is the explicit softmax reference used to check the other two.
+xformers' memory-efficient kernel on CUDA where the `gpu` extra is installed and its kernels run on this
+torch build, torch SDPA elsewhere; `math` is the explicit softmax reference used to check the other two.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 import math
 
 import torch
@@ -27,12 +30,30 @@ def set_attention_backend(name: str) -> None:
     _resolved.clear()
 
 
-def _xformers_available() -> bool:
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def xformers_problem() -> str | None:
+    """Why xformers cannot run attention on this machine's CUDA device, or None where it can.
+
+    Importing is not enough: a wheel built for another torch or CUDA imports, then has no kernel for any input.
+    """
+    if not torch.cuda.is_available():
+        return "no CUDA device"
     try:
-        import xformers.ops  # noqa: F401
-    except Exception:
-        return False
-    return True
+        import xformers.ops as xops
+
+        q = torch.zeros(1, 8, 1, 64, device="cuda", dtype=torch.bfloat16)
+        xops.memory_efficient_attention(q, q, q)
+    except Exception as error:  # ImportError, or NotImplementedError from a build without CUDA kernels
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"{type(error).__name__}: {first_line}"
+    return None
+
+
+def _xformers_available() -> bool:
+    return xformers_problem() is None
 
 
 def resolve_backend(device: torch.device) -> str:
@@ -40,12 +61,16 @@ def resolve_backend(device: torch.device) -> str:
     key = device.type
     if key not in _resolved:
         if _forced != "auto":
-            if _forced == "xformers" and (key != "cuda" or not _xformers_available()):
+            if _forced == "xformers" and key != "cuda":
                 raise RuntimeError("attention_backend=xformers needs CUDA tensors and the `gpu` extra installed")
+            if _forced == "xformers" and not _xformers_available():
+                raise RuntimeError(f"attention_backend=xformers: xformers does not run here ({xformers_problem()})")
             _resolved[key] = _forced
         elif key == "cuda" and _xformers_available():
             _resolved[key] = "xformers"
         else:
+            if key == "cuda" and importlib.util.find_spec("xformers") is not None:
+                log.warning("xformers is installed but does not run here (%s); attention uses sdpa", xformers_problem())
             _resolved[key] = "sdpa"
     return _resolved[key]
 
