@@ -62,10 +62,11 @@ def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | N
     }.get(index["modality"], "the embedded default")
     training = index.get("training", {})
     sampling = index["sampling"]
+    kind = "Unconditional" if pipe.unconditional else "Class-conditional"
     lines = [
         f"# D-JEPA {index['modality']} model",
         "",
-        "Class-conditional D-JEPA (Chen et al., ICLR 2025, arXiv 2410.03755), exported by `djepa export`.",
+        f"{kind} D-JEPA (Chen et al., ICLR 2025, arXiv 2410.03755), exported by `djepa export`.",
         "",
         "| | |",
         "| --- | --- |",
@@ -100,12 +101,14 @@ def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | N
         "from djepa import Pipeline",
         "",
         'pipe = Pipeline.from_pretrained("THIS_FOLDER")',
-        f"out = pipe(class_labels={json.dumps(index['class_names'][:2])}, num_samples=4, seed=0)",
+        "out = pipe(num_samples=4, seed=0)"
+        if pipe.unconditional
+        else f"out = pipe(class_labels={json.dumps(index['class_names'][:2])}, num_samples=4, seed=0)",
         view.get(index["modality"], "out.media"),
         'out.save("samples/")',
         "```",
         "",
-        "or `sample run_dir=THIS_FOLDER prompt_class=0 num_samples=4 seed=0 out=samples`.",
+        f"or `sample run_dir=THIS_FOLDER{'' if pipe.unconditional else ' prompt_class=0'} num_samples=4 seed=0 out=samples`.",
         "",
     ]
     return "\n".join(lines)

@@ -166,6 +166,15 @@ def test_pipeline_generates_without_a_class_at_guidance_one(unconditional_run, m
         pipe(num_samples=1, guidance_scale=3.0)
 
 
+def test_the_export_card_says_unconditional_and_shows_no_class(unconditional_run, tmp_path):
+    from djepa.export import export_pipeline
+
+    _, run_dir = unconditional_run
+    card = (export_pipeline(Pipeline.from_pretrained(run_dir, device="cpu"), tmp_path / "x") / "README.md").read_text()
+    assert "Unconditional D-JEPA" in card and "out = pipe(num_samples=4, seed=0)" in card
+    assert "prompt_class" not in card and "Class-conditional" not in card
+
+
 def test_the_demo_hides_the_class_selector_and_generates(unconditional_run, tmp_path):
     pytest.importorskip("gradio")
     _, run_dir = unconditional_run
