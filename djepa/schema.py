@@ -80,6 +80,13 @@ class ModelSettings:
     jepa_projector_norm: bool = setting(True, "LayerNorm on the JEPA projector's hidden layer (the reference's)")
     jepa_target_norm: bool = setting(False, "a second layer norm over the JEPA targets (ablation)")
     jepa_without_context: bool = setting(False, "apply the JEPA term on batches with no visible token (ablation)")
+    qk_norm: bool = setting(False, "RMS-normalise each head's queries and keys (the reference's --qk_norm)")
+    jepa_projector: str = setting(
+        "djepa",
+        "JEPA projector: djepa (Linear, LayerNorm, GELU, Linear; xavier) or reference (Linear, GELU, LayerNorm, "
+        "Linear; hidden 4x predictor width; PyTorch's default init)",
+        choices=("djepa", "reference"),
+    )
 
 
 @dataclass
@@ -112,8 +119,12 @@ class TrainSettings:
         choices=("reference", "embeddings"),
     )
     grad_clip: float = setting(3.0, "gradient norm clip", low=0.0, low_open=True)
+    adam_eps: float = setting(1e-8, "AdamW epsilon (the reference script's --adamw_eps: 1e-6)", low=0.0, low_open=True)
     ema_decay: float = setting(
         0.999, "the sampling EMA's rate (0.9999 in the paper)", low=0.0, high=1.0, high_open=True
+    )
+    ema_warmup: bool = setting(
+        True, "warm the sampling EMA up as min(ema_decay, (1 + step) / (10 + step)); false: ema_decay from step 0"
     )
     teacher: str = setting(
         "separate", "JEPA teacher: its own slow EMA, or the sampling EMA", choices=("separate", "sampling_ema")

@@ -70,12 +70,21 @@ RGB_IMAGE_DEFAULTS = {
 }
 
 
+# A recipe chosen on the command line sets the head, sampling and training length itself (configs/train/paper.yaml).
+RECIPE_KEYS = {"train=paper": ("loss", "sample.", "train.")}
+
+
 def data_default_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
     """Overrides the data calls for, for settings the command line did not choose itself."""
     adapter = cfg.modality.get("adapter")
     if cfg.modality.name != "image" or adapter is None or not adapter.get("data_dir") or adapter.get("channels") != 3:
         return []
-    return [f"{key}={value}" for key, value in RGB_IMAGE_DEFAULTS.items() if not _overridden(overrides, key)]
+    chosen = tuple(p for item in overrides for p in RECIPE_KEYS.get(item.strip(), ()))
+    return [
+        f"{key}={value}"
+        for key, value in RGB_IMAGE_DEFAULTS.items()
+        if not _overridden(overrides, key) and not key.startswith(chosen)
+    ]
 
 
 def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:

@@ -43,7 +43,9 @@ class TrainConfig:
     min_lr: float = 0.0
     weight_decay: float = 0.02
     grad_clip: float = 3.0
+    adam_eps: float = 1e-8
     ema_decay: float = 0.9999  # the sampling EMA, warmed up as min(ema_decay, (1 + step) / (10 + step))
+    ema_warmup: bool = True  # false: ema_decay from the first step, as the references' update_ema
     # The JEPA teacher. "separate": an EMA of the encoder of its own, its rate ramped linearly from
     # teacher_ema_start to teacher_ema_end over train.steps (I-JEPA); start = end = 0.9999 is the reference's
     # constant rate. "sampling_ema": targets from the sampling EMA (fast: the teacher is nearly the student).
@@ -248,6 +250,7 @@ class Trainer:
             param_groups(self.model, config.weight_decay, config.no_decay),
             lr=config.peak_lr,
             betas=(0.9, 0.95),
+            eps=config.adam_eps,
             fused=self.fused_optimizer or None,
         )
         self.checkpoints = CheckpointManager(self.run_dir, keep=config.keep_checkpoints)
@@ -578,7 +581,9 @@ class Trainer:
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        decay = self.config.ema_decay
+        if self.config.ema_warmup:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
         torch._foreach_lerp_(*self.ema_pairs, 1 - decay)
         if self.teacher_pairs is not None:
             torch._foreach_lerp_(*self.teacher_pairs, 1 - teacher_decay(self.step, self.config))

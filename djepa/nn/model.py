@@ -66,20 +66,31 @@ def gather_rows(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return picked.flatten(0, 1)
 
 
-def jepa_projector(predictor_width: int, encoder_width: int, hidden_norm: bool = True) -> nn.Sequential:
-    """Predictor features -> encoder width: an MLP with a LayerNorm on its hidden layer, as the reference.
+JEPA_PROJECTORS = ("djepa", "reference")
 
-    Hidden 4x encoder width: with it the B/L/H sizes match the paper's parameter counts. `hidden_norm` False
-    drops the LayerNorm (the projector before the fidelity fixes; an ablation switch).
+
+def build_jepa_projector(
+    predictor_width: int, encoder_width: int, hidden_norm: bool = True, layout: str = "djepa"
+) -> nn.Sequential:
+    """Predictor features -> encoder width: an MLP with a LayerNorm on its hidden layer.
+
+    `layout` "reference" is the reference's timm Mlp: Linear -> GELU -> LayerNorm -> Linear, hidden 4x the
+    predictor width, PyTorch's default init (it is built after the reference's weight init). "djepa": Linear ->
+    LayerNorm -> GELU -> Linear, hidden 4x the encoder width, xavier init. The paper sizes have equal widths, so
+    both match the paper's parameter counts. `hidden_norm` False drops the LayerNorm (an ablation switch).
     """
-    hidden = 4 * encoder_width
+    if layout not in JEPA_PROJECTORS:
+        raise ValueError(f"model.jepa_projector must be one of {', '.join(JEPA_PROJECTORS)}, got {layout!r}")
+    hidden = 4 * (predictor_width if layout == "reference" else encoder_width)
     norm: nn.Module = nn.LayerNorm(hidden, eps=1e-6) if hidden_norm else nn.Identity()
-    proj = nn.Sequential(nn.Linear(predictor_width, hidden), norm, nn.GELU(), nn.Linear(hidden, encoder_width))
-    for m in proj:
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
-    return proj
+    first = nn.Linear(predictor_width, hidden)
+    last = nn.Linear(hidden, encoder_width)
+    if layout == "reference":
+        return nn.Sequential(first, nn.GELU(), norm, last)
+    for m in (first, last):
+        nn.init.xavier_uniform_(m.weight)
+        nn.init.zeros_(m.bias)
+    return nn.Sequential(first, norm, nn.GELU(), last)
 
 
 class DJEPA(nn.Module):
@@ -108,6 +119,9 @@ class DJEPA(nn.Module):
         jepa_projector_norm: bool = True,  # the projector's hidden LayerNorm
         jepa_target_norm: bool = False,  # a second layer norm over the targets (the pre-fix targets)
         jepa_without_context: bool = False,  # the JEPA term also on batches with no visible token
+        # The reference script's switches (its ImageNet recipe turns both on: configs/model/_paper.yaml).
+        qk_norm: bool = False,  # RMS-normalised queries and keys in every attention layer
+        jepa_projector: str = "djepa",  # "reference": the reference's projector layout and init
     ):
         super().__init__()
         if buffer_size < 1:
@@ -133,21 +147,23 @@ class DJEPA(nn.Module):
         self.encoder_pos = GridPositionalEmbedding(self.grid, encoder_width)
         self.encoder_in_norm = nn.LayerNorm(encoder_width, eps=1e-6)
         self.encoder = Transformer(
-            encoder_depth, encoder_width, num_heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
+            encoder_depth, encoder_width, num_heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing, qk_norm
         )
 
         self.predictor_embed = nn.Linear(encoder_width, predictor_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_width))
         self.predictor_pos = GridPositionalEmbedding(self.grid, predictor_width)
         self.predictor = Transformer(
-            predictor_depth, predictor_width, num_heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing
+            predictor_depth, predictor_width, num_heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing, qk_norm
         )
         self._init_weights()
         # Built after the generic init: the denoiser has its own (zeroed modulation and output).
         self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head_config"])
         # The JEPA projector comes last, so building it draws nothing from the random stream before the
         # shared parameters: the same seed gives D-JEPA and MAR mode bit-identical shared weights.
-        self.jepa_proj = jepa_projector(predictor_width, encoder_width, jepa_projector_norm) if jepa else None
+        self.jepa_proj = (
+            build_jepa_projector(predictor_width, encoder_width, jepa_projector_norm, jepa_projector) if jepa else None
+        )
 
     def _init_weights(self) -> None:
         for m in self.modules():
