@@ -27,26 +27,37 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    """fc1 -> GELU -> fc2, dropout after fc2; `hidden_drop` also after the GELU, as timm's Mlp (MAR's blocks)."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, hidden_drop: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
+        self.hidden_drop = nn.Dropout(drop) if hidden_drop else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.act(self.fc1(x))))
+        return self.drop(self.fc2(self.hidden_drop(self.act(self.fc1(x)))))
 
 
 class Block(nn.Module):
+    """timm's ViT Block (qkv bias, no layer scale, no drop path): parameters named as timm names them."""
+
     def __init__(
-        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        mlp_hidden_drop: bool = False,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = SelfAttention(dim, num_heads, attn_drop, proj_drop)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), proj_drop)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), proj_drop, mlp_hidden_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -65,9 +76,12 @@ class Transformer(nn.Module):
         attn_drop: float,
         proj_drop: float,
         grad_checkpointing: bool = False,
+        mlp_hidden_drop: bool = False,
     ):
         super().__init__()
-        self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, attn_drop, proj_drop) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [Block(dim, num_heads, mlp_ratio, attn_drop, proj_drop, mlp_hidden_drop) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.grad_checkpointing = grad_checkpointing
 
