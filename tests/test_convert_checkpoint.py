@@ -118,6 +118,27 @@ def test_mar_switches_make_djepa_compute_what_mar_computes(on_cpu):
     assert head.sampling_steps == 10 and head.clip_x0 is None
     assert (sample - ref_sample).abs().max() <= TOL and ref_sample.abs().max() > 0.5
 
+    # the whole masked autoregressive loop, without guidance: the same tokens for the same seed once the random
+    # streams are aligned: the generation order drawn as djepa draws it (MAR draws it with NumPy), and MAR's draw of
+    # the noise it multiplies by 0 at the last diffusion step undone (djepa does not draw it)
+    mar.sample_orders = lambda bsz: torch.argsort(torch.rand(bsz, mar.seq_len), dim=1)
+    gen, p_sample = mar.diffloss.gen_diffusion, mar.diffloss.gen_diffusion.p_sample
+
+    def p_sample_keeping_the_stream(model, x, t, **kwargs):
+        state = torch.get_rng_state()
+        out = p_sample(model, x, t, **kwargs)
+        if int(t[0]) == 0:
+            torch.set_rng_state(state)
+        return out
+
+    gen.p_sample = p_sample_keeping_the_stream
+    torch.manual_seed(11)
+    ref_tokens = mar.patchify(mar.sample_tokens(2, num_iter=4, labels=torch.tensor([2, 5]), temperature=0.9))
+    torch.manual_seed(11)
+    tokens = model.sample(torch.tensor([2, 5]), num_steps=4, temperature=0.9)
+    assert tokens.shape == ref_tokens.shape == (2, 16, 16) and ref_tokens.abs().max() > 0.5
+    assert (tokens - ref_tokens).abs().max() <= TOL
+
 
 def tiny_kl16(path):
     """An AutoencoderKL folder shaped as MAR's KL-16 where it matters here: 16 latent channels, 16x downsampling."""
