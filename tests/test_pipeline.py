@@ -247,6 +247,7 @@ def test_a_run_with_sharded_checkpoints_samples_and_exports_as_the_same_run_in_f
         ("djepa.cli.train_tokenizer", "train_tokenizer"),
         ("djepa.cli.export", "export"),
         ("djepa.cli.convert_tokenizer", "convert_tokenizer"),
+        ("djepa.cli.convert_checkpoint", "convert_checkpoint"),
         ("djepa.benchmarks.experiments.run", "benchmark"),
     ],
 )

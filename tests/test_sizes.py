@@ -6,7 +6,8 @@ from djepa.cli.config import compose_config
 from djepa.engine.model_config import model_kwargs
 from djepa.nn.model import DJEPA
 
-PAPER = {"djepa_b": 212.0e6, "djepa_l": 687.4e6, "djepa_h": 1427e6}
+# D-JEPA's paper and MAR's README (#params of MAR-B, MAR-L, MAR-H)
+PAPER = {"djepa_b": 212.0e6, "djepa_l": 687.4e6, "djepa_h": 1427e6, "mar_b": 208e6, "mar_l": 479e6, "mar_h": 943e6}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
@@ -27,12 +28,14 @@ def test_small_shape_is_the_mar_comparison_shape():
     assert abs(model.num_params() - 7.79e6) / 7.79e6 < 0.01
 
 
-def test_mar_configs_turn_the_jepa_loss_off():
+def test_mar_configs_are_mars_architecture_without_the_jepa_loss():
     cfg = compose_config(["model=mar_b"])
-    assert cfg.loss.jepa_weight == 0 and model_kwargs(cfg)["jepa"] is False
-    # MAR-B is D-JEPA-B's network under the one switch, whatever the head
-    same = compose_config(["model=djepa_b", "loss.jepa_weight=0", "loss=flow"])
-    assert OmegaConf.to_container(same.model) == OmegaConf.to_container(cfg.model)
+    assert cfg.loss.jepa_weight == 0 and model_kwargs(cfg)["jepa"] is False and cfg.train.no_decay == "mar"
+    assert (cfg.model.pos_embed, cfg.model.diffusion_pos_embed, cfg.model.qk_norm) == ("learned", True, False)
+    # D-JEPA-B's network under the one switch stays the ablation: the same sizes, djepa's architecture
+    ablation = compose_config(["model=djepa_b", "loss.jepa_weight=0", "loss=flow"])
+    differs = {k for k, v in OmegaConf.to_container(ablation.model).items() if cfg.model[k] != v}
+    assert differs == {"pos_embed", "diffusion_pos_embed", "qk_norm"}
     assert compose_config(["model=mar_b", "loss=flow"]).loss.jepa_weight == 0
 
 

@@ -4,8 +4,8 @@
 On the first CUDA device, within minutes, at the `model=djepa_b` shape on synthetic KL-16-shaped latents (256 tokens
 of dim 16, 1000 classes):
 
-1. the attention backends (math, sdpa, xformers where installed and its kernels run) against an fp32 math reference, forward and
-   backward, in bf16 at the predictor's shape (64 x 12 heads x 320 tokens x 64);
+1. the attention backends (math, sdpa, xformers where installed and its kernels run) against an fp32 math
+   reference, forward and backward, in bf16 at the predictor's shape (64 x 12 heads x 320 tokens x 64);
 2. bf16 training steps through the project's Trainer, per backend (and with `compile=true` compiled blocks), each
    over the same step indices: images/s, step time, peak memory; FLOPs of those steps counted by
    torch.utils.flop_counter.FlopCounterMode (SDPA: its backward is counted with the scores' recompute) beside the

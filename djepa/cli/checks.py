@@ -110,7 +110,7 @@ def validate(cfg: DictConfig, config_name: str = "config") -> None:
             raise UsageError(f"{key}= is required ({config_name} --help lists the keys)")
     for key, value, problem in _schema_problems(cfg, schema.ROOTS[config_name]):
         raise UsageError(f"{key}={_show(value)} {problem}")
-    if config_name == "convert_tokenizer":  # its `checkpoint` is a file to convert, not a run's checkpoint
+    if config_name in ("convert_tokenizer", "convert_checkpoint"):  # `checkpoint`: a file, not a run's checkpoint
         return
     for key, check in CUSTOM_CHECKS.items():
         value = OmegaConf.select(cfg, key, default=_MISSING)

@@ -88,6 +88,12 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "MAR's KL-16 VAE checkpoint as a diffusers AutoencoderKL folder for modality.adapter.tokenizer.path.",
         (),
     ),
+    "convert_checkpoint": (
+        "djepa.cli.convert_checkpoint",
+        "An LTH14/mar checkpoint (MAR-B/L/H) as an export folder of djepa's MAR-exact model, with its KL-16\n"
+        "tokenizer folder from convert_tokenizer: `sample`, `serve` and `Pipeline.from_pretrained` read it.",
+        (),
+    ),
 }
 
 
@@ -180,6 +186,10 @@ def serve(argv: Sequence[str] | None = None) -> None:
 
 def convert_tokenizer(argv: Sequence[str] | None = None) -> None:
     dispatch("convert_tokenizer", argv)
+
+
+def convert_checkpoint(argv: Sequence[str] | None = None) -> None:
+    dispatch("convert_checkpoint", argv)
 
 
 def train(argv: Sequence[str] | None = None) -> None:

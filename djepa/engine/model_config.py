@@ -48,7 +48,14 @@ def validate_model_config(kwargs: dict[str, Any]) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise UsageError(f"model.{key} must be a positive number, got {value!r}")
-    for key in ("jepa_projector_norm", "jepa_target_norm", "jepa_without_context", "grad_checkpointing", "qk_norm"):
+    for key in (
+        "jepa_projector_norm",
+        "jepa_target_norm",
+        "jepa_without_context",
+        "grad_checkpointing",
+        "qk_norm",
+        "diffusion_pos_embed",
+    ):
         if not isinstance(kwargs.get(key, False), bool):
             raise UsageError(f"model.{key} must be true or false, got {kwargs[key]!r}")
     for key in ("label_drop", "attn_drop", "proj_drop"):

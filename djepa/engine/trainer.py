@@ -78,7 +78,7 @@ class TrainConfig:
     checkpoint_format: str = "auto"
 
     # "reference": no decay on the reference's no_weight_decay set (NO_DECAY_MODULES); "embeddings": only on the
-    # embeddings and tables (an ablation).
+    # embeddings and tables (an ablation); "mar": MAR's set, 1-D tensors and the denoising head only.
     no_decay: str = "reference"
 
     def __post_init__(self) -> None:
@@ -134,16 +134,28 @@ NO_DECAY_MODULES = (
     "mask_token",
     "encoder_pos",
     "predictor_pos",
+    "predictor_buffer_pos",
+    "diffusion_pos",
 )
 
 
 # The set excluded before the fidelity fixes, for `train.no_decay=embeddings` (an ablation).
-EMBEDDING_MODULES = ("class_emb", "fake_class", "buffer", "mask_token", "encoder_pos", "predictor_pos")
+EMBEDDING_MODULES = (
+    "class_emb",
+    "fake_class",
+    "buffer",
+    "mask_token",
+    "encoder_pos",
+    "predictor_pos",
+    "predictor_buffer_pos",
+    "diffusion_pos",
+)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_set: str = "reference") -> list[dict[str, Any]]:
     """Weight decay on the transformer blocks' matrices only; none on biases, norms or NO_DECAY_MODULES."""
-    excluded = NO_DECAY_MODULES if no_decay_set == "reference" else EMBEDDING_MODULES
+    # MAR's set (util/misc.py add_weight_decay): only 1-D tensors and the denoising head go undecayed.
+    excluded = {"reference": NO_DECAY_MODULES, "mar": ("head",)}.get(no_decay_set, EMBEDDING_MODULES)
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():

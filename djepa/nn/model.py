@@ -19,7 +19,7 @@ from tqdm import tqdm
 from djepa import builders
 from djepa.nn.denoiser import ResBlock
 from djepa.nn.heads import TokenHead
-from djepa.nn.pos_embed import GridPositionalEmbedding
+from djepa.nn.pos_embed import positional_embedding
 from djepa.nn.vit import Block, Transformer
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
@@ -122,6 +122,9 @@ class DJEPA(nn.Module):
         # The reference script's switches (its ImageNet recipe turns both on: configs/model/_paper.yaml).
         qk_norm: bool = False,  # RMS-normalised queries and keys in every attention layer
         jepa_projector: str = "djepa",  # "reference": the reference's projector layout and init
+        # Architecture switches; the defaults are djepa's, `learned` / True are MAR's (models/mar.py).
+        pos_embed: str = "factorised",  # token positions: factorised sin-cos + per-axis tables, or one learned table
+        diffusion_pos_embed: bool = False,  # a learned table added to the predictor's output (MAR's)
     ):
         super().__init__()
         if buffer_size < 1:
@@ -144,7 +147,10 @@ class DJEPA(nn.Module):
         self.fake_class = nn.Parameter(torch.zeros(1, encoder_width))
         self.buffer = nn.Parameter(torch.zeros(1, buffer_size, encoder_width))
         self.token_proj = nn.Linear(token_dim, encoder_width)
-        self.encoder_pos = GridPositionalEmbedding(self.grid, encoder_width)
+        # With learned positions the encoder's sequence table is [buffer; encoder_pos] (MAR's
+        # encoder_pos_embed_learned) and the predictor's [predictor_buffer_pos; predictor_pos]; the buffer rows
+        # carry copies of the class embedding in both models.
+        self.encoder_pos = positional_embedding(pos_embed, self.grid, encoder_width)
         self.encoder_in_norm = nn.LayerNorm(encoder_width, eps=1e-6)
         self.encoder = Transformer(
             encoder_depth, encoder_width, num_heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing, qk_norm
@@ -152,10 +158,17 @@ class DJEPA(nn.Module):
 
         self.predictor_embed = nn.Linear(encoder_width, predictor_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_width))
-        self.predictor_pos = GridPositionalEmbedding(self.grid, predictor_width)
+        self.predictor_pos = positional_embedding(pos_embed, self.grid, predictor_width)
         self.predictor = Transformer(
             predictor_depth, predictor_width, num_heads, mlp_ratio, attn_drop, proj_drop, grad_checkpointing, qk_norm
         )
+        # Built only when switched on, so the default model draws its initial weights as it always has.
+        self.predictor_buffer_pos: nn.Parameter | None = None
+        self.diffusion_pos: nn.Parameter | None = None
+        if pos_embed == "learned":
+            self.predictor_buffer_pos = nn.Parameter(torch.zeros(1, buffer_size, predictor_width))
+        if diffusion_pos_embed:
+            self.diffusion_pos = nn.Parameter(torch.zeros(self.num_tokens, predictor_width))
         self._init_weights()
         # Built after the generic init: the denoiser has its own (zeroed modulation and output).
         self.head = build_head(token_dim, predictor_width, denoiser_width, denoiser_depth, self.config["head_config"])
@@ -175,6 +188,11 @@ class DJEPA(nn.Module):
                 nn.init.zeros_(m.bias)
         for p in (self.class_emb.weight, self.fake_class, self.mask_token):
             nn.init.normal_(p, std=0.02)
+        if self.predictor_buffer_pos is not None:  # MAR's tables, buffer rows included, start at std 0.02
+            for p in (self.buffer, self.predictor_buffer_pos):
+                nn.init.normal_(p, std=0.02)
+        if self.diffusion_pos is not None:
+            nn.init.normal_(self.diffusion_pos, std=0.02)
 
     # ------------------------------------------------------------------ pieces
 
@@ -206,8 +224,13 @@ class DJEPA(nn.Module):
         full = self.mask_token.to(h.dtype).expand(b, self.num_tokens, width)
         full = full.scatter(1, visible[..., None].expand(-1, -1, width), h[:, self.buffer_size :])
         full = full + self.predictor_pos().to(h.dtype)
-        x = self.predictor(torch.cat([h[:, : self.buffer_size], full], dim=1))
-        return x[:, self.buffer_size :]
+        buffer = h[:, : self.buffer_size]
+        if self.predictor_buffer_pos is not None:
+            buffer = buffer + self.predictor_buffer_pos.to(h.dtype)
+        x = self.predictor(torch.cat([buffer, full], dim=1))[:, self.buffer_size :]
+        if self.diffusion_pos is not None:
+            x = x + self.diffusion_pos.to(x.dtype)
+        return x
 
     # The parts the JEPA targets come from: what a teacher EMA has to track.
     TARGET_MODULES = ("class_emb", "buffer", "token_proj", "encoder_pos", "encoder_in_norm", "encoder")

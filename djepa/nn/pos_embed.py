@@ -62,3 +62,38 @@ class GridPositionalEmbedding(nn.Module):
             shape[axis] = size
             out = out + table.view(shape).expand(*grid, dim).reshape(-1, dim)
         return out
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """One learned row per grid position (MAR's tables; std 0.02 at init).
+
+    A grid of another size with the same rank resamples the table over the grid (linear, bicubic or trilinear),
+    as ViT fine-tuning at a new resolution does.
+    """
+
+    def __init__(self, grid: tuple[int, ...], dim: int):
+        super().__init__()
+        self.grid = tuple(int(g) for g in grid)
+        self.table = nn.Parameter(torch.zeros(math.prod(self.grid), dim))
+        nn.init.normal_(self.table, std=0.02)
+
+    def forward(self, grid: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Embedding [prod(grid), dim] for `grid` (defaults to the training grid)."""
+        grid = self.grid if grid is None else tuple(grid)
+        if grid == self.grid:
+            return self.table
+        if len(grid) != len(self.grid) or len(grid) > 3:
+            raise ValueError(f"grid {grid} cannot be resampled from the model's grid {self.grid}")
+        dim = self.table.shape[-1]
+        mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(grid)]
+        table = self.table.T.reshape(1, dim, *self.grid)
+        return nn.functional.interpolate(table, size=grid, mode=mode, align_corners=False).reshape(dim, -1).T
+
+
+def positional_embedding(kind: str, grid: tuple[int, ...], dim: int) -> nn.Module:
+    """The token positions `model.pos_embed` names: `factorised` (GridPositionalEmbedding) or `learned`."""
+    if kind == "factorised":
+        return GridPositionalEmbedding(grid, dim)
+    if kind == "learned":
+        return LearnedPositionalEmbedding(grid, dim)
+    raise ValueError(f"model.pos_embed must be factorised or learned, got {kind!r}")

@@ -62,6 +62,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """timm's ViT Block (qkv bias, no layer scale, no drop path): parameters named as timm names them."""
+
     def __init__(
         self,
         dim: int,
