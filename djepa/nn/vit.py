@@ -23,9 +23,7 @@ class RMSNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(
-        self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0, qk_norm: bool = False
-    ):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0, qk_norm: bool = False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by the {num_heads} attention heads (model.num_heads)")
