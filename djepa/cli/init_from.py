@@ -251,7 +251,8 @@ def initialise(model: DJEPA, source: Source, class_names: list[str]) -> list[str
         if source.class_names is not None
         else table is not None and table.shape == expected[CLASS_TABLE].shape
     )
-    if not same_classes and table is not None:
+    reinitialised = not same_classes and table is not None
+    if table is not None and reinitialised:
         del weights[CLASS_TABLE]  # the freshly built model's table, one row per new class, stays
         notes.append(
             f"init_from: this data's {_names(list(class_names), len(class_names))} are not the source's "
@@ -271,7 +272,7 @@ def initialise(model: DJEPA, source: Source, class_names: list[str]) -> list[str
             f"init_from: the source's token grid {old} is {model.grid} here: its positional tables are "
             "interpolated along each axis"
         )
-    missing = [k for k in expected if k not in weights and k != CLASS_TABLE]
+    missing = [k for k in expected if k not in weights and not (reinitialised and k == CLASS_TABLE)]
     unexpected = [k for k in weights if k not in expected]
     if missing or unexpected:
         what = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, which this model lacks"
