@@ -261,6 +261,14 @@ class Config:
     roundtrip_data: str | None = setting(None, "evaluate: held-out folder for the round trip; null: the training data")
     roundtrip_count: int = setting(200, "evaluate: items in the round trip", low=1)
     plugins: list[str] = setting([], "modules whose classes a config's `_target_` may name besides djepa's")
+    init_from: str | None = setting(
+        None,
+        "train: a new run starts from these weights (a run_dir, an export folder, a checkpoint folder or file); "
+        "a run_dir that holds checkpoints resumes instead",
+    )
+    init_from_weights: str = setting(
+        "ema", "train, init_from a run or checkpoint folder: its EMA or its online weights", choices=("ema", "online")
+    )
 
 
 @dataclass

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from djepa import builders
+from djepa.cli import init_from
 from djepa.cli.config import cli_errors, compose_config, save_config
 from djepa.cli.input_checks import check_inputs
 from djepa.engine import distributed
@@ -111,6 +112,8 @@ def prepare(cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[int, 
     if state is not None:
         for change in check_resume(cfg, run_dir, step, state):
             tqdm.write(f"resuming at step {step} with a changed setting: {change}")
+        if cfg.get("init_from"):
+            tqdm.write(f"run_dir {run_dir} holds a checkpoint at step {step}: resuming it (init_from starts new runs)")
         saved = state.get("train", {}).get("precision")
     cfg.train.precision = decide_precision(cfg, device, saved)
     return step, state
@@ -148,11 +151,23 @@ def run_locked(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict[str
                 tqdm.write(f"run_dir {run_dir}: took over the lock left by {lock.previous}, which has ended")
             step, state = prepare(cfg, device, run_dir)
         cfg.train.precision = _same_on_every_rank(str(cfg.train.precision))
-        return train(cfg, device, run_dir, step, state)
+        # init_from is read (by every rank) only for a new run: a run_dir with a checkpoint resumes it.
+        fresh = _same_on_every_rank(state is None)
+        return train(cfg, device, run_dir, step, state, fresh and bool(cfg.get("init_from")))
 
 
-def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state: dict[str, Any] | None) -> dict:
+def train(
+    cfg: DictConfig,
+    device: torch.device,
+    run_dir: Path,
+    step: int,
+    state: dict[str, Any] | None,
+    from_source: bool = False,
+) -> dict:
+    """Train on from `state` (a checkpoint), or from `init_from`'s weights when `from_source`, else from scratch."""
     settings = train_config(cfg)  # before any work, so a bad value costs nothing
+    # The source's modality and tokenizer are checked before a missing tokenizer would be trained.
+    source, notes = init_from.open_source(cfg) if from_source else (None, [])
     adapter = build_adapter(cfg)
     if settings.prefix_mask_prob > 0 and adapter.time_axis is None:
         raise UsageError(f"train.prefix_mask_prob: modality {cfg.modality.name} has no time axis to keep a prefix of")
@@ -171,7 +186,11 @@ def train(cfg: DictConfig, device: torch.device, run_dir: Path, step: int, state
     data = adapter.token_data(device=device, shard=True)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_model(cfg, adapter.token_dim, adapter.token_grid, adapter.num_classes)
+    if source is not None:
+        notes = [init_from.describe(source), *notes, *init_from.initialise(model, source, adapter.class_names)]
     if distributed.is_main():
+        for note in notes:
+            tqdm.write(note)
         if state is not None:
             check_model_config(run_dir, step, state, model.config)
         # Written only now, after every check: config.yaml never describes a run the checkpoints are not.
