@@ -16,7 +16,7 @@ from djepa.cli import sample
 from djepa.errors import UsageError
 from djepa.pipeline import Pipeline
 
-NPZ = ["format=npz", "num_samples=5", "shard_size=2", "sample.num_steps=2", "sample.precision=fp32"]  # auto: timed per process
+NPZ = ["format=npz", "num_samples=5", "shard_size=2", "sample.num_steps=2", "sample.precision=fp32"]
 
 
 def npz_args(image_run, out, seed=3):
@@ -25,13 +25,7 @@ def npz_args(image_run, out, seed=3):
 
 
 def sample_npz(argv):
-    """One process, one thread (as each torchrun rank runs), so the draws compare bit for bit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return sample.run(sample.compose_config(argv), argv)[0]
-    finally:
-        torch.set_num_threads(threads)
+    return sample.run(sample.compose_config(argv), argv)[0]
 
 
 def read_npz(path):
@@ -40,20 +34,29 @@ def read_npz(path):
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_write_the_npz_one_rank_writes(image_run, tmp_path):
-    one = sample_npz(npz_args(image_run, tmp_path / "one"))
-    assert one.name == "samples_5x32x32x3.npz" and not (tmp_path / "one" / "shards").exists()
+def test_two_gloo_ranks_write_the_npz_one_rank_writes(tmp_path):
+    from npz_worker import npz_config, npz_pipeline
+
+    from djepa.cli.sample_npz import sample_npz as draw
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank runs, so the draws compare bit for bit
+    try:
+        one = draw(npz_pipeline(tmp_path), npz_config(tmp_path / "one"), {})
+    finally:
+        torch.set_num_threads(threads)
+    assert one.name == "samples_7x16x16x3.npz" and not (tmp_path / "one" / "shards").exists()
     images, labels = read_npz(one)
-    assert images.dtype == np.uint8 and images.shape == (5, 32, 32, 3)  # grey digits as three equal channels
+    assert images.dtype == np.uint8 and images.shape == (7, 16, 16, 3)  # grey images as three equal channels
     assert np.array_equal(images[..., 0], images[..., 2]) and images.std() > 0
-    assert labels.tolist() == [0, 1, 2, 3, 4]  # i % num_classes
-    assert len({images[i].tobytes() for i in range(5)}) == 5  # no sample twice
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0]  # i % num_classes
+    assert len({images[i].tobytes() for i in range(7)}) == 7  # no sample twice
+    worker = Path(__file__).with_name("npz_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-    cmd += ["-m", "djepa.cli.sample", *npz_args(image_run, tmp_path / "two")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    cmd += [str(worker), str(tmp_path), str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    two = tmp_path / "two" / one.name
+    two = tmp_path / "two" / one.name  # shards 0, 2 from rank 0 and 1, 3 from rank 1, gathered in order
     assert [a.tobytes() for a in read_npz(two)] == [a.tobytes() for a in (images, labels)]
     assert json.loads(two.with_suffix(".json").read_text()) == json.loads(one.with_suffix(".json").read_text())
 
