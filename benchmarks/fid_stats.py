@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from djepa import schema
 from djepa.benchmarks.standard import FeatureStats, inception_network, weights_file
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.runtime import resolve_device
@@ -177,9 +178,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+def usage() -> str:
+    """--help: what the driver does and its keys, from the schema."""
+    lines = ["usage: python -m djepa.benchmarks.fid_stats [key=value ...]", "", (__doc__ or "").strip(), "", "keys:"]
+    for key in schema.keys(schema.FidStatsConfig):
+        default = "REQUIRED" if key.default == "???" else key.default
+        lines.append(f"  {key.name}={default}".ljust(34) + f"  {key.help}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(usage())
+        return
     with cli_errors():
-        run(compose_config(sys.argv[1:] if argv is None else argv, "fid_stats"))
+        run(compose_config(argv, "fid_stats"))
 
 
 if __name__ == "__main__":

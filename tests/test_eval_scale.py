@@ -182,6 +182,7 @@ def test_fid_stats_are_computed_once_per_folder_and_weights_and_read_by_evaluate
     for bad, message in [(tmp_path / "none", "does not exist"), (weights, "expected an image folder or an .npz")]:
         with pytest.raises(UsageError, match=message):
             run(bad)
+    assert all(f"  {key}=" in fid_stats.usage() for key in ("data_dir", "standard_weights", "reference", "pr_items"))
 
 
 # ---------------------------------------------------------------------------- evaluation during training
