@@ -2,7 +2,8 @@
 
 Samples `num_samples` items per class from the run's latest checkpoint and reports the classifier's
 accuracy on them, the Fréchet distance on its features and the Inception-style score; with
-`standard_weights=PATH` (a local file, see `standard.py`) also the standard FID or feature-network FD; with
+`standard_weights=PATH` (a local file, see `standard.py`) also the standard FID (with precision and recall, against
+the statistics `fid_stats.py` cached for the data folder where there are some) or feature-network FD; with
 `roundtrip=true` also the classifier's accuracy on real items and on their tokenizer round trips (`roundtrip.py`).
 An unconditional run (a folder without class subfolders) is sampled with guidance 1 and scored by the Fréchet
 distance (and the view's own measurements) only: with one class there is no accuracy to read.
@@ -21,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from djepa.benchmarks.classifiers import ConvClassifier
+from djepa.benchmarks.fid_stats import cached_reference, load_stats
 from djepa.benchmarks.metrics import accuracy, frechet_distance, inception_score, per_class_accuracy
 from djepa.benchmarks.roundtrip import heldout_media, roundtrip_scores
 from djepa.benchmarks.standard import SKIPPED, StandardMetric, weights_file
@@ -64,13 +66,24 @@ def modality_classifier(
 def standard_metric(cfg: DictConfig, real: RealMedia) -> StandardMetric | None:
     """The standard metric from the user's local weights file (`standard_weights`), or None when none is given.
 
-    A wrong path fails here, before any data is loaded.
+    Images are compared with the reference statistics `fid_stats` cached for the data folder at the run's image
+    size where there are some (`reference_path` says which), else with the real subset. A wrong path fails here,
+    before any data is loaded.
     """
     weights = cfg.get("standard_weights")
     if not weights:
         return None
     weights = weights_file(weights)
-    return StandardMetric(cfg.modality.name, real(), weights, resolve_device(cfg.device))
+    found = None
+    if cfg.modality.name == "image":
+        adapter = cfg.modality.adapter
+        found = cached_reference(cfg.home, adapter.get("data_dir"), weights, int(adapter.get("image_size", 0)))
+    reference = load_stats(found)[0] if found is not None else None
+    metric = StandardMetric(
+        cfg.modality.name, real() if reference is None else None, weights, resolve_device(cfg.device), reference
+    )
+    metric.reference_path = found
+    return metric
 
 
 def score(
@@ -136,6 +149,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result["roundtrip_data"] = origin
     result |= {
         **(SKIPPED if standard is None else {"standard_weights": str(standard.path)}),
+        **({"fid_reference": str(standard.reference_path)} if standard and standard.reference_path else {}),
         "classifier_heldout_accuracy": heldout,
         "checkpoint": str(directory),
         "step": state["step"],

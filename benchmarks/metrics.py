@@ -1,6 +1,8 @@
-"""Classifier-based quality metrics in the SC09 tradition, and the motion of video clips.
+"""Classifier-based quality metrics in the SC09 tradition, and the motion of video clips; the Fréchet distance of
+two Gaussians and precision/recall, which the standard metrics (`standard.py`) share.
 
-Not comparable with published FID/FVD/FAD: the feature network is our own small classifier.
+The classifier metrics are not comparable with published FID/FVD/FAD: the feature network is our own small
+classifier.
 """
 
 from __future__ import annotations
@@ -32,6 +34,35 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     offset = np.eye(len(cov_a)) * 1e-6  # keeps the product's square root finite for rank-deficient sets
     covmean = np.real(linalg.sqrtm((cov_a + offset) @ (cov_b + offset)))
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+def frechet_from_moments(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor, cov_b: torch.Tensor) -> float:
+    """Fréchet distance between N(mu_a, cov_a) and N(mu_b, cov_b), as torchmetrics' FID computes it (float64; the
+    trace of the product's square root from its eigenvalues)."""
+    mu_a, cov_a, mu_b, cov_b = (t.double() for t in (mu_a, cov_a, mu_b, cov_b))
+    root_trace = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
+    return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * root_trace)
+
+
+def knn_radii(features: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """Each point's distance to its k-th nearest neighbour among the others (the point itself is at distance 0)."""
+    return torch.cat([torch.cdist(part, features).kthvalue(k + 1, dim=1).values for part in features.split(chunk)])
+
+
+def manifold_share(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor, chunk: int = 1024) -> float:
+    """The share of `points` inside at least one ball (centre, radius): the k-NN estimate of a set's manifold."""
+    inside = [(torch.cdist(part, centres) <= radii[None]).any(1) for part in points.split(chunk)]
+    return float(torch.cat(inside).float().mean())
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) on feature sets [N, D], as ADM's suite reports
+    them with k = 3: precision is the share of generated items inside the real set's k-NN manifold (quality),
+    recall the share of real items inside the generated set's (coverage)."""
+    if len(real) <= k or len(fake) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} items per set, got {len(real)}, {len(fake)}")
+    real, fake = real.float(), fake.float()
+    return manifold_share(fake, real, knn_radii(real, k)), manifold_share(real, fake, knn_radii(fake, k))
 
 
 def inception_score(logits: torch.Tensor, splits: int = 1) -> float:

@@ -158,6 +158,13 @@ class TrainSettings:
     checkpoint_every: int = setting(200, "steps between checkpoints", low=1)
     keep_checkpoints: int = setting(3, "valid checkpoints kept on disk", low=1)
     preview_every: int = setting(400, "steps between preview grids; 0: none", low=0)
+    eval_every: int = setting(
+        0,
+        "steps between small evaluations in metrics.jsonl (eval_*: the benchmark classifier's FD, or the standard FID "
+        "with standard_weights); 0: none",
+        low=0,
+    )
+    eval_samples: int = setting(100, "items each train.eval_every evaluation draws (classes i % num_classes)", low=4)
     tensorboard: bool = setting(False, "also log to RUN/tensorboard (pip install 'djepa[tensorboard]')")
     max_bad_steps: int = setting(5, "consecutive non-finite steps before training stops", low=1)
     parallel: str = setting("ddp", "under torchrun: ddp replicas or fsdp shards", choices=("ddp", "fsdp", "none"))
@@ -250,7 +257,21 @@ class Config:
     )
     seed: int = setting(0, "seed of data order, masks, noise and sampling", low=0, high=MAX_SEED)
     prompt_class: Any = setting(None, "sample: a class index or name; null: every class")
-    num_samples: int = setting(8, "sample: items per class (or in all, with prompt_class)", low=1, high=MAX_SAMPLES)
+    num_samples: int = setting(
+        8, "sample: items per class (or in all, with prompt_class or format=npz)", low=1, high=MAX_SAMPLES
+    )
+    format: str = setting(
+        "files",
+        "sample: files (one per item, and a grid) or npz (num_samples in all as one uint8 arr_0 [N, H, W, 3], "
+        "as ADM/MAR's evaluation suites read; shared over torchrun ranks, resumed after a kill)",
+        choices=("files", "npz"),
+    )
+    shard_size: int = setting(
+        250,
+        "sample format=npz: items per shard, drawn with one seed (equal values: equal files on any rank count)",
+        low=1,
+        high=MAX_SAMPLES,
+    )
     out: str = setting("${run_dir}/samples", "sample: the output folder")
     checkpoint: str | None = setting(None, "sample: a checkpoint folder instead of the run's newest")
     prime: str | None = setting(None, "sample: a real clip whose start stays as given (continuation)")
@@ -324,6 +345,26 @@ class ConvertCheckpointConfig:
     copy_tokenizer: bool = setting(True, "true: copy the tokenizer into OUT/tokenizer; false: reference its path")
 
 
+@dataclass
+class FidStatsConfig:
+    """`python -m djepa.benchmarks.fid_stats`: a folder's reference statistics for the standard FID, cached."""
+
+    data_dir: str = setting(
+        MISSING, "an image folder (root/<class>/<files> or loose files) or an .npz of uint8 images arr_0 [N, H, W, 3]"
+    )
+    standard_weights: str = setting(MISSING, "Inception-v3 weights in torch-fidelity's format (a local file)")
+    reference: str | None = setting(
+        None, "a second folder or .npz: also the FID, precision and recall of data_dir against it"
+    )
+    image_size: int = setting(256, "folders: short side resized to this, centre-cropped (an .npz is read as is)", low=1)
+    pr_items: int = setting(10000, "features kept per set for precision/recall (k = 3 neighbours)", low=4)
+    batch_size: int = setting(64, "images per Inception batch", low=1)
+    workers: int = setting(4, "processes reading a folder's files", low=0)
+    seed: int = setting(0, "the order a folder is read in (its first pr_items features are kept)", low=0, high=MAX_SEED)
+    home: str = setting("${oc.env:DJEPA_HOME,.djepa}", "where the statistics are cached (HOME/fid_stats)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+
+
 # Config name -> its root settings class: `config` for the Hydra commands, one each for the small commands.
 ROOTS: dict[str, type] = {
     "config": Config,
@@ -331,6 +372,7 @@ ROOTS: dict[str, type] = {
     "serve": ServeConfig,
     "convert_tokenizer": ConvertTokenizerConfig,
     "convert_checkpoint": ConvertCheckpointConfig,
+    "fid_stats": FidStatsConfig,
 }
 
 # Mappings read whole (a plug-in's constructor arguments, the benchmark's variants by name): keys may be added.

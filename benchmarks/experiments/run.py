@@ -136,6 +136,7 @@ def evaluate_variant(
         curve.append({"step": state["step"], **point})
         tqdm.write(f"  step {state['step']}: accuracy {point['accuracy']:.3f}, fd {point['fd']:.3f}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "step_ms" in r]  # the step records (train.eval_every adds eval_* records)
     steady = rows[len(rows) // 5 :] or rows  # skip warm-up steps
     final = curve[-1]
     probe = context_use(model, *probe_tokens) if probe_tokens is not None else {}

@@ -3,6 +3,9 @@
 An unconditional model (trained on a folder without class subfolders) takes no prompt_class and samples with
 guidance 1: `num_samples` items in all.
 
+`format=npz` writes `num_samples` images in all as one ImageNet-style `.npz` for ADM/MAR's evaluation suites,
+split over the ranks under torchrun and resumed after a kill (`djepa.cli.sample_npz`).
+
 A thin layer over `djepa.Pipeline`: the model, its adapter and its sampling defaults come from the run's (or
 export's) own config; the command line picks classes, count, seed and sampling settings.
 """
@@ -20,6 +23,8 @@ from tqdm import tqdm
 
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.input_checks import check_inputs
+from djepa.cli.sample_npz import sample_npz
+from djepa.engine import distributed
 from djepa.errors import UsageError, writing
 from djepa.nn.attention import set_attention_backend
 from djepa.pipeline import Pipeline
@@ -50,15 +55,19 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
     # Keys that describe the model: checked against the run's own config, never used to rebuild it.
     model_keys = [k for k in keys or [] if k.split(".")[0] in ("modality", "model", "loss")]
     overrides = {k: OmegaConf.select(cfg, k) for k in model_keys}
+    # format=npz: each torchrun rank draws its share on its own device (one process: cfg.device as given)
+    device = distributed.init_from_env(cfg.device) if cfg.format == "npz" else cfg.device
     pipe = Pipeline.from_pretrained(
-        cfg.run_dir, device=cfg.device, checkpoint=cfg.checkpoint, overrides=overrides, plugins=cfg.get("plugins")
+        cfg.run_dir, device=device, checkpoint=cfg.checkpoint, overrides=overrides, plugins=cfg.get("plugins")
     )
     if keys is None or {"sample", "sample.precision"} & set(keys):  # else the run's own sample.precision
         pipe.defaults = dataclasses.replace(pipe.defaults, precision=str(cfg.sample.precision))
-    labels = None if cfg.prompt_class is None else [pipe.class_index(cfg.prompt_class, "prompt_class")]
     settings = sampling_overrides(cfg, keys)
     if pipe.unconditional and "sample.guidance_scale" not in (keys or []):
         settings.pop("guidance_scale", None)  # guidance 1, unless the user asked for another (refused)
+    if cfg.format == "npz":
+        return [sample_npz(pipe, cfg, settings)]
+    labels = None if cfg.prompt_class is None else [pipe.class_index(cfg.prompt_class, "prompt_class")]
     result = pipe(
         labels,
         int(cfg.num_samples),
@@ -78,9 +87,12 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     with cli_errors():
-        cfg = compose_config(argv)
-        check_inputs(cfg, "sample")
-        run(cfg, argv)
+        try:
+            cfg = compose_config(argv)
+            check_inputs(cfg, "sample")
+            run(cfg, argv)
+        finally:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":  # `python -m ...` answers --help / --cfg job as the console script does

@@ -54,6 +54,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
             "prompt_class",
             "num_samples",
             "seed",
+            "format",
+            "shard_size",
             "sample.guidance_scale",
             "sample.temperature",
             "sample.num_steps",

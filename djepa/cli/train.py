@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +33,18 @@ from djepa.errors import Terminated, UsageError, disk_problem
 from djepa.nn.attention import set_attention_backend
 from djepa.nn.model import DJEPA
 from djepa.pipeline import Generation, tokenizer_hash
+
+# train.eval_every's scorer lives in the evaluation library, which sits above the commands: named, not imported.
+TRAINING_EVAL = "djepa.benchmarks.training_eval"
+
+
+def training_eval(cfg: DictConfig, adapter: Adapter) -> Callable[[DJEPA, int], dict[str, float]]:
+    """The Trainer's `evaluate` callback (every rank holds one; rank 0 prepares its scorer now, before any step,
+    so a bad standard_weights fails first, and alone runs it)."""
+    scorer = importlib.import_module(TRAINING_EVAL).TrainingEval(cfg, adapter)
+    if distributed.is_main():
+        scorer.prepare()
+    return cast(Callable[[DJEPA, int], dict[str, float]], scorer)
 
 
 def train_config(cfg: DictConfig) -> TrainConfig:
@@ -216,6 +229,7 @@ def train(
             path = run_dir / "previews" / f"step_{step:07d}"
             write_class_grid(adapter, ema, cfg, path, per_class, tensorboard, "preview", step)
 
+        evaluate = training_eval(cfg, adapter) if settings.eval_every > 0 else None
         trainer = Trainer(
             model,
             data,
@@ -232,6 +246,7 @@ def train(
             tensorboard=tensorboard,
             token_grid=adapter.token_grid,
             time_axis=adapter.time_axis,
+            evaluate=evaluate,
         )
         with stop_between_steps(trainer):
             last = trainer.fit()

@@ -50,7 +50,8 @@ def tensorboard_missing() -> bool:
 
 
 def scalar_tag(key: str) -> str:
-    return f"{SECTIONS.get(key, 'train')}/{key}"
+    """Its section and name; the train.eval_every records' eval_* keys go under eval/."""
+    return f"{SECTIONS.get(key, 'eval' if key.startswith('eval_') else 'train')}/{key}"
 
 
 class TensorBoardLog:

@@ -66,6 +66,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     preview_every: int = 0
+    # Every eval_every steps (0: never) the `evaluate` callback scores the sampling EMA on rank 0; its record
+    # (eval_* keys) goes to metrics.jsonl and TensorBoard beside the step's.
+    eval_every: int = 0
+    eval_samples: int = 100
     max_bad_steps: int = 5
     # Also log the metrics.jsonl records and the previews to run_dir/tensorboard (djepa.engine.tensorboard). The
     # train command opens the writer on rank 0 and hands it to the Trainer, which only passes records on.
@@ -216,6 +220,7 @@ class Trainer:
         tensorboard: TensorBoardLog | None = None,
         token_grid: tuple[int, ...] | None = None,
         time_axis: int | None = None,
+        evaluate: Callable[[DJEPA, int], dict[str, float]] | None = None,
     ):
         # Prefix masks (train.prefix_mask_prob) need to know which token-grid axis is time.
         if config.prefix_mask_prob > 0 and (token_grid is None or time_axis is None):
@@ -247,6 +252,7 @@ class Trainer:
         self.device = torch.device(device)
         self.run_dir = Path(run_dir)
         self.preview = preview
+        self.evaluate = evaluate  # train.eval_every's scorer: (EMA model, step) -> {eval_*: value}
         self.tensorboard = tensorboard  # gets each metrics.jsonl record (rank 0; None: off)
         self.extra_state = extra_state or {}
         # Accumulation draws a step's randomness once for all its rows (DJEPA.loss_draws); a plugin head that
@@ -591,6 +597,19 @@ class Trainer:
         model.load_state_dict(full)
         return model
 
+    def log_evaluation(self, metrics: Any) -> None:
+        """train.eval_every: rank 0 scores the sampling EMA (gathered under FSDP, a collective) and appends the
+        record to metrics.jsonl (`metrics`, rank 0's open file) and TensorBoard."""
+        ema = self.sampling_model()
+        if not distributed.is_main() or self.evaluate is None:
+            return
+        record = {"step": self.step, **self.evaluate(ema, self.step)}
+        if metrics:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(record)
+
     @torch.no_grad()
     def update_ema(self) -> None:
         decay = self.config.ema_decay
@@ -627,7 +646,8 @@ class Trainer:
                 save_due = self.step % config.checkpoint_every == 0 or self.step == config.steps
                 preview_due = self.preview is not None and config.preview_every > 0
                 preview_due = preview_due and self.step % config.preview_every == 0
-                if not (log_due or save_due or preview_due):
+                eval_due = self.evaluate is not None and config.eval_every > 0 and self.step % config.eval_every == 0
+                if not (log_due or save_due or preview_due or eval_due):
                     continue
                 # The interval's one host sync: reading its values back waits for the device, so the time per
                 # step is the interval's mean.
@@ -656,6 +676,8 @@ class Trainer:
                     ema = self.sampling_model()
                     if main:
                         self.preview(ema, self.step)
+                if eval_due:
+                    self.log_evaluation(metrics)
                 since = time.perf_counter()  # checkpoints and previews are not step time
         bar.close()
         return last
