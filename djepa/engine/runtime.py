@@ -17,13 +17,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_bf16_flags() -> bool:
+    """True where the CPU reports native bf16 instructions (AMX-BF16 or AVX512-BF16) in /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 @functools.cache
 def cpu_bf16_is_fast() -> bool:
     """True where bf16 matmul beats fp32 on this CPU.
 
-    CPUs with AVX512-BF16 or AMX run bf16 several times faster than fp32; on AVX2-only CPUs
-    torch emulates it and bf16 is ~100x slower, so measure instead of trusting a flag list.
+    CPUs with AVX512-BF16 or AMX run bf16 several times faster than fp32: their flags decide, so the choice (and
+    with it same-seed samples) never depends on how busy the machine is. Elsewhere torch may emulate bf16 (~100x
+    slower on AVX2-only CPUs), so it is measured.
     """
+    if cpu_bf16_flags():
+        return True
     a, b = torch.randn(256, 256), torch.randn(256, 256)
 
     def timed(x: torch.Tensor, y: torch.Tensor) -> float:
