@@ -63,7 +63,7 @@ def plan_long(adapter: Any, key: str, length: Any, overlap: float) -> LongPlan:
         tqdm.write(
             f"{key}={ax.show(length)}: {windows} windows of {ax.show(ax.length)} {ax.unit}, each after the first "
             f"primed with the previous one's last {ax.show(ax.bounds[ax.rows] - ax.bounds[ax.rows - rows])} "
-            f"{ax.unit} ({rows} token rows, {ax.prime_key}), joined where that overlap starts"
+            f"{ax.unit} ({rows} {ax.row_word}, {ax.prime_key}), joined where that overlap starts"
         )
     return plan
 

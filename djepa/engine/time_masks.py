@@ -64,6 +64,11 @@ class TimeAxis:
         return f"{round(t)}" if self.unit == "frames" else f"{t:.3f}"
 
     @property
+    def row_word(self) -> str:
+        """What a step along the token grid's time axis is called: a row of video tokens, a column of audio's."""
+        return "token rows" if self.unit == "frames" else "token columns"
+
+    @property
     def step(self) -> str:
         """The token grid's time resolution, for messages."""
         return f"{self.show(self.bounds[1] - self.bounds[0])} {self.unit}"
@@ -131,7 +136,7 @@ def range_rows(ax: TimeAxis, value: Any, key: str) -> tuple[int, int]:
     end_shown = min(ax.bounds[r1], ax.length) - (1 if ax.unit == "frames" else 0)  # frames: the last one, inclusive
     shown = f"{ax.show(ax.bounds[r0])}..{ax.show(end_shown)}"
     tqdm.write(
-        f"{key}={value}: regenerating {ax.unit} {shown} (token rows {r0}..{r1 - 1}; the token grid's time step is "
+        f"{key}={value}: regenerating {ax.unit} {shown} ({ax.row_word} {r0}..{r1 - 1}; the token grid's time step is "
         f"{ax.step}), the rest of the prime kept"
     )
     return r0, r1
