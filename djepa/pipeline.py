@@ -29,8 +29,10 @@ from djepa import builders
 from djepa.engine.adapter import UNCONDITIONAL, Adapter, HasFps, HasSampleRate, build_adapter, is_unconditional
 from djepa.engine.checkpoint import CheckpointManager
 from djepa.engine.loading import find_checkpoint, sampling_head_config
+from djepa.engine.long_generation import decode_long, generate_windows, plan_length
 from djepa.engine.runtime import resolve_device
 from djepa.engine.sampling import SamplingSettings, generate
+from djepa.engine.time_masks import check_time_keys
 from djepa.errors import UsageError
 from djepa.export import EXPORT_INDEX, export_pipeline, tokenizer_hash
 from djepa.nn.heads import FREE_HEAD_KEYS
@@ -419,8 +421,12 @@ class Pipeline:
         precision: str | None = None,
         seed: int | None = None,
         prime: str | Path | None = None,
-        prime_frames: int = 4,
-        prime_seconds: float = 0.25,
+        prime_frames: int | None = None,
+        prime_seconds: float | None = None,
+        mask_frames: str | tuple[int, int] | None = None,
+        mask_seconds: str | tuple[float, float] | None = None,
+        frames: int | None = None,
+        seconds: float | None = None,
         batch_size: int = 50,
         progress: bool = False,
     ) -> Generation:
@@ -440,8 +446,15 @@ class Pipeline:
             seed: makes the call repeatable: the same seed gives the same media, bit for bit, on the same machine
                 (the global torch RNG is left as it was). None: draws from the global RNG.
             prime: video / audio: a real file whose start stays fixed while the rest is generated (continuation).
-            prime_frames: video: frames of `prime` kept.
-            prime_seconds: audio: seconds of `prime` kept.
+            prime_frames: video: frames of `prime` kept (None: 4); with `frames`, also the overlap of its windows.
+            prime_seconds: audio: seconds of `prime` kept (None: 0.25); with `seconds`, also the overlap of its
+                windows.
+            mask_frames: video: `start:end` (or a pair), the frames of `prime` regenerated (4:8: frames 4..7) while
+                the others stay; rounded to whole token rows (said in one line). Not with `prime_frames`.
+            mask_seconds: audio: `start:end` in seconds (0.3:0.6), as `mask_frames`. Not with `prime_seconds`.
+            frames: video: frames to make; beyond the model's window, window by window, each window primed with
+                the last `prime_frames` frames of the one before (djepa.engine.long_generation). None: one window.
+            seconds: audio: seconds to make, as `frames` (the overlap: `prime_seconds`).
             batch_size: items drawn per model call.
             progress: show a progress bar.
 
@@ -467,6 +480,8 @@ class Pipeline:
             ids = [self.class_index(c) for c in class_labels]
         labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_samples)
         settings = self.settings(guidance_scale, temperature, num_steps, guidance_schedule, precision)
+        range_mask = check_time_keys(self.adapter, prime, mask_frames, mask_seconds, prime_frames, prime_seconds)
+        long = plan_length(self.adapter, frames, seconds, prime_frames, prime_seconds, range_mask is not None)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
@@ -475,11 +490,22 @@ class Pipeline:
             if prime:
                 if not Path(prime).is_file():
                     raise UsageError(f"prime={prime} does not exist")
-                options = {"prime_frames": int(prime_frames), "prime_seconds": float(prime_seconds)}
+                options = {
+                    "prime_frames": int(4 if prime_frames is None else prime_frames),
+                    "prime_seconds": float(0.25 if prime_seconds is None else prime_seconds),
+                }
                 known_tokens, known_mask = self.adapter.prime_tokens(str(prime), options, len(labels))
-            tokens = generate(self.model, labels, settings, batch_size, known_tokens, known_mask, progress=progress)
-            # Decoding can draw random numbers too (Griffin-Lim's initial phase), so it stays inside the seed.
-            media = self.adapter.decode_tokens(tokens)
+                if range_mask is not None:  # the whole prime's tokens, kept outside the range
+                    known_mask = range_mask.expand(len(labels), -1).clone()
+            if long is not None:
+                windows = generate_windows(
+                    self.model, labels, settings, long, batch_size, known_tokens, known_mask, progress=progress
+                )
+                media = decode_long(self.adapter, windows, long)
+            else:
+                tokens = generate(self.model, labels, settings, batch_size, known_tokens, known_mask, progress=progress)
+                # Decoding can draw random numbers too (Griffin-Lim's initial phase), so it stays inside the seed.
+                media = self.adapter.decode_tokens(tokens)
         # An unconditional batch has one class: its preview is laid out about square rather than in one row.
         rows = max(1, math.isqrt(len(labels))) if self.unconditional else len(ids)
         return Generation(media, labels.tolist(), self.class_names, rows, self.adapter)

@@ -277,6 +277,15 @@ class Config:
     prime: str | None = setting(None, "sample: a real clip whose start stays as given (continuation)")
     prime_frames: int = setting(4, "sample, video: frames of the prime kept", low=1)
     prime_seconds: float = setting(0.25, "sample, audio: seconds of the prime kept", low=0.0, low_open=True)
+    mask_frames: str | None = setting(None, "sample, video: start:end, the frames of the prime regenerated (4:8)")
+    mask_seconds: str | None = setting(None, "sample, audio: start:end, the seconds of the prime regenerated (0.3:0.6)")
+    frames: int | None = setting(
+        None, "sample, video: frames to make; beyond the model's window, window by window", low=1, high=MAX_SAMPLES
+    )
+    seconds: float | None = setting(
+        None, "sample, audio: seconds to make; beyond the model's window, window by window", low=0.0, low_open=True,
+        high=3600.0,
+    )  # fmt: skip
     standard_weights: str | None = setting(None, "local weights for the standard FID/FVD/FAD; null: skipped")
     roundtrip: bool = setting(False, "evaluate: also score the tokenizer's round trips of real items")
     roundtrip_data: str | None = setting(None, "evaluate: held-out folder for the round trip; null: the training data")

@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +301,11 @@ class AudioAdapter(ModalityAdapter):
     def save_grid(self, media: torch.Tensor, rows: int, path: Path, scale: int = 2) -> Path:
         from PIL import Image
 
-        mels = self.front_end(media.detach().float().cpu())
+        front_end = self.front_end
+        if media.shape[-1] > self.num_samples:  # longer than the window (`seconds=`): a front end of that length
+            n, hop = int(media.shape[-1]), self.mel_settings.hop_length
+            front_end = MelFrontEnd(replace(self.mel_settings, num_samples=n, frames=1 + n // hop))
+        mels = front_end(media.detach().float().cpu())
         path = Path(path).with_suffix(".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(spectrogram_grid(mels, max(1, rows), scale)).save(path)

@@ -1,5 +1,8 @@
 """`sample run_dir=DIR [prompt_class=C] [num_samples=N] [seed=S] out=OUT`: files plus a grid.
 
+Video and audio: `prime=CLIP` keeps the clip's start (`prime_frames`, `prime_seconds`) or all but a range
+(`mask_frames=4:8`, `mask_seconds=0.3:0.6`); `frames=48` / `seconds=4` make items longer than the model's window.
+
 An unconditional model (trained on a folder without class subfolders) takes no prompt_class and samples with
 guidance 1: `num_samples` items in all.
 
@@ -21,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from djepa import schema
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.input_checks import check_inputs
 from djepa.cli.sample_npz import sample_npz
@@ -30,6 +34,8 @@ from djepa.nn.attention import set_attention_backend
 from djepa.pipeline import Pipeline
 
 SAMPLING_KEYS = ("guidance_scale", "temperature", "num_steps", "guidance_schedule", "precision")
+# Video and audio time keys, passed on only when given (a prime length the user set cannot join a mask range).
+TIME_KEYS = ("prime_frames", "prime_seconds", "mask_frames", "mask_seconds", "frames", "seconds")
 
 
 def override_keys(argv: Sequence[str]) -> list[str]:
@@ -43,6 +49,13 @@ def sampling_overrides(cfg: DictConfig, keys: Sequence[str] | None) -> dict[str,
     if keys is None or "sample" in keys:
         return {k: cfg.sample[k] for k in SAMPLING_KEYS}
     return {k: cfg.sample[k] for k in SAMPLING_KEYS if f"sample.{k}" in keys}
+
+
+def time_options(cfg: DictConfig, keys: Sequence[str] | None) -> dict[str, Any]:
+    """The time keys the user gave (`keys` None: those that differ from the schema's defaults)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(schema.Config)}
+    given = [k for k in TIME_KEYS if (cfg[k] != defaults[k] if keys is None else k in keys)]
+    return {k: cfg[k] for k in given if cfg[k] is not None}
 
 
 def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
@@ -73,9 +86,8 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
         int(cfg.num_samples),
         seed=int(cfg.seed),
         prime=cfg.get("prime"),
-        prime_frames=int(cfg.prime_frames),
-        prime_seconds=float(cfg.prime_seconds),
         progress=True,
+        **time_options(cfg, keys),
         **settings,
     )
     with writing("out", cfg.out):
