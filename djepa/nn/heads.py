@@ -51,13 +51,15 @@ class TokenHead(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    # Built-in heads take the model's conditions once for the `diffusion_batch_mul` tiled copies of the target rows
-    # (DenoiserMLP embeds, then tiles); a plug-in head that sets this False gets them tiled already.
+    # The built-in heads' `loss` takes the model's conditions once for the `diffusion_batch_mul` tiled copies of the
+    # target rows (DenoiserMLP embeds, then tiles); a head whose loss reads them row by row keeps this False.
     takes_untiled_cond: bool = False
 
-    def _cond_emb(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
-        """The net's embedding of the conditions `_guided` runs (cond, then uncond): once per sampling call."""
-        return self.net.embed_cond(cond if uncond is None else torch.cat([cond, uncond]))
+    def _cond_emb(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor | None:
+        """The net's embedding of the conditions `_guided` runs (cond, then uncond), made once per sampling call;
+        None for a net that embeds its condition itself (no `embed_cond`)."""
+        embed = getattr(self.net, "embed_cond", None)
+        return None if embed is None else embed(cond if uncond is None else torch.cat([cond, uncond]))
 
     def _guided(
         self,
@@ -71,10 +73,11 @@ class TokenHead(nn.Module):
         """Output for M rows; with `uncond`, both conditions in one call, mixed on the first D channels in fp32
         (under bf16 autocast the mix would round cond - uncond, which the x0 estimate then multiplies).
         `cond_emb` (from `_cond_emb`) spares embedding the conditions again at every step."""
+        embedded = () if cond_emb is None else (cond_emb,)
         if uncond is None:
-            return self.net(x, t, cond, cond_emb)
+            return self.net(x, t, cond, *embedded)
         both = torch.cat([cond, uncond]) if cond_emb is None else cond  # cond is not read when cond_emb is given
-        out = self.net(torch.cat([x, x]), torch.cat([t, t]), both, cond_emb)
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), both, *embedded)
         cond_out, uncond_out = out.float().chunk(2)
         d = self.token_dim
         mixed = uncond_out[:, :d] + guidance * (cond_out[:, :d] - uncond_out[:, :d])
