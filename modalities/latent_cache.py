@@ -224,7 +224,8 @@ class CachedTokens:
         flat = out.reshape(len(rows), -1)
         starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1).tolist() + [len(rows)]
         for start, end in zip(starts[:-1], starts[1:]):
-            read_into(self._fd, memoryview(flat[start:end]).cast("B"), self.offset + int(rows[start]) * self.row_bytes)
+            view = memoryview(flat[start:end].data).cast("B")  # rows start..end-1 of `out`, written in place
+            read_into(self._fd, view, self.offset + int(rows[start]) * self.row_bytes)
         return out[order.reshape(-1)]
 
     def __del__(self) -> None:

@@ -154,7 +154,7 @@ def block_precision(dtype: torch.dtype, device_type: str) -> MixedPrecisionPolic
     return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
 
-def no_buffer_sync() -> dict[str, bool]:
+def no_buffer_sync() -> dict[str, Any]:
     """DDP's switch against broadcasting buffers every step: the model's are constants (diffusion schedules,
     positional tables). `forward_sync_buffers` where this torch has it, else the older `broadcast_buffers`."""
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
