@@ -419,7 +419,8 @@ def test_each_rank_reads_and_noises_only_its_rows_from_one_permutation_per_epoch
 ):
     from djepa.engine import trainer as trainer_module
     from djepa.engine.data import TokenData
-    from djepa.engine.trainer import batch_indices, noise_seed
+    from djepa.engine.trainer import batch_indices, noise_seed, order_seed
+    from djepa.nn.masking import training_mask
 
     plain = token_data(n=40)
     mean, std = RecordingRows(plain.mean), RecordingRows(plain.std)
@@ -442,9 +443,13 @@ def test_each_rank_reads_and_noises_only_its_rows_from_one_permutation_per_epoch
     idx = batch_indices(40, 8, 0, 3)[1::2]
     noise = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(noise_seed(0, 3, 1)))
     assert torch.equal(tokens, plain.mean[idx] + plain.std[idx] * noise) and torch.equal(labels, plain.labels[idx])
-    assert torch.equal(mask, whole[3][2][1::2])  # the masks are the global batch's: every rank has the same count
-    seeds = {noise_seed(0, s, r) for s in range(50) for r in range(8)}
-    assert len(seeds) == 400 and not seeds & {trainer_module.rank_seed(0, s, r) for s in range(50) for r in range(8)}
+    # the batch's ratio drawn as on rank 0 (the same visible count on every rank), rank 1's own orders
+    assert (~mask).sum(1).tolist() == [int((~whole[3][2][0]).sum())] * 4
+    orders = torch.Generator().manual_seed(order_seed(0, 3, 1))
+    gen = torch.Generator().manual_seed(trainer_module.step_seed(0, 3))
+    assert torch.equal(mask, training_mask(4, 16, 0.7, gen, order_generator=orders))
+    streams = (noise_seed, order_seed, trainer_module.rank_seed)
+    assert len({f(0, s, r) for f in streams for s in range(50) for r in range(8)}) == 3 * 400  # no shared seed
 
 
 def test_the_trainer_prefetches_the_next_batch_in_its_loader_thread(make_tiny_model, tmp_path):

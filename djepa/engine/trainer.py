@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import resource
@@ -180,10 +181,22 @@ def rank_seed(seed: int, step: int, rank: int) -> int:
     return base if rank == 0 else (base ^ (rank * 0x9E3779B97F4A7C15)) % (2**63 - 1)
 
 
+def stream_seed(stream: str, seed: int, step: int, rank: int) -> int:
+    """The seed of a named random stream of `rank` at `step`: a hash, so no two streams, steps or ranks share one
+    (nor with step_seed and rank_seed) but by a 2**-63 chance."""
+    digest = hashlib.blake2b(f"{stream}:{seed}:{step}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**63 - 1)
+
+
 def noise_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of the posterior noise `rank` adds to its rows at `step`: a stream of its own, apart from the
-    in-model draws (rank_seed) and the masks (step_seed)."""
-    return (rank_seed(seed, step, rank) ^ 0x2545F4914F6CDD1D) % (2**63 - 1)
+    """The seed of the posterior noise `rank` adds to its rows at `step`."""
+    return stream_seed("posterior noise", seed, step, rank)
+
+
+def order_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the mask orders of `rank`'s rows at `step`, for ranks other than 0 (rank 0 draws them from
+    step_seed's stream after the batch's shared draws, as one process always has)."""
+    return stream_seed("mask orders", seed, step, rank)
 
 
 class EpochSampler:
@@ -423,17 +436,21 @@ class Trainer:
         if self.data.std is not None:
             noise = torch.Generator().manual_seed(noise_seed(config.seed, step, rank))
             tokens = tokens + self.data.std[idx] * torch.randn(tokens.shape, generator=noise)
-        # The masks are drawn for the global batch, the same on every rank, so that the ranks share the visible
-        # count (FSDP's teacher pass, a collective, runs on all of them or none). The extra draw happens only
-        # when prefix masks are on, so runs without them keep their random stream.
+        # A mask's per-batch draws (prefix or not, the ratio, the prefix) come from one stream on every rank, so
+        # the ranks share the visible count (FSDP's teacher pass, a collective, runs on all of them or none);
+        # each rank draws its own rows' orders. The prefix draw happens only when prefix masks are on, so runs
+        # without them keep their random stream.
         gen = torch.Generator().manual_seed(step_seed(config.seed, step))
-        rows = config.effective_batch
+        orders = gen if rank == 0 else torch.Generator().manual_seed(order_seed(config.seed, step, rank))
+        rows = len(idx)
         if config.prefix_mask_prob > 0 and float(torch.rand((), generator=gen)) < config.prefix_mask_prob:
             assert self.token_grid is not None and self.time_axis is not None  # checked in __init__
-            mask = prefix_mask(rows, self.token_grid, self.time_axis, config.mask_ratio_min, gen)
+            mask = prefix_mask(
+                rows, self.token_grid, self.time_axis, config.mask_ratio_min, gen, order_generator=orders
+            )
         else:
-            mask = training_mask(rows, tokens.shape[1], config.mask_ratio_min, gen)
-        return tokens, self.data.labels[idx], mask[rank::world]
+            mask = training_mask(rows, tokens.shape[1], config.mask_ratio_min, gen, order_generator=orders)
+        return tokens, self.data.labels[idx], mask
 
     def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """batch(step), made by the loader thread while the previous step ran (inside fit), then the next
