@@ -478,3 +478,11 @@ def test_cached_rows_are_read_run_by_run(tmp_path, monkeypatch):
     assert torch.equal(cached[torch.tensor(picked)], torch.from_numpy(values[picked]).flatten(1)[:, None])
     assert len(offsets) == 3  # rows 2, 5..7 and 9: one read per run of adjacent rows, in file order
     assert offsets == sorted(offsets)
+
+
+def test_the_data_path_benchmark_reads_one_ranks_share(tmp_path):
+    from djepa.benchmarks.experiments import data_path
+
+    result = data_path.measure(tmp_path / "cache", items=1000, world=4, steps=2, batch=64)
+    assert result["rows_per_step"] == 16 and result["ms_per_step"] > 0
+    assert distributed.world_size() == 1  # the simulated rank is undone
