@@ -111,6 +111,14 @@ def apply_overrides(config: DictConfig, overrides: Mapping[str, Any], source: Pa
     return config
 
 
+def decode_on(adapter: Adapter, device: torch.device) -> None:
+    """Move the adapter's tokenizer to `device`, so decoding runs where the model samples (a tokenizer without
+    networks, or without `to`, stays where it is)."""
+    move = getattr(adapter.tokenizer, "to", None)
+    if callable(move):
+        move(device)
+
+
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """[..., C, H, W] in [-1, 1] -> uint8 [..., H, W, C]."""
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1).numpy()
@@ -300,6 +308,7 @@ class Pipeline:
             )
         class_names = state.get("class_names") or [str(i) for i in range(model_config["num_classes"])]
         defaults = SamplingSettings.from_config(config)
+        decode_on(adapter, device)
         return cls(model.to(device), adapter, class_names, defaults, config, path, state.get("step"))
 
     def save_pretrained(self, out: str | Path, copy_tokenizer: bool = True) -> Path:

@@ -171,6 +171,13 @@ class TrainSettings:
     checkpoint_format: str = setting(
         "auto", "auto: sharded under FSDP on several ranks, else full", choices=("auto", "full", "sharded")
     )
+    distributed_timeout_minutes: float = setting(
+        60.0,
+        "under torchrun: minutes a rank waits in a collective (while rank 0 alone trains a tokenizer, "
+        "checks a resume or draws previews) before the run fails",
+        low=0.0,
+        low_open=True,
+    )
     compile: bool = setting(False, "torch.compile each transformer and denoiser block")
     compile_backend: str = setting("inductor", "torch.compile backend")
 
@@ -188,6 +195,9 @@ class SampleSettings:
     )
     num_steps: int = setting(16, "reveal steps of the masked autoregressive sampler", low=1)
     preview_per_class: int = setting(4, "samples per class in training previews and the final grid", low=0)
+    preview_classes: int = setting(
+        10, "classes in training previews and the final grid (evenly spaced ids; every class when fewer)", low=1
+    )
     precision: str = setting(
         "auto",
         "auto: bf16 autocast where bf16 is fast (the diffusion arithmetic stays fp32)",

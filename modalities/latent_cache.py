@@ -162,6 +162,21 @@ def write_rows(path: Path, offset: int, rows: np.ndarray, values: np.ndarray) ->
         os.close(fd)
 
 
+def read_into(fd: int, buffer: memoryview, offset: int) -> None:
+    """Fill `buffer` from `offset` of file `fd` (a positioned read; short reads continue, end of file raises)."""
+    done = 0
+    while done < len(buffer):
+        if hasattr(os, "preadv"):
+            got = os.preadv(fd, [buffer[done:]], offset + done)
+        else:  # no preadv (some macOS builds): a read and a copy
+            data = os.pread(fd, len(buffer) - done, offset + done)
+            buffer[done : done + len(data)] = data
+            got = len(data)
+        if got == 0:
+            raise OSError(f"unexpected end of file at byte {offset + done} of a latent cache array")
+        done += got
+
+
 class CachedTokens:
     """Tokens [M, N, D] of a cached latent array, read on demand: indexing reads and patchifies those rows only.
 
@@ -198,15 +213,20 @@ class CachedTokens:
         return tokens[0] if single else tokens
 
     def read_rows(self, picked: np.ndarray) -> np.ndarray:
-        """Latent rows `picked` (any order, repeats allowed) as float32 [len(picked), *item_shape]."""
+        """Latent rows `picked` (any order, repeats allowed) as float32 [len(picked), *item_shape].
+
+        The distinct rows are read in file order, each run of adjacent rows with one positioned read straight
+        into the result's memory, then put in the asked order."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        out = np.empty((len(picked), *self.item_shape), np.float32)
-        flat = out.reshape(len(picked), -1)
-        for i, row in enumerate(picked.tolist()):
-            data = os.pread(self._fd, self.row_bytes, self.offset + row * self.row_bytes)
-            flat[i] = np.frombuffer(data, np.float32)
-        return out
+        rows, order = np.unique(np.asarray(picked, dtype=np.int64), return_inverse=True)
+        out = np.empty((len(rows), *self.item_shape), np.float32)
+        flat = out.reshape(len(rows), -1)
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1).tolist() + [len(rows)]
+        for start, end in zip(starts[:-1], starts[1:]):
+            view = memoryview(flat[start:end].data).cast("B")  # rows start..end-1 of `out`, written in place
+            read_into(self._fd, view, self.offset + int(rows[start]) * self.row_bytes)
+        return out[order.reshape(-1)]
 
     def __del__(self) -> None:
         fd = getattr(self, "_fd", None)

@@ -47,7 +47,8 @@ def image_run(tmp_path_factory):
     from djepa.tokenizers.train_autoencoder import psnr
 
     home = tmp_path_factory.mktemp("home")
-    common = [f"home={home}"]
+    # On the CPU even where a GPU is: the tests compare the commands' files byte for byte with CPU pipelines.
+    common = [f"home={home}", "device=cpu"]
     tokenizer_config = train_tokenizer.compose_config(
         common + ["tokenizer.block_out_channels=[8,8,8]", "tokenizer.norm_num_groups=4", "tokenizer.steps=30"]
     )

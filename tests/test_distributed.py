@@ -38,7 +38,7 @@ def single_process(tmp_path_factory) -> dict:
 
 
 def assert_same_trajectory(single: dict, rank0: dict) -> None:
-    # Same global batches and masks; per-row noise draws differ between layouts, so losses agree only
+    # Same global batches and mask ratios; per-row orders and noise draws differ between layouts, so losses agree only
     # statistically: the first loss within 15 %, the mean of the trajectory within 10 %.
     a, b = single["losses"], rank0["losses"]
     assert len(a) == len(b) == 20

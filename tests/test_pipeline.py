@@ -144,7 +144,9 @@ def test_export_is_self_describing_and_samples_like_the_run(pipe, image_run, tmp
     # The export samples exactly as the run, through the API and through `sample`.
     pipe(class_labels=[2], num_samples=2, seed=3).save(tmp_path / "run")
     Pipeline.from_pretrained(out, device="cpu")(class_labels=[2], num_samples=2, seed=3).save(tmp_path / "exp")
-    sample.main([f"run_dir={out}", "prompt_class=2", "num_samples=2", "seed=3", f"out={tmp_path / 'cli'}"])
+    sample.main(
+        [f"run_dir={out}", "prompt_class=2", "num_samples=2", "seed=3", "device=cpu", f"out={tmp_path / 'cli'}"]
+    )
     assert file_bytes(tmp_path / "run") == file_bytes(tmp_path / "exp") == file_bytes(tmp_path / "cli")
 
     # A tokenizer that is not the one exported with is refused.
@@ -234,7 +236,8 @@ def test_a_run_with_sharded_checkpoints_samples_and_exports_as_the_same_run_in_f
     pipe(class_labels=[2], num_samples=2, seed=3).save(tmp_path / "full")
     Pipeline.from_pretrained(sharded, device="cpu")(class_labels=[2], num_samples=2, seed=3).save(tmp_path / "api")
     for name, source in (("cli", sharded), ("exported", tmp_path / "export")):
-        sample.main([f"run_dir={source}", "prompt_class=2", "num_samples=2", "seed=3", f"out={tmp_path / name}"])
+        args = [f"run_dir={source}", "prompt_class=2", "num_samples=2", "seed=3", "device=cpu"]
+        sample.main([*args, f"out={tmp_path / name}"])
     outputs = [file_bytes(tmp_path / name) for name in ("full", "api", "cli", "exported")]
     assert all(out == outputs[0] for out in outputs)
 

@@ -26,13 +26,13 @@ from djepa.engine.model_config import build_model
 from djepa.engine.resume_check import check_model_config, check_resume, clean_staging, trim_metrics
 from djepa.engine.run_lock import RunLock, prepare_run_dir
 from djepa.engine.runtime import resolve_precision
-from djepa.engine.sampling import SamplingSettings, class_grid_labels, generate
+from djepa.engine.sampling import SamplingSettings, generate
 from djepa.engine.tensorboard import TensorBoardLog
 from djepa.engine.trainer import TrainConfig, Trainer
 from djepa.errors import Terminated, UsageError, disk_problem
 from djepa.nn.attention import set_attention_backend
 from djepa.nn.model import DJEPA
-from djepa.pipeline import Generation, tokenizer_hash
+from djepa.pipeline import Generation, decode_on, tokenizer_hash
 
 # train.eval_every's scorer lives in the evaluation library, which sits above the commands: named, not imported.
 TRAINING_EVAL = "djepa.benchmarks.training_eval"
@@ -67,9 +67,11 @@ def write_class_grid(
     tag: str = "preview",
     step: int = 0,
 ) -> Path:
-    """One row per class, `per_class` samples each, decoded and saved as the adapter's preview; with a
-    TensorBoard log, the same preview logged there too (under `tag`, at `step`)."""
-    labels = class_grid_labels(adapter.num_classes, per_class)
+    """One row per shown class (`sample.preview_classes` of them, evenly spaced), `per_class` samples each,
+    decoded on the model's device and saved as the adapter's preview; with a TensorBoard log, the same preview
+    logged there too (under `tag`, at `step`)."""
+    classes = preview_classes(adapter.num_classes, int(cfg.sample.preview_classes))
+    labels = classes.repeat_interleave(per_class)
     was_training = model.training
     model.eval()
     settings = SamplingSettings.from_config(cfg)
@@ -77,13 +79,21 @@ def write_class_grid(
         settings = dataclasses.replace(settings, guidance_scale=1.0)
     tokens = generate(model, labels, settings, progress=False)
     model.train(was_training)
+    decode_on(adapter, next(model.parameters()).device)
     media = adapter.decode_tokens(tokens)
-    grid = adapter.save_grid(media, adapter.num_classes, path)
+    grid = adapter.save_grid(media, len(classes), path)
     if tensorboard is not None:
-        rows = adapter.num_classes
+        rows = len(classes)
         view = Generation(media.detach().cpu(), labels.tolist(), adapter.class_names, rows, adapter, grid)
         tensorboard.preview(tag, view, step)
     return grid
+
+
+def preview_classes(num_classes: int, shown: int) -> torch.Tensor:
+    """`shown` class ids spread evenly over 0 .. num_classes - 1 (every class when there are no more)."""
+    if shown >= num_classes:
+        return torch.arange(num_classes)
+    return torch.tensor([i * (num_classes - 1) // (shown - 1) for i in range(shown)] if shown > 1 else [0])
 
 
 def decide_precision(cfg: DictConfig, device: torch.device, saved: str | None) -> str:
@@ -135,7 +145,7 @@ def prepare(cfg: DictConfig, device: torch.device, run_dir: Path) -> tuple[int, 
 def run(cfg: DictConfig) -> dict[str, Any]:
     builders.set_plugins(cfg.get("plugins"))  # the command line's allow-list, never the run_dir's config.yaml
     set_attention_backend(cfg.attention_backend)
-    device = distributed.init_from_env(cfg.device)
+    device = distributed.init_from_env(cfg.device, float(cfg.train.distributed_timeout_minutes))
     run_dir = Path(cfg.run_dir)
     try:
         return run_locked(cfg, device, run_dir)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
@@ -23,11 +25,16 @@ class WrongCollectiveDevice(RuntimeError):
     """A tensor handed to a collective lives on a device its backend cannot reduce (NCCL: CUDA only)."""
 
 
-def init_from_env(device_name: str = "auto") -> torch.device:
+# How long a rank waits in a collective before the run fails: long enough for what rank 0 does alone while the
+# others wait (training a default tokenizer, checksumming checkpoints on resume, previews), unlike NCCL's 10 minutes.
+DEFAULT_TIMEOUT_MINUTES = 60.0
+
+
+def init_from_env(device_name: str = "auto", timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> torch.device:
     """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); the device to use.
 
     `cuda` (and `auto` where CUDA is available) takes the LOCAL_RANK-th GPU; `cuda:N` takes GPU N, which
-    several processes on one machine cannot share.
+    several processes on one machine cannot share. `timeout_minutes` bounds every collective's wait.
     """
     cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
     if cuda:
@@ -47,11 +54,12 @@ def init_from_env(device_name: str = "auto") -> torch.device:
     else:
         device = torch.device("cpu") if device_name == "auto" else torch.device(device_name)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        timeout = timedelta(minutes=timeout_minutes)
         if cuda:
             # device_id tells NCCL the rank's GPU up front (eager init, no guessing in barrier).
-            dist.init_process_group(backend="nccl", device_id=device)
+            dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", timeout=timeout)
     return device
 
 
@@ -112,11 +120,11 @@ def all_gather_objects(value: Any) -> list[Any]:
     return gathered
 
 
-def wrap_for_training(model: DJEPA, parallel: str) -> nn.Module:
+def wrap_for_training(model: DJEPA, parallel: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The module the training step calls: DDP or FSDP2 under torchrun, the model itself alone.
 
     FSDP shards every transformer and denoiser block, then the rest at the root, in place: `model`
-    then holds DTensor parameters, so build its optimizer afterwards.
+    then holds DTensor parameters, so build its optimizer afterwards. `dtype` is the step's autocast format.
     """
     if world_size() == 1 or parallel == "none":
         return model
@@ -128,18 +136,39 @@ def wrap_for_training(model: DJEPA, parallel: str) -> nn.Module:
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=model.label_drop == 0,
+            **no_buffer_sync(),
         )
     if parallel == "fsdp":
-        shard_model(model)
+        shard_model(model, dtype)
         return model
     raise ValueError(f"train.parallel must be ddp, fsdp or none, got {parallel!r}")
 
 
-def shard_model(model: DJEPA) -> None:
-    """FSDP2: each repeated block, then the root (a DJEPA model)."""
-    mesh = init_device_mesh(next(model.parameters()).device.type, (world_size(),))
+def block_precision(dtype: torch.dtype, device_type: str) -> MixedPrecisionPolicy:
+    """FSDP2's policy for the blocks under `dtype` autocast on `device_type`: on CUDA, weights all-gathered in
+    that format (autocast casts them to it anyway; its LayerNorm runs in fp32), gradients reduced in fp32, inputs
+    left as given so the residual stream stays fp32. On the CPU fp32 throughout: CPU autocast runs a LayerNorm
+    in its input's format and refuses a bf16 weight on the fp32 residual stream."""
+    if dtype == torch.float32 or device_type != "cuda":
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
+def no_buffer_sync() -> dict[str, Any]:
+    """DDP's switch against broadcasting buffers every step: the model's are constants (diffusion schedules,
+    positional tables). `forward_sync_buffers` where this torch has it, else the older `broadcast_buffers`."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+def shard_model(model: DJEPA, dtype: torch.dtype = torch.float32) -> None:
+    """FSDP2: each repeated block (in `dtype` on CUDA, block_precision), then the root (a DJEPA model) in fp32:
+    its embeddings, positional tables and norms are small and add into the fp32 residual stream."""
+    device_type = next(model.parameters()).device.type
+    mesh = init_device_mesh(device_type, (world_size(),))
     for block in model.repeated_blocks():
-        fully_shard(block, mesh=mesh)
+        fully_shard(block, mesh=mesh, mp_policy=block_precision(dtype, device_type))
     fully_shard(model, mesh=mesh)
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import resource
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,7 @@ class TrainConfig:
     # train command opens the writer on rank 0 and hands it to the Trainer, which only passes records on.
     tensorboard: bool = False
     parallel: str = "ddp"  # under torchrun: ddp (replicas) or fsdp (sharded, for the L and H sizes)
+    distributed_timeout_minutes: float = 60.0  # read when the process group forms (train command), before this
     compile: bool = False  # torch.compile each transformer and denoiser block
     compile_backend: str = "inductor"
     # auto: sharded (torch.distributed.checkpoint, each rank its shard) under FSDP on several ranks, else full
@@ -196,15 +199,56 @@ def rank_seed(seed: int, step: int, rank: int) -> int:
     return base if rank == 0 else (base ^ (rank * 0x9E3779B97F4A7C15)) % (2**63 - 1)
 
 
+def stream_seed(stream: str, seed: int, step: int, rank: int) -> int:
+    """The seed of a named random stream of `rank` at `step`: a hash, so no two streams, steps or ranks share one
+    (nor with step_seed and rank_seed) but by a 2**-63 chance."""
+    digest = hashlib.blake2b(f"{stream}:{seed}:{step}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2**63 - 1)
+
+
+def noise_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the posterior noise `rank` adds to its rows at `step`."""
+    return stream_seed("posterior noise", seed, step, rank)
+
+
+def order_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the mask orders of `rank`'s rows at `step`, for ranks other than 0 (rank 0 draws them from
+    step_seed's stream after the batch's shared draws, as one process always has)."""
+    return stream_seed("mask orders", seed, step, rank)
+
+
+class EpochSampler:
+    """The data order as a function of (seed, step): a fresh permutation per epoch, seeded by the epoch (so a
+    resumed run reads what the uninterrupted one read, with no state to save), drawn once per epoch."""
+
+    def __init__(self, num_items: int, seed: int):
+        self.num_items, self.seed = num_items, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:  # a batch spans at most the epoch it starts in and the next
+                del self._perms[min(self._perms)]
+            gen = torch.Generator().manual_seed(step_seed(self.seed, -1 - epoch))
+            self._perms[epoch] = torch.randperm(self.num_items, generator=gen)
+        return self._perms[epoch]
+
+    def batch(self, batch_size: int, step: int) -> torch.Tensor:
+        """The item indices of `step`'s global batch."""
+        start = step * batch_size
+        parts: list[torch.Tensor] = []
+        taken = 0
+        while taken < batch_size:
+            epoch, offset = divmod(start + taken, self.num_items)
+            part = self.permutation(epoch)[offset : offset + batch_size - taken]
+            parts.append(part)
+            taken += len(part)
+        return torch.cat(parts)
+
+
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    """The data order is a function of (seed, step): a fresh permutation per epoch, no state to save."""
-    start = step * batch_size
-    out: list[int] = []
-    while len(out) < batch_size:
-        epoch, offset = divmod(start + len(out), num_items)
-        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
-        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
-    return torch.tensor(out)
+    """`step`'s global batch (EpochSampler, without keeping its permutations)."""
+    return EpochSampler(num_items, seed).batch(batch_size, step)
 
 
 class Trainer:
@@ -241,13 +285,19 @@ class Trainer:
         if config.compile:
             compile_blocks(self.model, config.compile_backend)
         self.sharded = config.parallel == "fsdp" and distributed.world_size() > 1
+        self.dtype = resolve_precision(device, config.precision)
         # What the step calls; under FSDP both models are sharded in place, before the optimizer sees them.
-        self.train_module = distributed.wrap_for_training(self.model, config.parallel)
+        self.train_module = distributed.wrap_for_training(self.model, config.parallel, self.dtype)
         if self.sharded:
-            distributed.shard_model(self.ema)
+            distributed.shard_model(self.ema, self.dtype)
             if self.teacher is not None:
-                distributed.shard_model(self.teacher)
+                distributed.shard_model(self.teacher, self.dtype)
         self.data = data
+        self.sampler = EpochSampler(len(data), config.seed)
+        # fit's loader thread, which makes the next step's batch while this one runs (a batch is a pure function
+        # of the step); the prefetched (step, batch).
+        self._loader: ThreadPoolExecutor | None = None
+        self._ahead: tuple[int, Future] | None = None
         self.config = config
         self.device = torch.device(device)
         self.run_dir = Path(run_dir)
@@ -260,7 +310,6 @@ class Trainer:
         self.exact_draws = type(model.head).draw is not TokenHead.draw
         if config.grad_accum_steps > 1 and not self.exact_draws and distributed.is_main():
             tqdm.write(f"{type(model.head).__name__} has no draw(): each micro-batch draws its own noise")
-        self.dtype = resolve_precision(device, config.precision)
         # Fused AdamW skips a step with non-finite gradients on the device (its found_inf), so deciding the
         # skip needs no host sync; FSDP's DTensor parameters keep the foreach kernel and decide on the host.
         self.fused_optimizer = not self.sharded
@@ -399,23 +448,39 @@ class Trainer:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This rank's tokens, labels and mask of a step (all its micro-batches), on the host (the step reads
-        the mask's counts there)."""
+        the mask's counts there). A function of (seed, step, rank) alone: the prefetching thread may make it."""
         config = self.config
-        idx = batch_indices(len(self.data), config.effective_batch, config.seed, step)
-        gen = torch.Generator().manual_seed(step_seed(config.seed, step))
+        rank, world = distributed.rank(), distributed.world_size()
+        # Under torchrun each rank takes every world-th row of the global batch, and reads and noises only those.
+        idx = self.sampler.batch(config.effective_batch, step)[rank::world]
         tokens = self.data.mean[idx]
         if self.data.std is not None:
-            tokens = tokens + self.data.std[idx] * torch.randn(tokens.shape, generator=gen)
-        # The extra draw happens only when prefix masks are on, so runs without them keep their random stream.
+            noise = torch.Generator().manual_seed(noise_seed(config.seed, step, rank))
+            tokens = tokens + self.data.std[idx] * torch.randn(tokens.shape, generator=noise)
+        # A mask's per-batch draws (prefix or not, the ratio, the prefix) come from one stream on every rank, so
+        # the ranks share the visible count (FSDP's teacher pass, a collective, runs on all of them or none);
+        # each rank draws its own rows' orders. The prefix draw happens only when prefix masks are on, so runs
+        # without them keep their random stream.
+        gen = torch.Generator().manual_seed(step_seed(config.seed, step))
+        orders = gen if rank == 0 else torch.Generator().manual_seed(order_seed(config.seed, step, rank))
+        rows = len(idx)
         if config.prefix_mask_prob > 0 and float(torch.rand((), generator=gen)) < config.prefix_mask_prob:
             assert self.token_grid is not None and self.time_axis is not None  # checked in __init__
-            mask = prefix_mask(tokens.shape[0], self.token_grid, self.time_axis, config.mask_ratio_min, gen)
+            mask = prefix_mask(
+                rows, self.token_grid, self.time_axis, config.mask_ratio_min, gen, order_generator=orders
+            )
         else:
-            mask = training_mask(tokens.shape[0], tokens.shape[1], config.mask_ratio_min, gen)
-        labels = self.data.labels[idx]
-        # Under torchrun each rank takes every world-th row of the same global batch.
-        shard = slice(distributed.rank(), None, distributed.world_size())
-        return tokens[shard], labels[shard], mask[shard]
+            mask = training_mask(rows, tokens.shape[1], config.mask_ratio_min, gen, order_generator=orders)
+        return tokens, self.data.labels[idx], mask
+
+    def next_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """batch(step), made by the loader thread while the previous step ran (inside fit), then the next
+        step's batch started there; made here when it was not prefetched."""
+        ahead, self._ahead = self._ahead, None
+        made = ahead[1].result() if ahead is not None and ahead[0] == step else self.batch(step)
+        if self._loader is not None and step + 1 < self.config.steps:
+            self._ahead = (step + 1, self._loader.submit(self.batch, step + 1))
+        return made
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A host tensor onto the training device; to a GPU from pinned memory, so the copy does not block."""
@@ -498,7 +563,7 @@ class Trainer:
         # Every random draw of a step (dropout, label drop, noise, timesteps) follows from (seed, step, rank),
         # so a resumed run repeats the uninterrupted one exactly, and ranks draw independently.
         torch.manual_seed(rank_seed(config.seed, self.step, distributed.rank()))
-        tokens, labels, mask = self.batch(self.step)
+        tokens, labels, mask = self.next_batch(self.step)
         # Every row shares its visible count (training_mask, prefix_mask): read here on the host, it spares the
         # model a device sync to size its gathers.
         num_visible = int((~mask[0]).sum()) if mask.numel() else 0
@@ -610,6 +675,10 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.scalars(record)
 
+    def _stop_loader(self) -> None:
+        """Run before the loader thread is joined: nothing more is prefetched (a pending batch is dropped)."""
+        self._loader, self._ahead = None, None
+
     @torch.no_grad()
     def update_ema(self) -> None:
         decay = self.config.ema_decay
@@ -635,6 +704,8 @@ class Trainer:
         since = time.perf_counter()
         with contextlib.ExitStack() as stack:
             metrics = stack.enter_context(open(self.run_dir / "metrics.jsonl", "a")) if main else None
+            self._loader = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="djepa-batches"))
+            stack.callback(self._stop_loader)
             while self.step < config.steps:
                 if self.before_step is not None:
                     self.before_step()  # at a step boundary model, EMA, optimizer and step agree

@@ -88,9 +88,21 @@ class DenoiserMLP(nn.Module):
         nn.init.zeros_(self.final.linear.weight)
         nn.init.zeros_(self.final.linear.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def embed_cond(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition's embedding: made once per sampling call, not once per denoising step."""
+        return self.cond_embed(cond)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, cond_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Output for rows x [M, D] at times t [M]. `cond` may hold each row's condition once for k tiled copies
+        of the rows ([M / k, C], as `repeat(k, 1)` would tile it): embedded first, then tiled. `cond_emb`, an
+        `embed_cond` result made earlier, replaces embedding `cond`."""
         h = self.input_proj(x)
-        c = self.time_embed(t) + self.cond_embed(cond)
+        c = self.embed_cond(cond) if cond_emb is None else cond_emb
+        if c.shape[0] != x.shape[0]:
+            c = c.repeat(x.shape[0] // c.shape[0], 1)
+        c = self.time_embed(t) + c
         for block in self.blocks:
             h = block(h, c)
         return self.final(h, c)

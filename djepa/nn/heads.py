@@ -51,14 +51,33 @@ class TokenHead(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    # The built-in heads' `loss` takes the model's conditions once for the `diffusion_batch_mul` tiled copies of the
+    # target rows (DenoiserMLP embeds, then tiles); a head whose loss reads them row by row keeps this False.
+    takes_untiled_cond: bool = False
+
+    def _cond_emb(self, cond: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor | None:
+        """The net's embedding of the conditions `_guided` runs (cond, then uncond), made once per sampling call;
+        None for a net that embeds its condition itself (no `embed_cond`)."""
+        embed = getattr(self.net, "embed_cond", None)
+        return None if embed is None else embed(cond if uncond is None else torch.cat([cond, uncond]))
+
     def _guided(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None, guidance: float
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None,
+        guidance: float,
+        cond_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Output for M rows; with `uncond`, both conditions in one call, mixed on the first D channels in fp32
-        (under bf16 autocast the mix would round cond - uncond, which the x0 estimate then multiplies)."""
+        (under bf16 autocast the mix would round cond - uncond, which the x0 estimate then multiplies).
+        `cond_emb` (from `_cond_emb`) spares embedding the conditions again at every step."""
+        embedded = () if cond_emb is None else (cond_emb,)
         if uncond is None:
-            return self.net(x, t, cond)
-        out = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, uncond]))
+            return self.net(x, t, cond, *embedded)
+        both = torch.cat([cond, uncond]) if cond_emb is None else cond  # cond is not read when cond_emb is given
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), both, *embedded)
         cond_out, uncond_out = out.float().chunk(2)
         d = self.token_dim
         mixed = uncond_out[:, :d] + guidance * (cond_out[:, :d] - uncond_out[:, :d])
@@ -198,6 +217,7 @@ class DiffusionHead(TokenHead):
     """
 
     SAMPLERS = choices(DiffusionHeadSettings, "sampler")
+    takes_untiled_cond = True
 
     def __init__(
         self,
@@ -216,6 +236,8 @@ class DiffusionHead(TokenHead):
         self.set_sampler(sampler)
         betas = cosine_betas(num_timesteps)
         self.train_schedule = Schedule(betas, list(range(num_timesteps)))
+        # float64 on the host, as the schedule's own (the DPM-Solver sampler's coefficients)
+        self.alphas_cumprod: list[float] = torch.cumprod(1 - self.train_schedule.betas, dim=0).tolist()
         self.sample_schedule = Schedule.respaced(betas, spaced_timesteps(num_timesteps, sampling_steps))
         self.sampling_steps = len(self.sample_schedule.betas)
 
@@ -263,9 +285,10 @@ class DiffusionHead(TokenHead):
         s = self.sample_schedule
         rows = cond.shape[0]
         x = torch.randn(rows, self.token_dim, device=cond.device)
+        cond_emb = self._cond_emb(cond, uncond)
         for i in reversed(range(self.sampling_steps)):
             t = torch.full((rows,), i, device=cond.device, dtype=torch.long)
-            out = self._guided(x, s.timestep_map[t].float(), cond, uncond, guidance).float()
+            out = self._guided(x, s.timestep_map[t].float(), cond, uncond, guidance, cond_emb).float()
             mean, log_var = s.p_mean_log_var(out, x, t, clamp=True, clip_x0=self.clip_x0)
             noise = torch.randn_like(x) if i > 0 else torch.zeros_like(x)
             x = mean + torch.exp(0.5 * log_var) * noise * temperature
@@ -278,7 +301,7 @@ class DiffusionHead(TokenHead):
         from the previous step's x0. Steps as diffusers' DPMSolverMultistepScheduler (algorithm_type="dpmsolver++",
         solver_order=2, "linspace" timesteps from num_timesteps - 1, final sigma 0 reached by a first-order step)."""
         rows, d = cond.shape[0], self.token_dim
-        alphas_cumprod = torch.cumprod(1 - self.train_schedule.betas.cpu(), dim=0).tolist()  # float64
+        alphas_cumprod = self.alphas_cumprod  # host floats: no device read per call
         spaced = np.linspace(0, self.num_timesteps - 1, self.sampling_steps + 1).round()[::-1][:-1]
         timesteps = sorted({int(t) for t in spaced}, reverse=True)
         alpha = [math.sqrt(alphas_cumprod[t]) for t in timesteps] + [1.0]
@@ -286,10 +309,11 @@ class DiffusionHead(TokenHead):
         lam = [math.log(a / s) if s > 0 else math.inf for a, s in zip(alpha, sigma)]  # log-SNR / 2
         # A deterministic sampler draws noise only once: temperature scales that initial noise.
         x = torch.randn(rows, d, device=cond.device) * temperature
+        cond_emb = self._cond_emb(cond, uncond)
         prev_x0: torch.Tensor | None = None
         for i, t in enumerate(timesteps):
             t_rows = torch.full((rows,), float(t), device=cond.device)
-            eps = self._guided(x, t_rows, cond, uncond, guidance)[:, :d].float()
+            eps = self._guided(x, t_rows, cond, uncond, guidance, cond_emb)[:, :d].float()
             x0 = (x - sigma[i] * eps) / alpha[i]
             if self.clip_x0 is not None:
                 x0 = x0.clamp(-self.clip_x0, self.clip_x0)  # as the ddpm path does (see Schedule.p_mean_log_var)
@@ -311,6 +335,7 @@ class FlowHead(TokenHead):
     """Rectified flow: linear path from noise (t=0) to data (t=1), velocity target, Euler or Heun."""
 
     SAMPLERS = choices(FlowHeadSettings, "sampler")
+    takes_untiled_cond = True
 
     def __init__(
         self,
@@ -358,12 +383,13 @@ class FlowHead(TokenHead):
         rows = cond.shape[0]
         x = torch.randn(rows, self.token_dim, device=cond.device) * temperature
         times = self.shift(torch.linspace(0, 1, self.sampling_steps + 1, device=cond.device))
+        cond_emb = self._cond_emb(cond, uncond)
         for i in range(self.sampling_steps):
             t0, t1 = times[i], times[i + 1]
-            v0 = self._guided(x, (t0 * 1000).expand(rows), cond, uncond, guidance).float()
+            v0 = self._guided(x, (t0 * 1000).expand(rows), cond, uncond, guidance, cond_emb).float()
             if self.sampler == "heun" and i < self.sampling_steps - 1:
                 x_next = x + (t1 - t0) * v0
-                v1 = self._guided(x_next, (t1 * 1000).expand(rows), cond, uncond, guidance).float()
+                v1 = self._guided(x_next, (t1 * 1000).expand(rows), cond, uncond, guidance, cond_emb).float()
                 x = x + (t1 - t0) * 0.5 * (v0 + v1)
             else:
                 x = x + (t1 - t0) * v0

@@ -38,10 +38,14 @@ def training_mask(
     mask_ratio_min: float = 0.7,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    order_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
+    """One ratio for the batch from `generator`, then each row's random order from `order_generator` (default:
+    the same generator, after the ratio)."""
     ratio = sample_mask_ratio(generator, minimum=mask_ratio_min)
     num_masked = min(num_tokens, max(1, math.ceil(num_tokens * ratio)))
-    return mask_from_orders(random_orders(batch, num_tokens, generator, device), num_masked)
+    orders = order_generator if order_generator is not None else generator
+    return mask_from_orders(random_orders(batch, num_tokens, orders, device), num_masked)
 
 
 def prefix_mask(
@@ -51,11 +55,13 @@ def prefix_mask(
     mask_ratio_min: float = 0.7,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    order_generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Continuation practice, one draw per batch: every token in the first k positions along `time_axis` of the
     token grid (k uniform in 1 .. length - 1) is visible; of the later tokens a share drawn as in
     `training_mask` is masked, in a random order per sample. k = all later tokens masked is the first step of
-    sampling from a prime; the partly revealed later tokens are its following steps."""
+    sampling from a prime; the partly revealed later tokens are its following steps. k and the share come from
+    `generator`, the orders from `order_generator` (default: the same generator)."""
     length = token_grid[time_axis]
     if length < 2:
         raise ValueError(f"a prefix mask needs at least 2 positions along axis {time_axis} of {token_grid}")
@@ -67,5 +73,6 @@ def prefix_mask(
     ratio = sample_mask_ratio(generator, minimum=mask_ratio_min)
     num_masked = max(1, math.ceil(int(later.sum()) * ratio))
     # Earlier tokens sort last, so mask_from_orders only ever picks later ones.
-    scores = torch.rand(batch, len(position), generator=generator).masked_fill(~later, 2.0)
+    orders = order_generator if order_generator is not None else generator
+    scores = torch.rand(batch, len(position), generator=orders).masked_fill(~later, 2.0)
     return mask_from_orders(torch.argsort(scores, dim=1).to(device), num_masked)

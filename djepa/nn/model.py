@@ -223,10 +223,12 @@ class DJEPA(nn.Module):
         b, _, width = h.shape
         full = self.mask_token.to(h.dtype).expand(b, self.num_tokens, width)
         full = full.scatter(1, visible[..., None].expand(-1, -1, width), h[:, self.buffer_size :])
-        full = full + self.predictor_pos().to(h.dtype)
-        buffer = h[:, : self.buffer_size]
+        # The residual stream stays fp32 under autocast, as the encoder's and MAR's decoder's (whose bf16 tokens
+        # meet its fp32 position table): only the blocks' matmuls run in bf16.
+        full = full.float() + self.predictor_pos().float()
+        buffer = h[:, : self.buffer_size].float()
         if self.predictor_buffer_pos is not None:
-            buffer = buffer + self.predictor_buffer_pos.to(h.dtype)
+            buffer = buffer + self.predictor_buffer_pos.float()
         x = self.predictor(torch.cat([buffer, full], dim=1))[:, self.buffer_size :]
         if self.diffusion_pos is not None:
             x = x + self.diffusion_pos.to(x.dtype)
@@ -271,7 +273,9 @@ class DJEPA(nn.Module):
         # the mask, which gives the same gradient for more work.
         cond, target = gather_rows(z, hidden), gather_rows(tokens, hidden)
         mul = self.diffusion_batch_mul
-        rows = (target.repeat(mul, 1), cond.repeat(mul, 1))
+        # Built-in heads embed each condition once and tile the embedding over the copies (the same numbers as
+        # embedding the tiled conditions, for 1/mul of the work).
+        rows = (target.repeat(mul, 1), cond if self.head.takes_untiled_cond else cond.repeat(mul, 1))
         per_row = self.head.loss(*rows) if head_draws is None else self.head.loss(*rows, head_draws)
         losses = {"denoise": per_row.mean()}
         if self.jepa:
