@@ -40,6 +40,7 @@ BENCHMARK_DRIVERS: dict[str, tuple[tuple[str, ...], bool] | None] = {
     "memory_estimate": (("model", "tokens", "dim", "classes", "buffer", "batch", "gpus"), False),
     "combine": (("out",), False),  # plus the result folders to pool, as plain paths
     "gpu_check": (("out", "batch", "compile", "steps", "peak_tflops"), False),
+    "inpainting": (("out", "count", "num_steps"), True),
 }
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]+(\.[a-z0-9]+)?$")  # DIR, DIR_S0, CLIP.mp4, FILE.png
 
