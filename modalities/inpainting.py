@@ -266,7 +266,8 @@ def image_prime(
     if mask is not None and outpaint is not None:
         raise UsageError("mask and outpaint together: give one of them")
     if mask is None and outpaint is None:
-        raise UsageError(f"{key}: say what to regenerate: mask={MASK_FORMS}, or outpaint={OUTPAINT_FORMS}")
+        named = f"{key}={image}" if isinstance(image, (str, Path)) else key
+        raise UsageError(f"{named}: say what to regenerate: mask={MASK_FORMS}, or outpaint={OUTPAINT_FORMS}")
     img = open_image(image, key)
     size, channels = int(adapter.image_size), int(adapter.channels)
     try:

@@ -147,7 +147,7 @@ def test_bad_inpainting_requests_are_one_line_errors(image_run, video_pipe, tmp_
         (dict(mask="right"), "mask=right needs the image to change: prime=IMAGE"),
         (dict(prime=str(tmp_path / "missing.png"), mask="right"), f"prime={tmp_path / 'missing.png'} does not exist"),
         (dict(prime=str(tmp_path / "broken.png"), mask="right"), f"prime={tmp_path / 'broken.png'}: cannot read it"),
-        (dict(prime=str(tmp_path / "prime.png")), "prime: say what to regenerate: mask="),
+        (dict(prime=str(tmp_path / "prime.png")), f"prime={tmp_path / 'prime.png'}: say what to regenerate: mask="),
         (dict(image=str(tmp_path / "prime.png"), mask="right", outpaint="left"), "mask and outpaint together"),
         (dict(image=str(tmp_path / "prime.png"), prime=str(tmp_path / "prime.png"), mask="right"), "prime and image"),
         (dict(image=str(tmp_path / "prime.png"), mask="left:0.1"), "mask=left:0.1 covers no whole token"),
