@@ -116,12 +116,9 @@ def test_inpainting_keeps_the_known_tokens_and_the_command_writes_the_strip(imag
     assert guided.names == ["2"] and torch.equal(guided.tokens[0, known], prime.tokens[known])
 
     # The command: a box on the command line (not a Hydra sweep), the rounding said, the strip written.
-    written = sample.run(
-        sample.compose_config(
-            common + [f"run_dir={run_dir}", f"prime={tmp_path / 'digit.png'}", "mask=16,0,32,32", "num_samples=2",
-                      f"out={tmp_path / 'out'}"]
-        ),
-    )  # fmt: skip
+    argv = common + [f"run_dir={run_dir}", f"prime={tmp_path / 'digit.png'}", "mask=16,0,32,32", "num_samples=2",
+                     f"out={tmp_path / 'out'}"]  # fmt: skip
+    written = sample.run(sample.compose_config(argv), argv)
     assert "mask=16,0,32,32: regenerating 8 of 16 tokens" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "grid.png",
