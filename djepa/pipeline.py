@@ -55,6 +55,8 @@ FREE_ADAPTER_KEYS = {
     "normalize",
     "flip",
 }
+# How video and audio items are masked, for the error when an image mask is given to such a model.
+TIME_MASKS = {"video": "mask_frames=A:B", "audio": "mask_seconds=A:B"}
 # What a group choice on the command line (`modality=video`, `loss=flow`) is compared by.
 GROUP_IDENTITY = {"modality": "modality.name", "loss": "loss.head._target_"}
 
@@ -134,6 +136,11 @@ class Generation:
     rows: int  # rows of the preview grid: one per requested class (unconditional: about square)
     adapter: Adapter = field(repr=False)
     grid_path: Path | None = None  # set by save()
+    tokens: torch.Tensor | None = field(default=None, repr=False)  # the sampled tokens [B, N, D]
+    # Inpainting / outpainting: the prime with its known tokens (djepa.modalities.inpainting.ImagePrime).
+    prime: Any = field(default=None, repr=False)
+    strip_path: Path | None = None  # set by save() when there is a prime: prime | mask | results
+    notes: list[str] = field(default_factory=list)  # what the call decided for the caller (a mask's rounding)
 
     @property
     def modality(self) -> str:
@@ -141,8 +148,8 @@ class Generation:
 
     @property
     def names(self) -> list[str]:
-        """Class name of each item."""
-        return [self.class_names[y] for y in self.labels]
+        """Class name of each item (`unconditional` for an item sampled without a class, label -1)."""
+        return [UNCONDITIONAL if y < 0 else self.class_names[y] for y in self.labels]
 
     def _expect(self, modality: str, view: str) -> None:
         if self.modality != modality:
@@ -181,12 +188,15 @@ class Generation:
         return int(cast(HasSampleRate, self.adapter).sample_rate)
 
     def save(self, out: str | Path) -> list[Path]:
-        """One file per item, `<class>_<index>.<png|mp4|wav>`, plus the adapter's `grid` preview: as `sample`."""
+        """One file per item, `<class>_<index>.<png|mp4|wav>`, plus the adapter's `grid` preview (and with a prime,
+        `inpainting.png`: prime, mask and results side by side): as `sample`."""
         out = Path(out)
         written = [
             self.adapter.save(m, out / f"{name}_{i:03d}") for i, (m, name) in enumerate(zip(self.media, self.names))
         ]
         self.grid_path = self.adapter.save_grid(self.media, self.rows, out / "grid")
+        if self.prime is not None:
+            self.strip_path = self.prime.save_strip(self.media, self.rows, out / "inpainting")
         return written
 
 
@@ -436,6 +446,9 @@ class Pipeline:
         mask_seconds: str | tuple[float, float] | None = None,
         frames: int | None = None,
         seconds: float | None = None,
+        image: Any = None,
+        mask: Any = None,
+        outpaint: str | None = None,
         batch_size: int = 50,
         progress: bool = False,
     ) -> Generation:
@@ -443,7 +456,7 @@ class Pipeline:
 
         Args:
             class_labels: class ids or names (`pipe.class_names`), one or a list; None: every class (an
-                unconditional model: leave it out).
+                unconditional model: leave it out; inpainting and outpainting: no class, the known part decides).
             num_samples: items per class.
             guidance_scale: classifier-free guidance scale (1: none); None: the run's `sample.guidance_scale` (an
                 unconditional model: 1, the only value it takes).
@@ -454,7 +467,8 @@ class Pipeline:
             precision: `auto` (bf16 autocast where bf16 is fast), `bf16` or `fp32`; None: the run's.
             seed: makes the call repeatable: the same seed gives the same media, bit for bit, on the same machine
                 (the global torch RNG is left as it was). None: draws from the global RNG.
-            prime: video / audio: a real file whose start stays fixed while the rest is generated (continuation).
+            prime: video / audio: a real file whose start stays fixed while the rest is generated (continuation);
+                image: the image to inpaint or outpaint, as `image`.
             prime_frames: video: frames of `prime` kept (None: 4); with `frames`, also the overlap of its windows.
             prime_seconds: audio: seconds of `prime` kept (None: 0.25); with `seconds`, also the overlap of its
                 windows.
@@ -464,12 +478,22 @@ class Pipeline:
             frames: video: frames to make; beyond the model's window, window by window, each window primed with
                 the last `prime_frames` frames of the one before (djepa.engine.long_generation). None: one window.
             seconds: audio: seconds to make, as `frames` (the overlap: `prime_seconds`).
+            image: image models: the image to inpaint or outpaint (a path or a PIL image), fitted to the model's
+                size as the training images were (short side resized, centre-cropped); needs `mask` or `outpaint`.
+            mask: what of `image` to regenerate (white = regenerate), the rest stays: `left`, `right`, `top`,
+                `bottom` or `center`, optionally with the fraction of the image (`right:0.3`, default 0.5); a box
+                `x0,y0,x1,y1` (or a 4-tuple) in the image's pixels; a mask PNG or PIL image of the image's size.
+                Rounded to whole tokens (a token is regenerated when half its pixels are; `notes` says how).
+            outpaint: extend `image` beyond an edge at the model's fixed size: `left`, `right`, `top` or `bottom`
+                (the image moves away from that side by the fraction, default 0.25, and the strip beyond its edge
+                is generated; its far edge leaves the frame) or `all` (the image shrinks to the centre, the border
+                is generated), as whole tokens.
             batch_size: items drawn per model call.
             progress: show a progress bar.
 
         Returns:
-            A `Generation`: `.images` (PIL), `.videos` or `.waveforms` by modality, `.labels`, and `.save(folder)`,
-            which writes what the `sample` command writes.
+            A `Generation`: `.images` (PIL), `.videos` or `.waveforms` by modality, `.labels`, `.tokens`, `.notes`,
+            and `.save(folder)`, which writes what the `sample` command writes.
 
         Examples:
             >>> out = pipe(class_labels=[3, 7], num_samples=2, seed=0, num_steps=4)
@@ -478,6 +502,18 @@ class Pipeline:
             >>> again = pipe(class_labels=[3, 7], num_samples=2, seed=0, num_steps=4)
             >>> again.images[0].tobytes() == out.images[0].tobytes()
             True
+
+            Inpainting: the left half of a digit stays, the right half is drawn again (no class: the left half
+            decides; `class_labels` guides it towards a class).
+
+            >>> filled = pipe(image=out.images[0], mask="right", num_samples=3, seed=0, num_steps=4)
+            >>> len(filled.images), filled.names[0]
+            (3, 'unconditional')
+            >>> filled.notes[0]
+            'mask=right: regenerating 8 of 16 tokens (4x4 grid, 8x8 px each); the mask fits the token grid as given'
+            >>> wider = pipe(class_labels=7, image=out.images[0], outpaint="right:0.25", seed=0, num_steps=4)
+            >>> wider.notes[0]
+            'outpaint=right:0.25: regenerating 4 of 16 tokens (4x4 grid, 8x8 px each)'
         """
         if num_samples < 1:
             raise UsageError(f"num_samples must be positive, got {num_samples}")
@@ -487,7 +523,10 @@ class Pipeline:
             ids = [self.class_index(class_labels)]
         else:
             ids = [self.class_index(c) for c in class_labels]
-        labels = torch.tensor(ids, dtype=torch.long).repeat_interleave(num_samples)
+        edit = image is not None or mask is not None or outpaint is not None or bool(prime) and self.modality == "image"
+        # Inpainting without a class: the known part decides (the model's class-free embedding).
+        conditional = not (edit and class_labels is None and not self.unconditional)
+        labels = torch.tensor(ids if conditional else [0], dtype=torch.long).repeat_interleave(num_samples)
         settings = self.settings(guidance_scale, temperature, num_steps, guidance_schedule, precision)
         range_mask = check_time_keys(self.adapter, prime, mask_frames, mask_seconds, prime_frames, prime_seconds)
         long = plan_length(self.adapter, frames, seconds, prime_frames, prime_seconds, range_mask is not None)
@@ -495,8 +534,12 @@ class Pipeline:
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(int(seed))
-            known_tokens = known_mask = None
-            if prime:
+            known_tokens = known_mask = image_prime = None
+            if edit:
+                image_prime = self._image_prime(prime, image, mask, outpaint)
+                known_tokens = image_prime.tokens.expand(len(labels), -1, -1)
+                known_mask = image_prime.known.expand(len(labels), -1)
+            elif prime:
                 if not Path(prime).is_file():
                     raise UsageError(f"prime={prime} does not exist")
                 options = {
@@ -506,15 +549,51 @@ class Pipeline:
                 known_tokens, known_mask = self.adapter.prime_tokens(str(prime), options, len(labels))
                 if range_mask is not None:  # the whole prime's tokens, kept outside the range
                     known_mask = range_mask.expand(len(labels), -1).clone()
+            tokens: torch.Tensor | None = None
             if long is not None:
                 windows = generate_windows(
                     self.model, labels, settings, long, batch_size, known_tokens, known_mask, progress=progress
                 )
                 media = decode_long(self.adapter, windows, long)
             else:
-                tokens = generate(self.model, labels, settings, batch_size, known_tokens, known_mask, progress=progress)
+                tokens = generate(
+                    self.model,
+                    labels,
+                    settings,
+                    batch_size,
+                    known_tokens,
+                    known_mask,
+                    progress=progress,
+                    conditional=conditional,
+                )
                 # Decoding can draw random numbers too (Griffin-Lim's initial phase), so it stays inside the seed.
                 media = self.adapter.decode_tokens(tokens)
         # An unconditional batch has one class: its preview is laid out about square rather than in one row.
-        rows = max(1, math.isqrt(len(labels))) if self.unconditional else len(ids)
-        return Generation(media, labels.tolist(), self.class_names, rows, self.adapter)
+        rows = max(1, math.isqrt(len(labels))) if self.unconditional or not conditional else len(ids)
+        return Generation(
+            media,
+            labels.tolist() if conditional else [-1] * len(labels),
+            self.class_names,
+            rows,
+            self.adapter,
+            tokens=tokens,
+            prime=image_prime,
+            notes=[image_prime.note] if image_prime is not None else [],
+        )
+
+    def _image_prime(self, prime: str | Path | None, image: Any, mask: Any, outpaint: str | None) -> Any:
+        """The image to inpaint or outpaint with its known tokens (djepa.modalities.inpainting.ImagePrime)."""
+        make = getattr(self.adapter, "prime_image", None)
+        if make is None or self.modality != "image":
+            if mask is not None or outpaint is not None:
+                key = "mask" if mask is not None else "outpaint"
+                hint = TIME_MASKS.get(self.modality)
+                use = f"use {hint}" if hint else "only image models take one"
+                raise UsageError(f"{key}: {self.modality} models are masked in time, not with an image mask: {use}")
+            raise UsageError(f"image: {self.modality} models take no image; continuation takes prime=FILE")
+        if image is not None and prime:
+            raise UsageError("prime and image both given: they name the same image, give one")
+        if image is None and not prime:
+            key, value = ("mask", mask) if mask is not None else ("outpaint", outpaint)
+            raise UsageError(f"{key}={value} needs the image to change: prime=IMAGE (Pipeline: image=...)")
+        return make(image if image is not None else prime, mask, outpaint, "image" if image is not None else "prime")

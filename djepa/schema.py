@@ -296,6 +296,14 @@ class Config:
         None, "sample, audio: seconds to make; beyond the model's window, window by window", low=0.0, low_open=True,
         high=3600.0,
     )  # fmt: skip
+    mask: Any = setting(
+        None,
+        "sample, image: what of prime to regenerate: left|right|top|bottom|center[:fraction], a box x0,y0,x1,y1 "
+        "in pixels, or a mask PNG (white = regenerate); rounded to whole tokens",
+    )
+    outpaint: str | None = setting(
+        None, "sample, image: extend prime past an edge: left|right|top|bottom|all[:fraction] (default 0.25)"
+    )
     standard_weights: str | None = setting(None, "local weights for the standard FID/FVD/FAD; null: skipped")
     roundtrip: bool = setting(False, "evaluate: also score the tokenizer's round trips of real items")
     roundtrip_data: str | None = setting(None, "evaluate: held-out folder for the round trip; null: the training data")

@@ -6,8 +6,9 @@ import functools
 import gzip
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from torch.utils.data import Dataset
 
 from djepa.modalities.base import ModalityAdapter
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_user_folder
+
+if TYPE_CHECKING:
+    from djepa.modalities.inpainting import ImagePrime
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +220,17 @@ class ImageAdapter(ModalityAdapter):
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(path)
         return path
+
+    def prime_image(self, image: Any, mask: Any = None, outpaint: str | None = None, key: str = "prime") -> ImagePrime:
+        """Inpainting (`mask`) or outpainting (`outpaint`) of `image`: djepa.modalities.inpainting."""
+        from djepa.modalities.inpainting import image_prime
+
+        return image_prime(self, image, mask, outpaint, key)
+
+    def prime_tokens(self, path: str, options: Mapping[str, Any], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known tokens and mask [count, N(, D)] of an image with `options["mask"]` or `options["outpaint"]`."""
+        prime = self.prime_image(path, options.get("mask"), options.get("outpaint"))
+        return prime.tokens.expand(count, -1, -1).clone(), prime.known.expand(count, -1).clone()
 
     def tokenizer_training_data(self) -> torch.Tensor:
         """The embedded digits, or at most `memory_items` images of a user folder (a seeded random subset)."""

@@ -43,6 +43,7 @@ BENCHMARK_DRIVERS: dict[str, tuple[tuple[str, ...], bool] | None] = {
     "finetune": (("out", "source", "steps", "eval_every", "seeds", "per_class", "eval_per_class"), True),
     "fid_stats": (("data_dir", "standard_weights", "reference", "image_size", "pr_items", "workers", "home"), False),
     "data_path": (("cache", "items", "world", "steps", "batch"), False),
+    "inpainting": (("out", "count", "num_steps"), True),
 }
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]+(\.[a-z0-9]+)?$")  # DIR, DIR_S0, CLIP.mp4, FILE.png
 

@@ -28,7 +28,7 @@ def compose_config(overrides: Sequence[str], config_name: str = "config") -> Dic
             if name not in MODALITIES:
                 raise UsageError(f"unknown modality {name!r}: choose one of {', '.join(MODALITIES)}")
     validate_overrides(overrides)
-    overrides = [quote_non_ascii(item) for item in overrides]
+    overrides = [quote_box(quote_non_ascii(item)) for item in overrides]
     cfg = _compose(config_name, list(overrides))
     if config_name == "config":
         extra = data_default_overrides(cfg, overrides)
@@ -48,6 +48,14 @@ def quote_non_ascii(item: str) -> str:
         return item
     escaped = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), value)
     return f"{key}='{escaped}'"
+
+
+def quote_box(item: str) -> str:
+    """`mask=0,4,16,32` -> `mask='0,4,16,32'`: Hydra would read the commas as a sweep over four values."""
+    key, sep, value = item.partition("=")
+    if sep and key.lstrip("+") == "mask" and re.fullmatch(r"\s*-?\d+(\s*,\s*-?\d+)+\s*", value):
+        return f"{key}='{value}'"
+    return item
 
 
 # An RGB folder's tokenizer must keep shapes under colours that vary independently of them: it trains 3x longer

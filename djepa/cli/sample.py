@@ -9,6 +9,10 @@ guidance 1: `num_samples` items in all.
 `format=npz` writes `num_samples` images in all as one ImageNet-style `.npz` for ADM/MAR's evaluation suites,
 split over the ranks under torchrun and resumed after a kill (`djepa.cli.sample_npz`).
 
+Image models inpaint and outpaint: `sample prime=IMAGE mask=right` (or `mask=center:0.4`, a box `mask=x0,y0,x1,y1`
+in pixels, a mask PNG with white = regenerate) or `outpaint=right:0.25`; without prompt_class the known part
+decides, `num_samples` items in all. `inpainting.png` shows the prime, the mask and the results side by side.
+
 A thin layer over `djepa.Pipeline`: the model, its adapter and its sampling defaults come from the run's (or
 export's) own config; the command line picks classes, count, seed and sampling settings.
 """
@@ -86,12 +90,18 @@ def run(cfg: DictConfig, argv: Sequence[str] | None = None) -> list[Path]:
         int(cfg.num_samples),
         seed=int(cfg.seed),
         prime=cfg.get("prime"),
+        mask=OmegaConf.to_container(mask) if OmegaConf.is_config(mask := cfg.get("mask")) else mask,
+        outpaint=cfg.get("outpaint"),
         progress=True,
         **time_options(cfg, keys),
         **settings,
     )
+    for note in result.notes:
+        tqdm.write(note)
     with writing("out", cfg.out):
         written = result.save(cfg.out)
+    if result.strip_path is not None:  # prime, mask and results side by side
+        written.append(result.strip_path)
     tqdm.write(f"wrote {len(written)} files and {result.grid_path} from {pipe.source} (seed {cfg.seed})")
     return written
 

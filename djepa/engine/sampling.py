@@ -51,8 +51,10 @@ def generate(
     known_tokens: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
     progress: bool = True,
+    conditional: bool = True,
 ) -> torch.Tensor:
-    """Tokens for each label, in batches."""
+    """Tokens for each label, in batches; `conditional` False: as many items without a class (the model's
+    class-free embedding, no guidance), `labels` only counting them."""
     device = next(model.parameters()).device
     dtype = resolve_precision(device, settings.precision)
     out = []
@@ -61,7 +63,8 @@ def generate(
         sl = slice(i, i + batch_size)
         with autocast(device, dtype):
             tokens = model.sample(
-                labels[sl].to(device),
+                labels[sl].to(device) if conditional else None,
+                batch=len(labels[sl]),
                 num_steps=settings.num_steps,
                 guidance=settings.guidance_scale,
                 temperature=settings.temperature,
