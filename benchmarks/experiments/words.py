@@ -181,7 +181,8 @@ def parse(argv: Sequence[str]) -> tuple[str, Path, dict[str, Any]]:
     """`make|roundtrip out=DIR` and the numbers (make) or home=DIR (roundtrip) as key=value."""
     if not argv or argv[0] not in ("make", "roundtrip"):
         raise UsageError("usage: words make out=DIR [per_word=N ...] | words roundtrip out=DIR [home=DIR]")
-    command, out, options = argv[0], "", {}
+    command, out = argv[0], ""
+    options: dict[str, Any] = {}
     allowed = set(NUMBERS) if command == "make" else {"home", "listener_steps"}
     for item in argv[1:]:
         key, sep, value = item.partition("=")
