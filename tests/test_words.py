@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from djepa.benchmarks.experiments import words
+from djepa.benchmarks.listener import ListenerFrontEnd
 from djepa.errors import UsageError
 
 pytest.importorskip("espeakng_loader")
@@ -28,6 +30,9 @@ def test_words_are_written_as_class_folders_with_voices_held_out_for_the_listene
     assert 0.2 < min(lengths) and max(lengths) < 1.2 and max(lengths) - min(lengths) > 0.1  # natural lengths
     assert not set(words.split_voices("train")) & set(words.split_voices("listener"))
     assert json.loads((tmp_path / "words.json").read_text())["clips"] == counts
+    # the listener hears them at their own rate (a 25 ms window is 551 samples there, more than 16 kHz's FFT)
+    features = ListenerFrontEnd(words.SAMPLE_RATE)(torch.from_numpy(clip)[None, None])
+    assert features.shape == (1, 1, 40, 1 + len(clip) // 220) and features.max() == 1.0
     with pytest.raises(UsageError, match="per_word=x must be a whole number"):
         words.parse(["make", "out=x", "per_word=x"])
     with pytest.raises(UsageError, match="usage"):

@@ -128,7 +128,7 @@ def roundtrip(out: Path, home: str = ".djepa", listener_steps: int = 400) -> dic
     the folder's tokenizer (the one `train_tokenizer modality=audio modality.adapter.data_dir=DIR/train` made)."""
     import torch
 
-    from djepa.benchmarks.classifiers import train_classifier
+    from djepa.benchmarks.classifiers import load_or_train_classifier
     from djepa.benchmarks.listener import ListenerFrontEnd, with_noisy_copies
     from djepa.benchmarks.roundtrip import round_trip
     from djepa.chunks import map_chunks
@@ -147,8 +147,11 @@ def roundtrip(out: Path, home: str = ".djepa", listener_steps: int = 400) -> dic
     if names != sorted(WORDS) or listener_names != names:
         raise UsageError(f"{out}: expected the class folders {sorted(WORDS)} in test/ and listener/")
     front_end = ListenerFrontEnd(rate)
+    path = Path(out) / f"listener-{rate}hz-{samples}-{listener_steps}steps.safetensors"
     x, y = with_noisy_copies(heard, heard_labels)
-    listener, listener_heldout = train_classifier(map_chunks(front_end, x), y, len(names), steps=listener_steps)
+    listener, listener_heldout = load_or_train_classifier(
+        path, map_chunks(front_end, x), y, len(names), steps=listener_steps
+    )
     rebuilt = round_trip(adapter, test)
 
     def correct(audio: torch.Tensor) -> torch.Tensor:
