@@ -11,8 +11,9 @@ clips), plus `words.json` (the recipe). Then, with the folder's tokenizer traine
 
     python -m djepa.benchmarks.experiments.words roundtrip out=DIR [home=.djepa]
 
-trains the listener on DIR/listener (with noisy copies), and reports per word how often it recognises the real
-test clips and their encode -> decode round trips, with a spectrogram grid of both (DIR/roundtrip.png).
+trains the listener on DIR/listener (with noisy copies; cached in DIR) and reports per word how often it recognises
+the real test clips, their mel -> vocoder copies (no VAE) and their encode -> decode round trips, with a spectrogram
+grid of the three (DIR/roundtrip.png, one row each, one column per word).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def roundtrip(out: Path, home: str = ".djepa", listener_steps: int = 400) -> dic
     from djepa.cli.config import compose_config
     from djepa.engine.adapter import build_adapter
     from djepa.modalities.audio import AudioAdapter, load_audio_folder
+    from djepa.tokenizers.mel import MelFrontEnd
     from djepa.tokenizers.train_autoencoder import psnr
 
     cfg = compose_config(["modality=audio", f"modality.adapter.data_dir={Path(out) / 'train'}", f"home={home}"])
@@ -153,16 +155,19 @@ def roundtrip(out: Path, home: str = ".djepa", listener_steps: int = 400) -> dic
         path, map_chunks(front_end, x), y, len(names), steps=listener_steps
     )
     rebuilt = round_trip(adapter, test)
+    # the mel front end and vocoder alone (no VAE): what is lost before the latents
+    mel = MelFrontEnd(getattr(adapter.tokenizer, "settings", adapter.mel_settings))
+    vocoded = map_chunks(lambda audio: mel.inverse(mel(audio)), test)
 
     def correct(audio: torch.Tensor) -> torch.Tensor:
         logits, _ = listener.predict(map_chunks(front_end, audio))
         return logits.argmax(1) == test_labels
 
-    real_ok, rebuilt_ok = correct(test), correct(rebuilt)
+    real_ok, vocoded_ok, rebuilt_ok = correct(test), correct(vocoded), correct(rebuilt)
     order = [names.index(w) for w in WORDS]
     remap = torch.tensor([WORDS.index(n) for n in names])
     first = [int(torch.nonzero(test_labels == i)[0]) for i in order]
-    adapter.save_grid(torch.cat([test[first], rebuilt[first]]), 2, Path(out) / "roundtrip.png")
+    adapter.save_grid(torch.cat([test[first], vocoded[first], rebuilt[first]]), 3, Path(out) / "roundtrip.png")
     return {
         "tokenizer": str(adapter.tokenizer_config["path"]),
         "sample_rate": rate,
@@ -170,9 +175,11 @@ def roundtrip(out: Path, home: str = ".djepa", listener_steps: int = 400) -> dic
         "test_clips": len(test),
         "listener_heldout_accuracy": round(listener_heldout, 3),
         "real_accuracy": round(float(real_ok.float().mean()), 3),
+        "vocoder_accuracy": round(float(vocoded_ok.float().mean()), 3),
         "roundtrip_accuracy": round(float(rebuilt_ok.float().mean()), 3),
         "roundtrip_psnr_db": round(psnr(test, rebuilt), 2),
         "real_per_word": per_word(real_ok, remap[test_labels]),
+        "vocoder_per_word": per_word(vocoded_ok, remap[test_labels]),
         "roundtrip_per_word": per_word(rebuilt_ok, remap[test_labels]),
     }
 
