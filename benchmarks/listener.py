@@ -116,10 +116,11 @@ class ListenerFrontEnd(torch.nn.Module):
         super().__init__()
         import torchaudio
 
+        window = round(0.025 * sample_rate)
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate,
-            n_fft=512,
-            win_length=round(0.025 * sample_rate),
+            n_fft=max(512, 1 << (window - 1).bit_length()),  # 512 at 16 kHz; the window fits at any rate
+            win_length=window,
             hop_length=round(0.010 * sample_rate),
             n_mels=n_mels,
             f_min=20.0,

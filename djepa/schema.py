@@ -456,11 +456,20 @@ class VideoAdapterSettings(AdapterSettings):
 
 @dataclass
 class AudioAdapterSettings(AdapterSettings):
-    sample_rate: int = setting(16000, "samples per second", low=1)
-    seconds: float = setting(1.0, "clip length", low=0.0, low_open=True)
+    sample_rate: int | None = setting(
+        None, "samples per second; null: the folder's most common (embedded: 16000)", low=1
+    )
+    seconds: float | None = setting(
+        None,
+        "clip length; null: the folder's 95th-percentile clip rounded up to the latent grid (embedded: 1)",
+        low=0.0,
+        low_open=True,
+    )
     count: int = setting(3000, "embedded default: clips", low=1)
     normalize: bool = setting(True, "peak-normalise every clip")
-    mel: dict[str, Any] = setting({}, "mel front end: n_fft, hop_length, n_mels, frames (the tokenizer's mel.json)")
+    mel: dict[str, Any] = setting(
+        {}, "mel front end: n_fft, hop_length, n_mels, frames (null: the clip's, on the latent grid)"
+    )
 
 
 @dataclass

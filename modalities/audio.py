@@ -7,7 +7,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from djepa.errors import UsageError
 from djepa.io import atomic_write_safetensors
 from djepa.modalities.base import HELDOUT_SEED_OFFSET, ModalityAdapter
 from djepa.modalities.espeak import espeak_voices, speak
-from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_user_folder
+from djepa.modalities.folder import DataError, FileDataset, FolderScan, load_folder, scan_user_folder
 from djepa.modalities.image import grid_canvas
 from djepa.modalities.waveform import peak_normalize
 from djepa.tokenizers.base import LatentTokenizer
@@ -152,6 +152,118 @@ def load_audio_folder(
     return load_folder(scan, dataset, root, AudioAdapter.folder_items)
 
 
+# ------------------------------------------------------------------------------------------- folder defaults
+
+EMBEDDED_SAMPLE_RATE = 16000  # the embedded digits' rate and length, and a folder's when its headers tell nothing
+EMBEDDED_SECONDS = 1.0
+CLIP_LENGTH_QUANTILE = 0.95  # a folder's clip length: this share of its clips fits uncropped
+STAT_FILES = 4000  # at most this many file headers read for a folder's rate and lengths (a seeded subset)
+FRAME_UNIT = 16  # mel frames are a multiple of this when nothing else says (the default tokenizer's 8x times patch 2)
+
+
+@dataclass(frozen=True)
+class FolderClips:
+    """What a folder's file headers say: each examined clip's rate and length in samples, and how many files the
+    folder has in all (only a seeded subset of at most STAT_FILES is examined)."""
+
+    rates: list[int]
+    lengths: list[int]
+    total: int
+
+    @property
+    def sample_rate(self) -> int:
+        """The most common rate (ties: the highest)."""
+        values, counts = np.unique(np.asarray(self.rates), return_counts=True)
+        return int(values[counts == counts.max()].max())
+
+    def seconds(self, quantile: float = CLIP_LENGTH_QUANTILE) -> float:
+        """The `quantile` of the clip lengths, in seconds."""
+        return float(np.quantile(np.asarray(self.lengths) / np.asarray(self.rates), quantile))
+
+    def longer_than(self, seconds: float) -> int:
+        """How many examined clips last longer than `seconds` (they are cropped)."""
+        return int(np.sum(np.asarray(self.lengths) / np.asarray(self.rates) > seconds + 1e-9))
+
+
+def folder_clips(scan: FolderScan, limit: int = STAT_FILES, seed: int = 0) -> FolderClips:
+    """The rate and length of up to `limit` files of a folder, from their headers (no samples decoded); files
+    whose header soundfile cannot read are left out here (reading them later skips them)."""
+    import soundfile as sf
+
+    files = scan.files
+    if len(files) > limit:
+        order = np.random.default_rng(seed).permutation(len(files))[:limit]
+        files = [files[i] for i in sorted(order)]
+    rates, lengths = [], []
+    for path in files:
+        try:
+            info = sf.info(str(path))
+        except (RuntimeError, OSError, TypeError, ValueError, EOFError):
+            continue
+        if info.samplerate > 0 and info.frames > 0:
+            rates.append(int(info.samplerate))
+            lengths.append(int(info.frames))
+    return FolderClips(rates, lengths, len(scan.files))
+
+
+def grid_frames(num_samples: int, hop_length: int, unit: int = FRAME_UNIT) -> int:
+    """Mel frames for a clip: its STFT frames rounded up to a multiple of `unit` (the latent grid tiles them)."""
+    return math.ceil((1 + num_samples // hop_length) / unit) * unit
+
+
+def derived_length(seconds: float, sample_rate: int, hop_length: int, unit: int) -> tuple[int, int]:
+    """A folder's clip length rounded up to the latent grid: (num_samples, frames), the clip filling its frames."""
+    frames = grid_frames(round(seconds * sample_rate), hop_length, unit)
+    return (frames - 1) * hop_length, frames
+
+
+def folder_audio_defaults(adapter: dict[str, Any], unit: int, quantile: float = CLIP_LENGTH_QUANTILE) -> dict[str, Any]:
+    """Values for the audio adapter settings left null (`sample_rate`, `seconds`, `mel.frames`): from the folder at
+    `data_dir` (its most common rate, its `quantile` clip length rounded up to the latent grid), else the embedded
+    digits' (16 kHz, 1 s). Logs one warning counting the clips longer than the length, which are cropped."""
+    hop = int((adapter.get("mel") or {}).get("hop_length") or MelSettings.hop_length)
+    frames = (adapter.get("mel") or {}).get("frames")
+    rate, seconds = adapter.get("sample_rate"), adapter.get("seconds")
+    clips = None
+    if adapter.get("data_dir"):
+        try:
+            clips = folder_clips(scan_audio_folder(Path(adapter["data_dir"])), seed=int(adapter.get("seed") or 0))
+        except DataError:
+            clips = None  # the folder's own checks report it, in one line, where it is read
+        if clips is not None and not clips.rates:
+            clips = None
+    rate = int(rate or (clips.sample_rate if clips else EMBEDDED_SAMPLE_RATE))
+    if seconds is not None:
+        num_samples = round(float(seconds) * rate)
+    elif clips is None:
+        num_samples = round(EMBEDDED_SECONDS * rate)
+    else:
+        num_samples, fitted = derived_length(clips.seconds(quantile), rate, hop, unit)
+        if frames is None:
+            frames = fitted
+        else:  # frames given: the length they hold at most
+            num_samples = min(num_samples, (int(frames) - 1) * hop)
+    frames = int(frames or grid_frames(num_samples, hop, unit))
+    if clips is not None:
+        cropped = clips.longer_than(num_samples / rate)
+        if cropped:
+            examined = " examined" if len(clips.lengths) < clips.total else ""
+            log.warning(
+                "%d of %d clips%s in %s are longer than %.3f s and are cropped around their centre "
+                "(set modality.adapter.seconds to keep more)",
+                cropped,
+                len(clips.lengths),
+                examined,
+                adapter["data_dir"],
+                num_samples / rate,
+            )
+    return {
+        "sample_rate": rate,
+        "seconds": float(seconds) if seconds is not None else num_samples / rate,
+        "frames": frames,
+    }
+
+
 # ------------------------------------------------------------------------------------------- previews
 
 
@@ -183,8 +295,8 @@ class AudioAdapter(ModalityAdapter):
         tokenizer: dict[str, Any],
         patch_size: list[int],
         cache_dir: str,
-        sample_rate: int = 16000,
-        seconds: float = 1.0,
+        sample_rate: int | None = None,
+        seconds: float | None = None,
         data_dir: str | None = None,
         count: int = 3000,
         normalize: bool = True,
@@ -193,6 +305,15 @@ class AudioAdapter(ModalityAdapter):
         memory_items: int = 5000,
     ):
         super().__init__(tokenizer, patch_size, cache_dir, seed, memory_items)
+        mel = dict(mel or {})
+        if (
+            sample_rate is None or seconds is None or mel.get("frames") is None
+        ):  # null: from the folder (or 16 kHz, 1 s)
+            found = folder_audio_defaults(
+                {"data_dir": data_dir, "sample_rate": sample_rate, "seconds": seconds, "mel": mel, "seed": seed},
+                FRAME_UNIT,
+            )
+            sample_rate, seconds, mel["frames"] = found["sample_rate"], found["seconds"], found["frames"]
         self.sample_rate = int(sample_rate)
         self.seconds = float(seconds)
         self.num_samples = round(self.sample_rate * self.seconds)
@@ -200,7 +321,7 @@ class AudioAdapter(ModalityAdapter):
         self.count = int(count)
         self.normalize = normalize
         self.mel_settings = MelSettings.from_dict(
-            {**(mel or {}), "sample_rate": self.sample_rate, "num_samples": self.num_samples}
+            {**mel, "sample_rate": self.sample_rate, "num_samples": self.num_samples}
         )
         self._front_end: MelFrontEnd | None = None
 

@@ -9,8 +9,9 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from djepa import builders
 from djepa.cli.checks import validate, validate_overrides
@@ -100,6 +101,8 @@ def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:
     from djepa.engine.adapter import dataset_tokenizer_path
 
     adapter = cfg.modality.get("adapter")
+    if cfg.modality.name == "audio" and adapter is not None:
+        fill_audio_defaults(cfg, adapter)
     if adapter is None or not adapter.get("data_dir"):
         return
     embedded_default = Path(cfg.home) / "tokenizers" / cfg.modality.name
@@ -108,6 +111,28 @@ def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:
         if Path(str(tokenizer.path)).resolve() == embedded_default.resolve():
             container = OmegaConf.to_container(adapter, resolve=True)
             tokenizer.path = str(dataset_tokenizer_path(cfg.home, cfg.modality.name, container))
+
+
+def fill_audio_defaults(cfg: DictConfig, adapter: DictConfig) -> None:
+    """The audio settings left null (sample rate, clip length, mel frames) from the folder (or the embedded
+    digits'), written into the config so that the run keeps them; frames tile the tokenizer's latent grid."""
+    from djepa.modalities.audio import FRAME_UNIT, folder_audio_defaults
+
+    mel = adapter.get("mel")
+    if adapter.get("sample_rate") is not None and adapter.get("seconds") is not None:
+        if mel is not None and mel.get("frames") is not None:
+            return
+    blocks = OmegaConf.select(cfg, "tokenizer.block_out_channels")
+    patch = adapter.get("patch_size")
+    unit = FRAME_UNIT
+    if isinstance(blocks, Sequence) and blocks and isinstance(patch, Sequence) and patch:
+        unit = 2 ** (len(blocks) - 1) * int(patch[-1])
+    found = folder_audio_defaults(cast(dict, OmegaConf.to_container(adapter, resolve=True)), unit)
+    with open_dict(adapter):
+        adapter.sample_rate, adapter.seconds = found["sample_rate"], found["seconds"]
+        if mel is None:
+            adapter.mel = {}
+        adapter.mel.frames = found["frames"]
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
