@@ -365,3 +365,19 @@ def test_a_corrupt_checkpoint_past_the_resume_point_is_set_aside_not_deleted(tmp
     _save(manager, 3)
     assert [p.name for p in manager.directories()] == ["step_0000003"] and moved.is_dir()
     assert manager.latest_valid()[1]["step"] == 3
+
+
+def test_an_interrupt_says_what_each_command_can_resume(capsys, monkeypatch, tmp_path):
+    """train resumes from its checkpoints; the tokenizer trainer keeps none, so it says it starts again."""
+    from djepa.cli import train, train_tokenizer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for command, expected in ((train, "last checkpoint is intact"), (train_tokenizer, "starts it again")):
+        monkeypatch.setattr(command, "run", interrupted)
+        monkeypatch.setattr(command, "check_inputs", lambda *a, **k: None, raising=False)
+        with pytest.raises(SystemExit) as stop:
+            command.main([f"home={tmp_path}"])
+        err = capsys.readouterr().err
+        assert stop.value.code == 130 and expected in err and len(err.strip().splitlines()) == 1

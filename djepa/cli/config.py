@@ -178,8 +178,9 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def cli_errors() -> Iterator[None]:
-    """Turn user mistakes into one clear line on stderr and exit status 2; SIGTERM into a clean stop (143)."""
+def cli_errors(interrupted: str = "interrupted; nothing half-written is kept") -> Iterator[None]:
+    """Turn user mistakes into one clear line on stderr and exit status 2; SIGTERM into a clean stop (143) that
+    prints `interrupted` (what the command can resume)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
@@ -188,7 +189,7 @@ def cli_errors() -> Iterator[None]:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as err:
-        print("interrupted; the last checkpoint is intact, run the same command to resume", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(143 if isinstance(err, Terminated) else 130)
 
 

@@ -304,8 +304,12 @@ def stop_between_steps(trainer: Trainer) -> Iterator[None]:
         trainer.before_step = None
 
 
+# Training checkpoints as it goes; a tokenizer trained first (no tokenizer yet) starts again.
+RESUME_HINT = "interrupted; the last checkpoint is intact, run the same command to resume"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    with cli_errors():
+    with cli_errors(RESUME_HINT):
         try:
             cfg = compose_config(sys.argv[1:] if argv is None else argv)
             check_inputs(cfg, "train")

@@ -29,7 +29,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    with cli_errors():
+    with cli_errors("interrupted; tokenizer training keeps no checkpoint: the same command starts it again"):
         cfg = compose_config(sys.argv[1:] if argv is None else argv)
         check_inputs(cfg, "train_tokenizer")
         run(cfg)
