@@ -165,6 +165,11 @@ def build(config: Mapping[str, Any], where: str, kind: Kind, offered: Mapping[st
     return cls(**kwargs)
 
 
+def adapter_class(settings: Mapping[str, Any], where: str = "modality.adapter") -> type:
+    """The adapter class `modality.adapter` names, not built: for its class-level hooks."""
+    return resolve(settings, where, ADAPTER)
+
+
 def adapter(settings: Mapping[str, Any], where: str = "modality.adapter") -> Any:
     """The modality adapter `modality.adapter` names; its tokenizer entry stays a dict (built on first use)."""
     return build(settings, where, ADAPTER)

@@ -22,7 +22,7 @@ from djepa.io import atomic_write_safetensors
 from djepa.modalities.base import HELDOUT_SEED_OFFSET, ModalityAdapter
 from djepa.modalities.espeak import espeak_voices, speak
 from djepa.modalities.folder import DataError, FileDataset, FolderScan, load_folder, scan_user_folder
-from djepa.modalities.image import grid_canvas
+from djepa.modalities.pixels import grid_canvas
 from djepa.modalities.waveform import peak_normalize
 from djepa.tokenizers.base import LatentTokenizer
 from djepa.tokenizers.mel import MelFrontEnd, MelSettings, MelTokenizer, fit_length
@@ -289,6 +289,29 @@ class AudioAdapter(ModalityAdapter):
     train_tokenizer_command = "train_tokenizer modality=audio"
     default_tokenizer = "djepa.tokenizers.mel.MelTokenizer"
     folder_items = "readable audio"
+
+    @staticmethod
+    def fill_config_defaults(cfg: Any, adapter: Any) -> None:
+        """The settings left null (sample rate, clip length, mel frames) from the folder (or the embedded digits'),
+        written into the config (`adapter`, cfg.modality.adapter) so that the run keeps them; frames tile the
+        tokenizer's latent grid."""
+        from omegaconf import OmegaConf, open_dict
+
+        mel = adapter.get("mel")
+        if adapter.get("sample_rate") is not None and adapter.get("seconds") is not None:
+            if mel is not None and mel.get("frames") is not None:
+                return
+        blocks = OmegaConf.select(cfg, "tokenizer.block_out_channels")
+        patch = adapter.get("patch_size")
+        unit = FRAME_UNIT
+        if blocks and patch and not isinstance(blocks, str) and not isinstance(patch, str):
+            unit = 2 ** (len(blocks) - 1) * int(patch[-1])
+        found = folder_audio_defaults(dict(OmegaConf.to_container(adapter, resolve=True)), unit)  # type: ignore[arg-type]
+        with open_dict(adapter):
+            adapter.sample_rate, adapter.seconds = found["sample_rate"], found["seconds"]
+            if mel is None:
+                adapter.mel = {}
+            adapter.mel.frames = found["frames"]
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from djepa.errors import UsageError
-from djepa.modalities.image import IMAGE_ERRORS, fit_image, grid_canvas, to_uint8
+from djepa.modalities.pixels import IMAGE_ERRORS, fit_image, grid_canvas, to_uint8
 
 SIDES = ("left", "right", "top", "bottom")
 MASK_SHORTHANDS = (*SIDES, "center")

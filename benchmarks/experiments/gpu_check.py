@@ -253,10 +253,12 @@ def analytic_flops(model: DJEPA, visible: float) -> dict[str, float]:
     predictor = 2 * (buffer + visible) * d_enc * d_pred + transformer_flops(
         c["predictor_depth"], buffer + n, d_pred, ratio
     )
-    # Head, per row: time MLP (freq -> w -> w), condition and input projections, per block an MLP of two w x w and
-    # a 3w modulation, the final layer's 2w modulation and output.
+    # Head, per row: time MLP (freq -> w -> w), input projection, per block an MLP of two w x w and a 3w
+    # modulation, the final layer's 2w modulation and output; the condition projection once per hidden token,
+    # before the diffusion_batch_mul copies.
     head_no_input_grad = 2 * rows * (net.time_embed.freq_dim * width + dim * width)
-    head = 2 * rows * (width * width + d_pred * width + depth * 5 * width * width + 2 * width * width + width * out)
+    head = 2 * rows * (width * width + depth * 5 * width * width + 2 * width * width + width * out)
+    head += 2 * (hidden if getattr(model.head, "takes_untiled_cond", False) else rows) * d_pred * width
     projector = 2 * hidden * (d_pred * 4 * d_enc + 4 * d_enc * d_enc) if model.jepa else 0.0
     teacher = 0.0
     if model.jepa and (visible > 0 or model.jepa_without_context):

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import cast
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from djepa import builders
 from djepa.cli.checks import validate, validate_overrides
@@ -101,8 +101,8 @@ def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:
     from djepa.engine.adapter import dataset_tokenizer_path
 
     adapter = cfg.modality.get("adapter")
-    if cfg.modality.name == "audio" and adapter is not None:
-        fill_audio_defaults(cfg, adapter)
+    if adapter is not None and adapter.get("_target_"):
+        fill_adapter_defaults(cfg, adapter)
     if adapter is None or not adapter.get("data_dir"):
         return
     embedded_default = Path(cfg.home) / "tokenizers" / cfg.modality.name
@@ -113,26 +113,15 @@ def apply_data_defaults(cfg: DictConfig, overrides: Sequence[str]) -> None:
             tokenizer.path = str(dataset_tokenizer_path(cfg.home, cfg.modality.name, container))
 
 
-def fill_audio_defaults(cfg: DictConfig, adapter: DictConfig) -> None:
-    """The audio settings left null (sample rate, clip length, mel frames) from the folder (or the embedded
-    digits'), written into the config so that the run keeps them; frames tile the tokenizer's latent grid."""
-    from djepa.modalities.audio import FRAME_UNIT, folder_audio_defaults
+def fill_adapter_defaults(cfg: DictConfig, adapter: DictConfig) -> None:
+    """Settings the adapter class derives from its data (an audio folder's sample rate and clip length), written
+    into the config so that the run keeps them: the class's `fill_config_defaults(cfg, adapter)`, where it has one."""
+    from djepa import builders
 
-    mel = adapter.get("mel")
-    if adapter.get("sample_rate") is not None and adapter.get("seconds") is not None:
-        if mel is not None and mel.get("frames") is not None:
-            return
-    blocks = OmegaConf.select(cfg, "tokenizer.block_out_channels")
-    patch = adapter.get("patch_size")
-    unit = FRAME_UNIT
-    if isinstance(blocks, Sequence) and blocks and isinstance(patch, Sequence) and patch:
-        unit = 2 ** (len(blocks) - 1) * int(patch[-1])
-    found = folder_audio_defaults(cast(dict, OmegaConf.to_container(adapter, resolve=True)), unit)
-    with open_dict(adapter):
-        adapter.sample_rate, adapter.seconds = found["sample_rate"], found["seconds"]
-        if mel is None:
-            adapter.mel = {}
-        adapter.mel.frames = found["frames"]
+    cls = builders.adapter_class(cast(dict, OmegaConf.to_container(adapter, resolve=False)))
+    fill = getattr(cls, "fill_config_defaults", None)
+    if fill is not None:
+        fill(cfg, adapter)
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
