@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from djepa.modalities.base import ModalityAdapter
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_user_folder
-from djepa.modalities.pixels import IMAGE_ERRORS, fit_image, grid_canvas, to_uint8, to_unit_range
+from djepa.modalities.pixels import IMAGE_ERRORS, fit_image, save_canvas, to_uint8, to_unit_range
 
 if TYPE_CHECKING:
     from djepa.modalities.inpainting import ImagePrime
@@ -166,13 +166,7 @@ class ImageAdapter(ModalityAdapter):
         return path
 
     def save_grid(self, media: torch.Tensor, rows: int, path: Path, scale: int = 2) -> Path:
-        canvas = grid_canvas(to_uint8(media), rows)
-        img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-        path = Path(path).with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path)
-        return path
+        return save_canvas(media, rows, path, scale)
 
     def prime_image(self, image: Any, mask: Any = None, outpaint: str | None = None, key: str = "prime") -> ImagePrime:
         """Inpainting (`mask`) or outpainting (`outpaint`) of `image`: djepa.modalities.inpainting."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from djepa.errors import UsageError
-from djepa.modalities.pixels import IMAGE_ERRORS, fit_image, grid_canvas, to_uint8
+from djepa.modalities.pixels import IMAGE_ERRORS, fit_image, save_canvas
 
 SIDES = ("left", "right", "top", "bottom")
 MASK_SHORTHANDS = (*SIDES, "center")
@@ -69,13 +69,7 @@ class ImagePrime:
         for r in range(rows):
             row = list(media[r * cols : (r + 1) * cols].float())
             cells += [self.shown, mask, *row, *[blank] * (cols - len(row))]
-        canvas = grid_canvas(to_uint8(torch.stack(cells)), rows)
-        img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-        path = Path(path).with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img.save(path)
-        return path
+        return save_canvas(torch.stack(cells), rows, path, scale)
 
 
 def parse_fraction(key: str, spec: str, text: str) -> float:

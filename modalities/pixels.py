@@ -3,6 +3,8 @@ uint8 arrays, fitting an image to the model's size, and preview grids."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -54,3 +56,14 @@ IMAGE_ERRORS = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,
 )
+
+
+def save_canvas(images: torch.Tensor, rows: int, path: Path, scale: int = 2) -> Path:
+    """[B, C, H, W] in [-1, 1] as one PNG grid of `rows` rows at `scale` times the size (nearest neighbour)."""
+    canvas = grid_canvas(to_uint8(images), rows)
+    img = Image.fromarray(canvas[..., 0] if canvas.shape[-1] == 1 else canvas)
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    path = Path(path).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path

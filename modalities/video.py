@@ -21,12 +21,8 @@ from torch.utils.data import Dataset
 
 from djepa.modalities.base import HELDOUT_SEED_OFFSET, DataError, ModalityAdapter
 from djepa.modalities.folder import FileDataset, FolderScan, load_folder, scan_user_folder
-from djepa.modalities.image import (
-    digit_or_folder_names,
-    load_mnist_digits,
-    to_uint8,
-    to_unit_range,
-)
+from djepa.modalities.image import digit_or_folder_names, load_mnist_digits
+from djepa.modalities.pixels import to_uint8, to_unit_range
 
 log = logging.getLogger(__name__)
 

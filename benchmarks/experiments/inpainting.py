@@ -109,7 +109,7 @@ def known_half_difference(result: torch.Tensor, reference: torch.Tensor, columns
 
 
 def picture(rows: list[list[torch.Tensor]], path: Path, scale: int = 3) -> Path:
-    from djepa.modalities.image import grid_canvas, to_uint8
+    from djepa.modalities.pixels import grid_canvas, to_uint8
 
     cells = torch.stack([cell for row in rows for cell in row])
     canvas = grid_canvas(to_uint8(cells), len(rows))

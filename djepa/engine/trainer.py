@@ -128,25 +128,8 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.min_lr + (config.peak_lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-# The reference's no_weight_decay set (models/djepa.py) in our names: the denoising head, the JEPA projector,
-# the token and predictor embeddings, class and fake-class embeddings, buffer, mask token, positional tables.
-NO_DECAY_MODULES = (
-    "head",
-    "jepa_proj",
-    "token_proj",
-    "predictor_embed",
-    "class_emb",
-    "fake_class",
-    "buffer",
-    "mask_token",
-    "encoder_pos",
-    "predictor_pos",
-    "predictor_buffer_pos",
-    "diffusion_pos",
-)
-
-
-# The set excluded before the fidelity fixes, for `train.no_decay=embeddings` (an ablation).
+# The set excluded before the fidelity fixes, for `train.no_decay=embeddings` (an ablation): class and fake-class
+# embeddings, buffer, mask token, positional tables.
 EMBEDDING_MODULES = (
     "class_emb",
     "fake_class",
@@ -157,6 +140,9 @@ EMBEDDING_MODULES = (
     "predictor_buffer_pos",
     "diffusion_pos",
 )
+# The reference's no_weight_decay set (models/djepa.py) in our names: the denoising head, the JEPA projector, the
+# token and predictor embeddings, and the embeddings above.
+NO_DECAY_MODULES = ("head", "jepa_proj", "token_proj", "predictor_embed", *EMBEDDING_MODULES)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_set: str = "reference") -> list[dict[str, Any]]:
