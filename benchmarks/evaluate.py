@@ -134,6 +134,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     real = RealMedia(view.adapter)
     standard = standard_metric(cfg, real)
     classifier, heldout, real_features = modality_classifier(cfg, view, real)
+    # Training the classifier (not loading it from its cache) draws random numbers: the samples start from the seed.
+    torch.manual_seed(cfg.seed)
     result = score(
         model,
         view,

@@ -274,3 +274,24 @@ def test_an_inception_file_carrying_pickled_code_is_refused_unexecuted(tmp_path)
     with pytest.raises(UsageError, match="weights-only"):
         StandardMetric("image", torch.zeros(2, 1, 8, 8), path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_evaluate_draws_the_same_samples_whether_the_classifier_is_trained_or_cached(monkeypatch):
+    """Training the classifier consumes random numbers, loading it does not: the samples must not notice."""
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(evaluate, "build_adapter", lambda cfg: None)
+    monkeypatch.setattr(evaluate, "config_view", lambda cfg, adapter: StubView())
+    monkeypatch.setattr(evaluate, "find_checkpoint", lambda run_dir, checkpoint: ("ckpt", {"step": 1}))
+    monkeypatch.setattr(evaluate, "load_ema_model", lambda *args: None)
+    monkeypatch.setattr(evaluate, "RealMedia", lambda adapter: None)
+    monkeypatch.setattr(evaluate, "standard_metric", lambda cfg, real: None)
+    monkeypatch.setattr(evaluate.SamplingSettings, "from_config", staticmethod(lambda cfg: None))
+    monkeypatch.setattr(evaluate, "score", lambda *args: {"draw": torch.rand(1).item()})
+    cfg = OmegaConf.create({"seed": 3, "run_dir": "r", "checkpoint": None, "device": "cpu", "loss": {"head": {}},
+                            "num_samples": 1, "roundtrip": False})  # fmt: skip
+    results = []
+    for trains in (True, False):
+        monkeypatch.setattr(evaluate, "modality_classifier", lambda *a, t=trains: (torch.rand(5) if t else 0, 1.0, 0))
+        results.append(evaluate.run(cfg)["draw"])
+    assert results[0] == results[1]
