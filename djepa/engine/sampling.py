@@ -24,7 +24,7 @@ class SamplingSettings:
     temperature: float = 1.0
     num_steps: int = 16
     guidance_schedule: str = "linear"
-    # auto: the transformer and denoiser under bf16 autocast where bf16 is fast (CUDA, CPUs with AVX512-BF16 or
+    # auto: the transformer and denoiser under bf16 autocast where bf16 is fast (CUDA, CPUs with
     # AMX), as MAR samples; the diffusion arithmetic stays fp32 either way. fp32: no autocast.
     precision: str = "auto"
 
