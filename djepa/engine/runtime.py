@@ -26,18 +26,22 @@ def cpu_flags() -> set[str]:
 
 
 @functools.cache
-def cpu_bf16_is_fast() -> bool:
-    """True on CPUs with AMX (`amx_bf16`), where bf16 matmul runs several times faster than fp32.
+def cpu_bf16_is_fast(training: bool = True) -> bool:
+    """Whether `auto` means bf16 on this CPU, from its flags alone (never timed, so a busy machine cannot change it,
+    nor same-seed samples with it).
 
-    Elsewhere fp32: with AVX512-BF16 alone bf16 is not clearly faster at djepa's CPU sizes (a timing at 256 x 256
-    fell either side of the line with the machine's load), and without either torch emulates it, ~100x slower.
-    Read from the flags, never timed, so the choice, and with it same-seed samples, never depends on the load.
+    Training: only with AMX (`amx_bf16`), where bf16 runs several times faster; with AVX512-BF16 alone it is not
+    clearly faster at the CPU sizes and trained the image default worse (Results: ablations). Sampling: with AMX or
+    AVX512-BF16 (2.4x faster per item at equal quality at 64 tokens, Results: speed). Without either, torch emulates
+    bf16, ~100x slower.
     """
-    return "amx_bf16" in cpu_flags()
+    flags = cpu_flags()
+    return "amx_bf16" in flags or (not training and "avx512_bf16" in flags)
 
 
-def resolve_precision(device: torch.device, requested: str = "auto") -> torch.dtype:
-    """bf16 on CUDA and on CPUs that do it fast, fp32 elsewhere. Never fp16 (loss spikes to NaN)."""
+def resolve_precision(device: torch.device, requested: str = "auto", training: bool = True) -> torch.dtype:
+    """bf16 on CUDA and on CPUs that do it fast (for `training` or for sampling), fp32 elsewhere. Never fp16 (loss
+    spikes to NaN)."""
     if requested not in PRECISIONS:
         raise ValueError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested == "fp32":
@@ -46,7 +50,7 @@ def resolve_precision(device: torch.device, requested: str = "auto") -> torch.dt
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_bf16_is_fast() else torch.float32
+    return torch.bfloat16 if cpu_bf16_is_fast(training) else torch.float32
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:

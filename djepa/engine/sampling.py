@@ -25,7 +25,7 @@ class SamplingSettings:
     num_steps: int = 16
     guidance_schedule: str = "linear"
     # auto: the transformer and denoiser under bf16 autocast where bf16 is fast (CUDA, CPUs with
-    # AMX), as MAR samples; the diffusion arithmetic stays fp32 either way. fp32: no autocast.
+    # AMX or AVX512-BF16), as MAR samples; the diffusion arithmetic stays fp32 either way. fp32: no autocast.
     precision: str = "auto"
 
     def __post_init__(self) -> None:
@@ -56,7 +56,7 @@ def generate(
     """Tokens for each label, in batches; `conditional` False: as many items without a class (the model's
     class-free embedding, no guidance), `labels` only counting them."""
     device = next(model.parameters()).device
-    dtype = resolve_precision(device, settings.precision)
+    dtype = resolve_precision(device, settings.precision, training=False)
     out = []
     batches = range(0, len(labels), batch_size)
     for i in tqdm(batches, desc="sampling", leave=False, disable=not progress or len(batches) < 2):
