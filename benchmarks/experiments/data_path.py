@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from djepa.benchmarks.experiments import key_values
 from djepa.cli.config import cli_errors
 from djepa.engine import distributed
 from djepa.engine.trainer import EpochSampler, TrainConfig, Trainer
@@ -60,13 +61,9 @@ def measure(cache_dir: Path, items: int, world: int, steps: int, batch: int) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = dict(cache="", items="1000000", world="8", steps="20", batch="2048")
+    defaults = dict(cache="", items="1000000", world="8", steps="20", batch="2048")
     with cli_errors():
-        for item in sys.argv[1:] if argv is None else argv:
-            key, sep, value = item.partition("=")
-            if not sep or key not in args:
-                raise UsageError(f"unknown argument {item!r}: takes {', '.join(k + '=' for k in args)}")
-            args[key] = value
+        args = key_values(sys.argv[1:] if argv is None else argv, defaults)
         if not args["cache"]:
             raise UsageError("cache=DIR is required: where the synthetic cache is made (sparse files)")
         items, world, steps, batch = (int(args[k]) for k in ("items", "world", "steps", "batch"))

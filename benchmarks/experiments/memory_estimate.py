@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
+from djepa.benchmarks.experiments import key_values
 from djepa.cli.config import cli_errors, compose_config
 from djepa.engine.model_config import model_kwargs
-from djepa.errors import UsageError
 from djepa.nn.model import DJEPA
 
 DDP_BYTES_PER_PARAM = 28
@@ -62,13 +62,9 @@ def estimate(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = dict(model="djepa_b", tokens="16,16", dim="16", classes="1000", buffer="", batch="64", gpus="8")
+    defaults = dict(model="djepa_b", tokens="16,16", dim="16", classes="1000", buffer="", batch="64", gpus="8")
     with cli_errors():
-        for item in sys.argv[1:] if argv is None else argv:
-            key, sep, value = item.partition("=")
-            if not sep or key not in args:
-                raise UsageError(f"unknown argument {item!r}: takes {', '.join(k + '=' for k in args)}")
-            args[key] = value
+        args = key_values(sys.argv[1:] if argv is None else argv, defaults)
         tokens = [int(t) for t in args["tokens"].split(",")]
         buffer = int(args["buffer"]) if args["buffer"] else None
         gpus = int(args["gpus"])
