@@ -99,6 +99,13 @@ class ModelSettings:
 class LossSettings:
     denoise_weight: float = setting(1.0, "weight of the denoising loss", low=0.0)
     jepa_weight: float = setting(1.0, "weight of the JEPA loss; 0 is MAR mode (no projector, no teacher)", low=0.0)
+    jepa_rows: float = setting(
+        1.0,
+        "share of each batch's rows the JEPA term uses (the teacher pass and projector run on the first ones); 1: all",
+        low=0.0,
+        low_open=True,
+        high=1.0,
+    )
     head: dict[str, Any] = setting({}, "the denoising head: `_target_` names a TokenHead, other keys its arguments")
 
 

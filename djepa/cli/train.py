@@ -51,7 +51,10 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     settings = cast(dict[str, Any], OmegaConf.to_container(cfg.train, resolve=True))
     try:
         return TrainConfig(
-            **settings, denoise_weight=float(cfg.loss.denoise_weight), jepa_weight=float(cfg.loss.jepa_weight)
+            **settings,
+            denoise_weight=float(cfg.loss.denoise_weight),
+            jepa_weight=float(cfg.loss.jepa_weight),
+            jepa_rows=float(cfg.loss.get("jepa_rows", 1.0)),
         )
     except (TypeError, ValueError) as err:
         raise UsageError(f"bad train config: {err}") from err

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from djepa import schema
@@ -58,6 +59,7 @@ class TrainConfig:
     grad_probe_every: int = 50  # every N steps log each loss's gradient norm on the shared trunk; 0: never
     denoise_weight: float = 1.0
     jepa_weight: float = 1.0
+    jepa_rows: float = 1.0  # share of a batch's rows the JEPA term (teacher pass, projector) is computed on
     mask_ratio_min: float = 0.7
     # Share of batches that get a prefix mask (the start of the time axis visible, continuation practice) instead
     # of the random one; only for adapters with a time axis (video, audio), which the Trainer is told.
@@ -91,7 +93,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """The same checks as the command line's, from the schema (a Trainer may be built in code)."""
         values = asdict(self)
-        losses = {k: values.pop(k) for k in ("denoise_weight", "jepa_weight")}
+        losses = {k: values.pop(k) for k in ("denoise_weight", "jepa_weight", "jepa_rows")}
         for key, value, problem in (
             *schema.section_problems(schema.TrainSettings, values, "train."),
             *schema.section_problems(schema.LossSettings, losses, "loss."),
@@ -487,7 +489,11 @@ class Trainer:
         config = self.config
         teacher = self.teacher if self.teacher is not None else self.ema
         with autocast(self.device, self.dtype):
-            targets = teacher(tokens, labels) if self.use_jepa and has_context else None
+            targets = None
+            if self.use_jepa and has_context:
+                rows = self.jepa_row_count(tokens.shape[0])
+                with record_function("djepa::teacher"):
+                    targets = teacher(tokens[:rows], labels[:rows])
             if self.sharded and targets is not None:
                 # FSDP keeps a root unsharded after forward, expecting a backward. fully_shard gives the
                 # module's class its reshard method at run time, which the type checker cannot see.
@@ -498,6 +504,10 @@ class Trainer:
         if self.use_jepa:
             total = total + config.jepa_weight * losses["jepa"]
         return losses, total
+
+    def jepa_row_count(self, rows: int) -> int:
+        """How many of a (micro-)batch's first rows the JEPA term uses: loss.jepa_rows of them, at least one."""
+        return max(1, min(rows, math.ceil(self.config.jepa_rows * rows - 1e-9)))
 
     @contextlib.contextmanager
     def gradient_sync(self, sync: bool) -> Iterator[None]:
@@ -549,7 +559,8 @@ class Trainer:
         # Every random draw of a step (dropout, label drop, noise, timesteps) follows from (seed, step, rank),
         # so a resumed run repeats the uninterrupted one exactly, and ranks draw independently.
         torch.manual_seed(rank_seed(config.seed, self.step, distributed.rank()))
-        tokens, labels, mask = self.next_batch(self.step)
+        with record_function("djepa::batch"):
+            tokens, labels, mask = self.next_batch(self.step)
         # Every row shares its visible count (training_mask, prefix_mask): read here on the host, it spares the
         # model a device sync to size its gathers.
         num_visible = int((~mask[0]).sum()) if mask.numel() else 0
@@ -572,18 +583,22 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             if self.probe_due() and has_context:
                 record |= self.gradient_probe(losses)
-            total.backward()
-        norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
+            with record_function("djepa::backward"):
+                total.backward()
+        with record_function("djepa::clip"):
+            norm = distributed.full_tensor(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
         # A non-finite loss (on any rank: the sum goes through a collective) or gradient skips the update. The
         # gradients are averaged over ranks, so every rank decides alike.
         loss_sum = distributed.all_reduce(total.detach().float().clone()) if distributed.world_size() > 1 else total
         bad = ~(torch.isfinite(loss_sum.detach()) & torch.isfinite(norm))
-        if self.fused_optimizer:
-            self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # the fused kernel's skip flag
-            self.optimizer.step()
-        elif not bool(bad):  # a host sync, under FSDP only
-            self.optimizer.step()
-        self.update_ema()  # after a skipped update the EMAs move towards unchanged weights
+        with record_function("djepa::optimizer"):
+            if self.fused_optimizer:
+                self.optimizer.found_inf = bad.float()  # type: ignore[attr-defined]  # the fused kernel's skip flag
+                self.optimizer.step()
+            elif not bool(bad):  # a host sync, under FSDP only
+                self.optimizer.step()
+        with record_function("djepa::ema"):
+            self.update_ema()  # after a skipped update the EMAs move towards unchanged weights
         return (
             record
             | {k: v.detach() for k, v in losses.items()}

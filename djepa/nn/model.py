@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from djepa import builders
@@ -268,7 +269,10 @@ class DJEPA(nn.Module):
             raise ValueError(f"got {n} tokens, the model's grid {self.grid} holds {self.num_tokens}")
         drop_draw, head_draws = draws if draws is not None else (None, None)
         visible, hidden = split_indices(mask, num_visible)
-        z = self.predict(self.encode(tokens, visible, self.class_embedding(labels, b, drop_draw)), visible)
+        with record_function("djepa::encoder"):
+            encoded = self.encode(tokens, visible, self.class_embedding(labels, b, drop_draw))
+        with record_function("djepa::predictor"):
+            z = self.predict(encoded, visible)
         # Only the hidden tokens are denoised: the reference multiplies the loss of all tokens by
         # the mask, which gives the same gradient for more work.
         cond, target = gather_rows(z, hidden), gather_rows(tokens, hidden)
@@ -276,11 +280,14 @@ class DJEPA(nn.Module):
         # Built-in heads embed each condition once and tile the embedding over the copies (the same numbers as
         # embedding the tiled conditions, for 1/mul of the work).
         rows = (target.repeat(mul, 1), cond if self.head.takes_untiled_cond else cond.repeat(mul, 1))
-        per_row = self.head.loss(*rows) if head_draws is None else self.head.loss(*rows, head_draws)
+        with record_function("djepa::head"):
+            per_row = self.head.loss(*rows) if head_draws is None else self.head.loss(*rows, head_draws)
         losses = {"denoise": per_row.mean()}
         if self.jepa:
             assert self.jepa_proj is not None  # built exactly when jepa is on
-            pred = self.jepa_proj(cond).float()
+            jepa_rows = b if targets is None else targets.shape[0]
+            with record_function("djepa::jepa_projector"):
+                pred = self.jepa_proj(cond[: jepa_rows * hidden.shape[1]]).float()
             if visible.shape[1] == 0 and not self.jepa_without_context:
                 # No visible token (a quarter of batches at 16 tokens): nothing to predict the targets from,
                 # so the JEPA term is off; zero-weighted, the projector still takes part (DDP needs every
@@ -289,7 +296,8 @@ class DJEPA(nn.Module):
             elif targets is None:
                 raise ValueError("the JEPA loss needs target features from the EMA model")
             else:
-                losses["jepa"] = F.smooth_l1_loss(pred, gather_rows(targets, hidden), beta=2.0)
+                # Targets for only the first rows (loss.jepa_rows): the term is their mean, the rest skip it.
+                losses["jepa"] = F.smooth_l1_loss(pred, gather_rows(targets, hidden[:jepa_rows]), beta=2.0)
         return losses
 
     def loss_draws(self, batch: int, num_hidden: int, like: torch.Tensor) -> LossDraws:
@@ -379,7 +387,8 @@ class DJEPA(nn.Module):
                 break
             visible = orders[:, remaining:].sort(dim=1).values  # grid order, as the encoder takes them
             x, vis = (torch.cat([tokens, tokens]), torch.cat([visible, visible])) if guided else (tokens, visible)
-            z = self.predict(self.encode(x, vis, cond_emb), vis)
+            with record_function("djepa::sample_trunk"):
+                z = self.predict(self.encode(x, vis, cond_emb), vis)
             mask_len = math.floor(unknown * math.cos(math.pi / 2 * (step + 1) / num_steps))
             mask_len = max(1, min(remaining - 1, mask_len))
             # The linear ramp reads the count left masked before the last step reveals everything, so it never
@@ -391,7 +400,8 @@ class DJEPA(nn.Module):
             reveal = orders[:, mask_len:remaining].sort(dim=1).values
             step_guidance = 1.0 + (guidance - 1.0) * revealed if guided else 1.0
             uncond = gather_rows(z[b:], reveal).float() if guided else None
-            new = self.head.sample(gather_rows(z[:b], reveal).float(), uncond, temperature, step_guidance)
+            with record_function("djepa::sample_head"):
+                new = self.head.sample(gather_rows(z[:b], reveal).float(), uncond, temperature, step_guidance)
             index = reveal[..., None].expand(-1, -1, self.token_dim)
             tokens = tokens.scatter(1, index, new.to(tokens.dtype).view(b, -1, self.token_dim))
             remaining = mask_len

@@ -1,0 +1,179 @@
+"""Where the time goes, part by part: `python -m djepa.benchmarks.experiments.step_profile [shape=16|64]
+[variants=djepa,mar,...] [steps=10] [warmup=3] [samples=16] [out=DIR] [any config override]`.
+
+For each variant (`djepa`: the default; `mar`: `loss.jepa_weight=0`; `rowsP`: `loss.jepa_rows=P/100`) it times
+training steps through the real `Trainer.train_step` (median of `steps` after `warmup`, no profiler), then
+profiles as many more and splits a step by the labelled ranges of the code (`djepa::batch`, `teacher`, `encoder`,
+`predictor`, `head`, `jepa_projector`, `backward`, `clip`, `optimizer`, `ema`; the rest is the loss arithmetic
+and Python). Sampling is split the same way into the trunk (encoder and predictor per reveal step, conditional and
+unconditional rows together) and the head, at the config's sampling settings, for a batch of `samples`.
+
+Shapes: `16` is the image default (4x4 tokens of dim 16), `64` the MAR-comparison shape (`model=small`, 8x8 tokens
+of dim 4). Data are random tokens: speed does not depend on them. Writes DIR/profile.json and DIR/profile.md.
+Run it alone on the machine (or pinned to a core of its own): anything beside it changes every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from djepa.benchmarks.experiments import key_values
+from djepa.benchmarks.experiments.run import machine
+from djepa.cli.config import cli_errors, compose_config
+from djepa.cli.train import train_config
+from djepa.engine.data import TokenData
+from djepa.engine.model_config import build_model
+from djepa.engine.runtime import autocast
+from djepa.engine.trainer import Trainer
+from djepa.errors import UsageError
+from djepa.nn.model import DJEPA
+
+SHAPES: dict[str, tuple[list[str], tuple[int, int], int]] = {
+    "16": (["modality=image"], (4, 4), 16),
+    "64": (["modality=image", "model=small", "modality.adapter.patch_size=[1,1]"], (8, 8), 4),
+}
+CLASSES = 10
+STEP_PARTS = (
+    *("batch", "teacher", "encoder", "predictor", "head", "jepa_projector"),
+    *("backward", "clip", "optimizer", "ema"),
+)
+SAMPLE_PARTS = ("sample_trunk", "sample_head")
+DEFAULTS = {"shape": "16", "variants": "djepa,mar", "steps": "10", "warmup": "3", "samples": "16", "out": ""}
+
+
+def variant_overrides(name: str) -> list[str]:
+    """A variant's config overrides: djepa, mar (MAR mode) or rowsP (the JEPA term on P % of each batch)."""
+    if name == "djepa":
+        return []
+    if name == "mar":
+        return ["loss.jepa_weight=0"]
+    if name.startswith("rows") and name[4:].isdigit() and 0 < int(name[4:]) <= 100:
+        return [f"loss.jepa_rows={int(name[4:]) / 100}"]
+    raise UsageError(f"variants: unknown variant {name!r} (djepa, mar or rowsP with P a percentage, e.g. rows25)")
+
+
+def random_tokens(grid: tuple[int, int], token_dim: int, items: int = 1024) -> TokenData:
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randn(items, grid[0] * grid[1], token_dim, generator=gen)
+    return TokenData(tokens, None, torch.randint(0, CLASSES, (items,), generator=gen))
+
+
+def labelled_ms(prof: Any, names: Sequence[str], per: int) -> dict[str, float]:
+    """Each labelled range's total time in ms divided by `per` (steps or samples)."""
+    totals = {e.key: e.cpu_time_total / 1000 for e in prof.key_averages() if e.key.startswith("djepa::")}
+    return {name: totals.get(f"djepa::{name}", 0.0) / per for name in names}
+
+
+def profile_training(trainer: Trainer, steps: int, warmup: int) -> dict[str, Any]:
+    """Median step ms without the profiler, then the labelled parts of as many steps under it."""
+
+    def step() -> None:
+        trainer.train_step()
+        trainer.step += 1
+
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(1000 * (time.perf_counter() - start))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        profiled = 1000 * (time.perf_counter() - start) / steps
+    parts = labelled_ms(prof, STEP_PARTS, steps)
+    parts["other"] = max(0.0, profiled - sum(parts.values()))
+    return {"step_ms": statistics.median(times), "profiled_step_ms": profiled, "parts_ms": parts}
+
+
+def profile_sampling(model: DJEPA, cfg: Any, dtype: torch.dtype, samples: int) -> dict[str, Any]:
+    """ms per item of one batch of `samples` at the config's sampling settings, split into trunk and head."""
+    labels = torch.arange(samples) % CLASSES
+    steps, guidance = int(cfg.sample.num_steps), float(cfg.sample.guidance_scale)
+    temperature, schedule = float(cfg.sample.temperature), str(cfg.sample.guidance_schedule)
+    settings = {"num_steps": steps, "guidance": guidance, "temperature": temperature, "guidance_schedule": schedule}
+
+    def draw() -> None:
+        model.sample(labels, num_steps=steps, guidance=guidance, temperature=temperature, guidance_schedule=schedule)
+
+    model.eval()
+    with torch.no_grad(), autocast(torch.device("cpu"), dtype):
+        draw()  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            draw()
+            total = 1000 * (time.perf_counter() - start) / samples
+    parts = labelled_ms(prof, SAMPLE_PARTS, samples)
+    parts["other"] = max(0.0, total - sum(parts.values()))
+    return {"ms_per_item": total, "parts_ms": parts, "settings": settings}
+
+
+def table(results: dict[str, Any]) -> str:
+    """The step and sampling splits as markdown, one column per variant."""
+    runs = results["variants"]
+
+    def row(label: str, values: Sequence[float], bold: bool = False, digits: int = 1) -> str:
+        cells = [f"{x:.{digits}f}" for x in values]
+        return f"| {label} | " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
+
+    lines = [f"| ms | {' | '.join(runs)} |", "| --- |" + " ---: |" * len(runs)]
+    lines.append(row("**step** (median, no profiler)", [r["step_ms"] for r in runs.values()], True, 0))
+    lines += [row(part, [r["parts_ms"][part] for r in runs.values()]) for part in (*STEP_PARTS, "other")]
+    lines.append(row("**sampling, per item**", [r["sampling"]["ms_per_item"] for r in runs.values()], True))
+    lines += [row(part, [r["sampling"]["parts_ms"][part] for r in runs.values()]) for part in (*SAMPLE_PARTS, "other")]
+    return "\n".join(lines) + "\n"
+
+
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    own_keys = [a for a in argv if a.split("=", 1)[0] in DEFAULTS]
+    overrides = [a for a in argv if a not in own_keys]
+    args = key_values(own_keys, DEFAULTS)
+    if args["shape"] not in SHAPES:
+        raise UsageError(f"shape={args['shape']}: must be one of {', '.join(SHAPES)}")
+    shape, grid, token_dim = SHAPES[args["shape"]]
+    variants = {name: variant_overrides(name) for name in args["variants"].split(",")}
+    steps, warmup, samples = int(args["steps"]), int(args["warmup"]), int(args["samples"])
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
+        "shape": args["shape"],
+        "overrides": overrides,
+        "variants": {},
+    }
+    for name, extra in variants.items():
+        torch.manual_seed(0)
+        cfg = compose_config([*shape, "train.grad_probe_every=0", *overrides, *extra])
+        model = build_model(cfg, token_dim, grid, CLASSES)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(model, random_tokens(grid, token_dim), train_config(cfg), Path(tmp), torch.device("cpu"))
+            record = profile_training(trainer, steps, warmup)
+            record["sampling"] = profile_sampling(trainer.ema, cfg, trainer.dtype, samples)
+        record["precision"] = str(trainer.dtype)
+        results["variants"][name] = record
+        print(f"{name}: step {record['step_ms']:.0f} ms, sampling {record['sampling']['ms_per_item']:.1f} ms/item")
+    if args["out"]:
+        out = Path(args["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "profile.md").write_text(table(results))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with cli_errors():
+        print(table(run(sys.argv[1:] if argv is None else argv)), end="")
+
+
+if __name__ == "__main__":
+    main()

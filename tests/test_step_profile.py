@@ -1,0 +1,31 @@
+"""The step profile driver splits a training step and a sample into the code's labelled parts."""
+
+import pytest
+
+from djepa.benchmarks.experiments import step_profile
+from djepa.errors import UsageError
+
+
+def test_profile_splits_a_step_and_a_sample_by_part(tmp_path):
+    results = step_profile.run(
+        [
+            "steps=1", "warmup=1", "samples=2", "variants=djepa,mar,rows50", f"out={tmp_path}",
+            "model=tiny", "sample.num_steps=2", "loss.head.sampling_steps=3",
+        ]
+    )  # fmt: skip
+    runs = results["variants"]
+    for name in ("djepa", "mar", "rows50"):
+        parts = runs[name]["parts_ms"]
+        assert parts["encoder"] > 0 and parts["predictor"] > 0 and parts["head"] > 0 and parts["backward"] > 0
+        assert sum(parts.values()) == pytest.approx(runs[name]["profiled_step_ms"], rel=0.01)
+        sampling = runs[name]["sampling"]["parts_ms"]
+        assert sampling["sample_trunk"] > 0 and sampling["sample_head"] > 0
+    assert runs["mar"]["parts_ms"]["teacher"] == 0 and runs["mar"]["parts_ms"]["jepa_projector"] == 0
+    assert runs["djepa"]["parts_ms"]["teacher"] > 0 and runs["rows50"]["parts_ms"]["teacher"] > 0
+    table = (tmp_path / "profile.md").read_text()
+    assert "| teacher |" in table and "rows50" in table
+
+
+def test_an_unknown_variant_is_named():
+    with pytest.raises(UsageError, match="rows0"):
+        step_profile.run(["variants=djepa,rows0"])
