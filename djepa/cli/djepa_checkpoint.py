@@ -107,8 +107,8 @@ def size_name(state: Mapping[str, torch.Tensor], args: Any) -> str | None:
 
 def model_config(state: Mapping[str, torch.Tensor], args: Any = None, num_heads: int | None = None) -> dict[str, Any]:
     """DJEPA's constructor arguments for a D-JEPA state dict, sizes read from its shapes (see the module docstring)."""
-    required = ("z_proj.weight", "buffer", "encoder_pos_embed_learned", "decoder_embed.weight")
-    required += ("class_emb.weight", "diffloss.net.input_proj.weight")
+    required: tuple[str, ...] = ("z_proj.weight", "buffer", "encoder_pos_embed_learned", "decoder_embed.weight")
+    required = (*required, "class_emb.weight", "diffloss.net.input_proj.weight")
     missing = [k for k in required if k not in state]
     if missing:
         raise UsageError(f"not a D-JEPA/djepa-imagenet state dict: no {', '.join(missing)}")
