@@ -93,6 +93,9 @@ class ModelSettings:
         choices=("factorised", "learned"),
     )
     diffusion_pos_embed: bool = setting(False, "a learned table added to the predictor's output per token (MAR's)")
+    buffer_pos_embed: bool = setting(
+        True, "with pos_embed=learned, a learned table over the predictor's buffer rows too (MAR's; D-JEPA's has none)"
+    )
 
 
 @dataclass
@@ -363,18 +366,30 @@ class ConvertTokenizerConfig:
 
 @dataclass
 class ConvertCheckpointConfig:
-    """`convert_checkpoint`: an LTH14/mar checkpoint as an export folder (djepa's MAR-exact model)."""
+    """`convert_checkpoint`: an LTH14/mar or D-JEPA/djepa-imagenet checkpoint as an export folder."""
 
-    checkpoint: str = setting(MISSING, "MAR's checkpoint-last.pth ({'model', 'model_ema', 'args', ...})")
+    checkpoint: str = setting(MISSING, "MAR's or D-JEPA's training checkpoint ({'model', 'model_ema', 'args', ...})")
     tokenizer_path: str = setting(MISSING, "its VAE as an AutoencoderKL folder (`convert_tokenizer` of kl16.ckpt)")
     out: str = setting(MISSING, "the export folder to write (created; must be empty or absent)")
-    source: str = setting("mar", "what the checkpoint is", choices=("mar",))
-    weights: str = setting("ema", "model_ema (what MAR evaluates) or the raw model", choices=("ema", "model"))
-    num_heads: int | None = setting(None, "attention heads; null: from the checkpoint's args.model or width", low=1)
-    guidance_scale: float | None = setting(
-        None, "the export's guidance scale; null: MAR's README value (B 2.9, L 3.0, H 3.2; else 3.0)", low=1.0
+    source: str = setting(
+        "auto", "what the checkpoint is: auto (from its keys), mar or djepa", choices=("auto", "mar", "djepa")
     )
-    temperature: float = setting(1.0, "the export's sampling temperature (MAR's)", low=0.0, low_open=True)
+    weights: str = setting("ema", "model_ema (what MAR and D-JEPA evaluate) or the raw model", choices=("ema", "model"))
+    num_heads: int | None = setting(
+        None, "attention heads; null: from the qk-norm weights, the checkpoint's args.model or the width", low=1
+    )
+    guidance_scale: float | None = setting(
+        None,
+        "the export's guidance scale; null: MAR's README value (B 2.9, L 3.0, H 3.2; else 3.0), "
+        "D-JEPA's args.cfg_scale (else 1.0)",
+        low=1.0,
+    )
+    temperature: float | None = setting(
+        None,
+        "the export's sampling temperature; null: MAR's 1.0, D-JEPA's args.temperature (else 0.94)",
+        low=0.0,
+        low_open=True,
+    )
     num_steps: int = setting(64, "the export's reveal steps (MAR's default; its FID runs use 256)", low=1)
     copy_tokenizer: bool = setting(True, "true: copy the tokenizer into OUT/tokenizer; false: reference its path")
 

@@ -1,5 +1,8 @@
-"""`convert_checkpoint checkpoint=checkpoint-last.pth tokenizer_path=KL16_DIR out=DIR`: an LTH14/mar checkpoint as an
-export folder that `sample`, `serve` and `Pipeline.from_pretrained` read.
+"""`convert_checkpoint checkpoint=checkpoint-last.pth tokenizer_path=KL16_DIR out=DIR`: an LTH14/mar or a
+D-JEPA/djepa-imagenet checkpoint as an export folder that `sample`, `serve` and `Pipeline.from_pretrained` read.
+
+`source=auto` tells the two apart by their keys: D-JEPA's has a `buffer` and no `diffusion_pos_embed_learned`
+(its mapping: djepa/cli/djepa_checkpoint.py). The rest of this docstring is MAR's.
 
 MAR's network (models/mar.py) is djepa's one model with MAR's switches (`model.pos_embed=learned`,
 `model.diffusion_pos_embed`: configs/model/_mar.yaml); its weights map one to one,
@@ -44,11 +47,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from djepa.cli import djepa_checkpoint
 from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
 from djepa.io import atomic_write_json, sha256
 
-SOURCES = {"mar": "an LTH14/mar training checkpoint (checkpoint-last.pth of MAR-B, MAR-L or MAR-H)"}
+SOURCES = {
+    "mar": "an LTH14/mar training checkpoint (checkpoint-last.pth of MAR-B, MAR-L or MAR-H)",
+    "djepa": "a D-JEPA/djepa-imagenet training checkpoint (D-JEPA-B, D-JEPA-L or D-JEPA-H)",
+}
 # MAR's sizes by name (models/mar.py mar_base/mar_large/mar_huge) and their width: the heads no tensor shows.
 MAR_HEADS = {"mar_base": 12, "mar_large": 16, "mar_huge": 16}
 MAR_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
@@ -103,7 +110,7 @@ def load_checkpoint(path: Path) -> Mapping[str, Any]:
             f"checkpoint={path} does not load as plain tensors with torch.load(weights_only=True) ({first})"
         ) from err
     if not isinstance(data, Mapping):
-        raise UsageError(f"checkpoint={path} holds a {type(data).__name__}, not MAR's {{'model': ...}} mapping")
+        raise UsageError(f"checkpoint={path} holds a {type(data).__name__}, not a {{'model': ...}} mapping")
     return data
 
 
@@ -248,26 +255,44 @@ def export_config(
     )
     guidance = cfg.guidance_scale if cfg.guidance_scale is not None else MAR_GUIDANCE.get(name or "", 3.0)
     head = model_config["head_config"]
-    overrides = [
-        "modality=image",
+    mar = [
         "model=mar_b",
         *(f"model.{k}={model_config[k]}" for k in (*sizes, "diffusion_batch_mul")),
+        f"loss.head.sampling_steps={head['sampling_steps']}",
+        "+loss.head.clip_x0=null",
+    ]
+    temperature = cfg.temperature if cfg.temperature is not None else 1.0
+    return compose_config(["modality=image", *mar, *image_overrides(cfg, image_size, patch, guidance, temperature)])
+
+
+def image_overrides(cfg: DictConfig, image_size: int, patch: int, guidance: float, temperature: float) -> list[str]:
+    """The export's image adapter (the tokenizer folder at the checkpoint's resolution) and sampling settings."""
+    return [
         f"modality.adapter.tokenizer.path={Path(cfg.tokenizer_path).resolve()}",
         f"modality.adapter.image_size={image_size}",
         "modality.adapter.channels=3",
         f"modality.adapter.patch_size=[{patch},{patch}]",
-        f"loss.head.sampling_steps={head['sampling_steps']}",
-        "+loss.head.clip_x0=null",
         f"sample.guidance_scale={guidance}",
-        f"sample.temperature={cfg.temperature}",
+        f"sample.temperature={temperature}",
         f"sample.num_steps={cfg.num_steps}",
         "sample.guidance_schedule=linear",
     ]
-    return compose_config(overrides)
+
+
+def djepa_export_config(
+    model_config: Mapping[str, Any], cfg: DictConfig, image_size: int, patch: int, args: Any, name: str | None
+) -> DictConfig:
+    """The export's config.yaml for a D-JEPA checkpoint: model=djepa_b|l|h train=paper with its sizes and switches."""
+    guidance = cfg.guidance_scale if cfg.guidance_scale is not None else float(getattr(args, "cfg_scale", 1.0))
+    temperature = cfg.temperature if cfg.temperature is not None else float(getattr(args, "temperature", 0.94))
+    overrides = djepa_checkpoint.export_overrides(model_config, args, name)
+    return compose_config(
+        ["modality=image", *overrides, *image_overrides(cfg, image_size, patch, guidance, temperature)]
+    )
 
 
 def convert(cfg: DictConfig) -> Path:
-    """Write the export folder of MAR checkpoint `cfg.checkpoint` at `cfg.out`; returns `cfg.out`."""
+    """Write the export folder of MAR or D-JEPA checkpoint `cfg.checkpoint` at `cfg.out`; returns `cfg.out`."""
     from djepa.engine.adapter import build_adapter
     from djepa.engine.sampling import SamplingSettings
     from djepa.export import export_pipeline
@@ -281,9 +306,15 @@ def convert(cfg: DictConfig) -> Path:
         raise UsageError(f"out={out} exists and is not an empty folder")
     latent_channels, downsample = tokenizer_layout(tokenizer)
     data = load_checkpoint(checkpoint)
-    state = pick_weights(data, cfg.weights, checkpoint)
+    state = djepa_checkpoint.strip_compiled(pick_weights(data, cfg.weights, checkpoint))
     args = data.get("args") if isinstance(data.get("args"), argparse.Namespace) else None
-    model_config = mar_model_config(state, args, cfg.num_heads)
+    source = cfg.source if cfg.source != "auto" else "djepa" if djepa_checkpoint.is_djepa_state(state) else "mar"
+    if source == "djepa":
+        model_config = djepa_checkpoint.model_config(state, args, cfg.num_heads)
+        size = djepa_checkpoint.size_name(state, args)
+    else:
+        model_config = mar_model_config(state, args, cfg.num_heads)
+        size = mar_name(state, args)
     patch = math.isqrt(model_config["token_dim"] // latent_channels)
     if patch * patch * latent_channels != model_config["token_dim"]:
         raise UsageError(
@@ -292,35 +323,46 @@ def convert(cfg: DictConfig) -> Path:
         )
     image_size = model_config["grid"][0] * patch * downsample
     model = DJEPA(**model_config)
-    weights = mar_weights(state, model_config["buffer_size"])
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = sorted(set(expected) ^ set(weights)) + sorted(
-        k for k in set(expected) & set(weights) if tuple(weights[k].shape) != expected[k]
-    )
-    if problems:
-        raise UsageError(f"the checkpoint does not fill the MAR-exact model: {', '.join(problems[:3])}")
+    if source == "djepa":
+        weights = djepa_checkpoint.weights(state, expected)
+    else:
+        weights = mar_weights(state, model_config["buffer_size"])
+        problems = sorted(set(expected) ^ set(weights)) + sorted(
+            k for k in set(expected) & set(weights) if tuple(weights[k].shape) != expected[k]
+        )
+        if problems:
+            raise UsageError(f"the checkpoint does not fill the MAR-exact model: {', '.join(problems[:3])}")
     model.load_state_dict(weights)
-    config = export_config(model_config, cfg, image_size, patch, mar_name(state, args))
+    if source == "djepa":
+        config = djepa_export_config(model_config, cfg, image_size, patch, args, size)
+        title = f"D-JEPA {config.modality.name} model (converted)"
+        about = (
+            f"D-JEPA (Chen et al., arXiv 2410.03755, D-JEPA/djepa-imagenet), {cfg.weights} weights of "
+            f"`{checkpoint.name}` converted by `convert_checkpoint` into djepa's model with the reference's switches."
+        )
+    else:
+        config = export_config(model_config, cfg, image_size, patch, size)
+        title = f"MAR {config.modality.name} model (converted)"
+        about = (
+            f"MAR (Li et al., NeurIPS 2024, LTH14/mar), {cfg.weights} weights of `{checkpoint.name}` converted by "
+            "`convert_checkpoint` into djepa's MAR-exact model (model=mar_b|mar_l|mar_h architecture)."
+        )
     adapter = build_adapter(config)
     names = [str(i) for i in range(model_config["num_classes"])]
     pipe = Pipeline(model, adapter, names, SamplingSettings.from_config(config), config, checkpoint)
-    title = f"MAR {config.modality.name} model (converted)"
-    about = (
-        f"MAR (Li et al., NeurIPS 2024, LTH14/mar), {cfg.weights} weights of `{checkpoint.name}` converted by "
-        "`convert_checkpoint` into djepa's MAR-exact model (model=mar_b|mar_l|mar_h architecture)."
-    )
     created = not out.exists()
     export_pipeline(pipe, out, copy_tokenizer=bool(cfg.copy_tokenizer), about=(title, about))
     try:
         atomic_write_json(
             out / "conversion.json",
             {
-                "source": cfg.source,
+                "source": source,
                 "checkpoint": str(checkpoint.resolve()),
                 "checkpoint_sha256": sha256(checkpoint),
                 "epoch": data.get("epoch") if isinstance(data.get("epoch"), int) else None,
                 "weights": "model_ema" if cfg.weights == "ema" else "model",
-                "mar_size": mar_name(state, args),
+                f"{source}_size": size,
                 "tensors": len(state),
                 "parameters": model.num_params(),
             },

@@ -96,8 +96,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "convert_checkpoint": (
         "djepa.cli.convert_checkpoint",
-        "An LTH14/mar checkpoint (MAR-B/L/H) as an export folder of djepa's MAR-exact model, with its KL-16\n"
-        "tokenizer folder from convert_tokenizer: `sample`, `serve` and `Pipeline.from_pretrained` read it.",
+        "An LTH14/mar (MAR-B/L/H) or D-JEPA/djepa-imagenet (D-JEPA-B/L/H) checkpoint as an export folder of\n"
+        "djepa's model with the source's switches, with its KL-16 tokenizer folder from convert_tokenizer:\n"
+        "`sample`, `serve` and `Pipeline.from_pretrained` read it.",
         (),
     ),
 }

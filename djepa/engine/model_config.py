@@ -55,6 +55,7 @@ def validate_model_config(kwargs: dict[str, Any]) -> None:
         "grad_checkpointing",
         "qk_norm",
         "diffusion_pos_embed",
+        "buffer_pos_embed",
     ):
         if not isinstance(kwargs.get(key, False), bool):
             raise UsageError(f"model.{key} must be true or false, got {kwargs[key]!r}")

@@ -126,6 +126,7 @@ class DJEPA(nn.Module):
         # Architecture switches; the defaults are djepa's, `learned` / True are MAR's (models/mar.py).
         pos_embed: str = "factorised",  # token positions: factorised sin-cos + per-axis tables, or one learned table
         diffusion_pos_embed: bool = False,  # a learned table added to the predictor's output (MAR's)
+        buffer_pos_embed: bool = True,  # with learned positions, a table over the predictor's buffer rows (MAR's)
     ):
         super().__init__()
         if buffer_size < 1:
@@ -150,7 +151,8 @@ class DJEPA(nn.Module):
         self.token_proj = nn.Linear(token_dim, encoder_width)
         # With learned positions the encoder's sequence table is [buffer; encoder_pos] (MAR's
         # encoder_pos_embed_learned) and the predictor's [predictor_buffer_pos; predictor_pos]; the buffer rows
-        # carry copies of the class embedding in both models.
+        # carry copies of the class embedding in both models. The D-JEPA reference's tables cover the token rows
+        # only (`buffer_pos_embed=False`: no predictor_buffer_pos, and the buffer starts at zero).
         self.encoder_pos = positional_embedding(pos_embed, self.grid, encoder_width)
         self.encoder_in_norm = nn.LayerNorm(encoder_width, eps=1e-6)
         self.encoder = Transformer(
@@ -166,7 +168,7 @@ class DJEPA(nn.Module):
         # Built only when switched on, so the default model draws its initial weights as it always has.
         self.predictor_buffer_pos: nn.Parameter | None = None
         self.diffusion_pos: nn.Parameter | None = None
-        if pos_embed == "learned":
+        if pos_embed == "learned" and buffer_pos_embed:
             self.predictor_buffer_pos = nn.Parameter(torch.zeros(1, buffer_size, predictor_width))
         if diffusion_pos_embed:
             self.diffusion_pos = nn.Parameter(torch.zeros(self.num_tokens, predictor_width))
