@@ -1,14 +1,17 @@
-"""Where a step goes: `python -m djepa.benchmarks.experiments.speed [mar_repo=PATH] [steps=20] [out=DIR] [...]`.
+"""Where a step goes: `python -m djepa.benchmarks.experiments.speed [shape=64|16] [mar_repo=PATH] [steps=20]
+[out=DIR] [...]`.
 
-Times, one after another in this process, at the MAR-comparison shape (`model=small`, 8x8 tokens of dim 4,
-batch 64, bf16 by default; any train/model/loss override passes through):
+Times, one after another in this process, at the MAR-comparison shape (`shape=64`: `model=small`, 8x8 tokens of
+dim 4, batch 64, bf16) or the image default (`shape=16`: 4x4 tokens of dim 16, MAR's patch size 2, the default
+precision); any train/model/loss override passes through:
 
 - a D-JEPA training step and a MAR-mode one (`loss.jepa_weight=0`) through the real `Trainer.train_step`,
   with the D-JEPA extra split into the teacher's target pass, the EMA updates and the rest (projector,
   JEPA loss and their backward);
 - with `mar_repo=PATH` (a local checkout of LTH14/mar, plus `pip install timm`), MAR's own model on the same
   shape: its forward, backward, clip at 3.0, AdamW and its per-tensor EMA loop, dropout 0, same autocast;
-- sampling at MAR's settings (16 reveal steps, 50 diffusion steps, guidance 3 linear, batch 16): ours, ours
+- sampling at MAR's settings (the shape's reveal steps, 50 diffusion steps at 64 tokens and 100 at 16, guidance
+  3 at 64 tokens and the default 4 at 16, linear, batch 16; sampling precision by `sample.precision`): ours, ours
   with `sampler=dpm_solver` at `dpm_steps` steps, ours at `fast_reveal_steps` reveal steps (a comma list,
   default 8,4) with that sampler (the fast settings; their quality is measured separately), and
   MAR's code.
@@ -39,19 +42,16 @@ from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.train import train_config
 from djepa.engine.data import TokenData
 from djepa.engine.model_config import build_model
-from djepa.engine.runtime import autocast
+from djepa.engine.runtime import autocast, resolve_precision
 from djepa.engine.trainer import Trainer
 from djepa.errors import UsageError
 from djepa.nn.heads import DiffusionHead
 from djepa.nn.model import DJEPA
 
-SHAPE = ["modality=image", "model=small", "modality.adapter.patch_size=[1,1]", "train.precision=bf16"]
-GRID, TOKEN_DIM, CLASSES = (8, 8), 4, 10
-
 
 @dataclass(frozen=True)
 class Sampling:
-    """MAR's sampling settings, timed for both codes: 16 reveal steps x 50 diffusion steps, guidance 3."""
+    """MAR's sampling settings, timed for both codes: reveal steps x diffusion steps, guidance, batch."""
 
     num_steps: int = 16
     diffusion_steps: int = 50
@@ -60,8 +60,34 @@ class Sampling:
     temperature: float = 1.0
 
 
-SAMPLE = Sampling()
-OWN_KEYS = ("mar_repo", "steps", "warmup", "out", "dpm_steps", "fast_reveal_steps")
+@dataclass(frozen=True)
+class Shape:
+    """A timed shape: our config overrides and the latent grid MAR's code is built on (patchified by `patch`)."""
+
+    overrides: tuple[str, ...]
+    latent: tuple[int, int]
+    channels: int
+    patch: int
+    sampling: Sampling
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.latent[0] // self.patch, self.latent[1] // self.patch
+
+    @property
+    def token_dim(self) -> int:
+        return self.channels * self.patch**2
+
+
+SHAPES = {
+    "64": Shape(
+        ("modality=image", "model=small", "modality.adapter.patch_size=[1,1]", "train.precision=bf16"),
+        (8, 8), 4, 1, Sampling(),
+    ),
+    "16": Shape(("modality=image",), (8, 8), 4, 2, Sampling(diffusion_steps=100, guidance=4.0)),
+}  # fmt: skip
+CLASSES = 10
+OWN_KEYS = ("shape", "mar_repo", "steps", "warmup", "out", "dpm_steps", "fast_reveal_steps", "timed")
 
 
 def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
@@ -74,16 +100,16 @@ def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def random_tokens(items: int, seed: int = 0) -> TokenData:
+def random_tokens(shape: Shape, items: int, seed: int = 0) -> TokenData:
     gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(items, GRID[0] * GRID[1], TOKEN_DIM, generator=gen)
+    tokens = torch.randn(items, shape.grid[0] * shape.grid[1], shape.token_dim, generator=gen)
     return TokenData(tokens, None, torch.randint(0, CLASSES, (items,), generator=gen))
 
 
-def trainer_for(overrides: Sequence[str], run_dir: Path) -> Trainer:
-    cfg = compose_config([*SHAPE, "train.grad_probe_every=0", *overrides])
-    model = build_model(cfg, TOKEN_DIM, GRID, CLASSES)
-    return Trainer(model, random_tokens(1024), train_config(cfg), run_dir, torch.device("cpu"))
+def trainer_for(shape: Shape, overrides: Sequence[str], run_dir: Path) -> Trainer:
+    cfg = compose_config([*shape.overrides, "train.grad_probe_every=0", *overrides])
+    model = build_model(cfg, shape.token_dim, shape.grid, CLASSES)
+    return Trainer(model, random_tokens(shape, 1024), train_config(cfg), run_dir, torch.device("cpu"))
 
 
 def time_training(trainer: Trainer, steps: int, warmup: int) -> float:
@@ -111,18 +137,18 @@ def djepa_breakdown(trainer: Trainer, repeats: int) -> dict[str, float]:
 
 
 def time_our_sampling(
-    model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int, reveal_steps: int = SAMPLE.num_steps
+    model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int, settings: Sampling, reveal_steps: int
 ) -> float:
     model.head.set_sampler(sampler)  # a diffusion head's: run() times these only for one
     model.head.set_sampling_steps(steps)
-    labels = torch.arange(SAMPLE.batch) % CLASSES
+    labels = torch.arange(settings.batch) % CLASSES
 
     @torch.no_grad()
     def draw() -> None:
         with autocast(torch.device("cpu"), dtype):
-            model.sample(labels, num_steps=reveal_steps, guidance=SAMPLE.guidance, temperature=SAMPLE.temperature)
+            model.sample(labels, num_steps=reveal_steps, guidance=settings.guidance, temperature=settings.temperature)
 
-    return median_ms(draw, repeats, 1) / SAMPLE.batch
+    return median_ms(draw, repeats, 1) / settings.batch
 
 
 def check_mar_repo(repo: Path) -> None:
@@ -146,13 +172,13 @@ def mar_code(repo: Path) -> Iterator[Any]:
         torch.Tensor.cuda = cuda  # type: ignore[method-assign]
 
 
-def build_mar(mar_module: Any, ours: DJEPA, diffusion_steps: int) -> Any:
+def build_mar(mar_module: Any, ours: DJEPA, shape: Shape) -> Any:
     """MAR's own model at our shape and widths (its code is untyped: Any)."""
     c = ours.config
     return mar_module.MAR(
-        img_size=GRID[0] * 16,
+        img_size=shape.latent[0] * 16,
         vae_stride=16,
-        patch_size=1,
+        patch_size=shape.patch,
         encoder_embed_dim=c["encoder_width"],
         encoder_depth=c["encoder_depth"],
         encoder_num_heads=c["num_heads"],
@@ -160,25 +186,30 @@ def build_mar(mar_module: Any, ours: DJEPA, diffusion_steps: int) -> Any:
         decoder_depth=c["predictor_depth"],
         decoder_num_heads=c["num_heads"],
         mlp_ratio=c["mlp_ratio"],
-        vae_embed_dim=TOKEN_DIM,
+        vae_embed_dim=shape.channels,
         class_num=CLASSES,
         attn_dropout=0.0,
         proj_dropout=0.0,
         buffer_size=c["buffer_size"],
         diffloss_d=c["denoiser_depth"],
         diffloss_w=c["denoiser_width"],
-        num_sampling_steps=str(diffusion_steps),
+        num_sampling_steps=str(shape.sampling.diffusion_steps),
         diffusion_batch_mul=c["diffusion_batch_mul"],
     )
 
 
-def time_mar_code(repo: Path, ours: DJEPA, dtype: torch.dtype, batch: int, steps: int, warmup: int) -> dict[str, Any]:
+def time_mar_code(
+    repo: Path, ours: DJEPA, shape: Shape, dtypes: tuple[torch.dtype, torch.dtype], batch: int, steps: int, warmup: int
+) -> dict[str, Any]:
+    """MAR's code: a training step in the training dtype, sampling at its settings in the sampling dtype."""
+    dtype, sample_dtype = dtypes
+    settings = shape.sampling
     with mar_code(repo) as mar_module:
         torch.manual_seed(0)
-        model = build_mar(mar_module, ours, SAMPLE.diffusion_steps)
+        model = build_mar(mar_module, ours, shape)
         ema = [p.detach().clone() for p in model.parameters()]
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.02)
-        latents = torch.randn(batch, TOKEN_DIM, *GRID)
+        latents = torch.randn(batch, shape.channels, *shape.latent)
         labels = torch.randint(0, CLASSES, (batch,))
         device = torch.device("cpu")
 
@@ -197,20 +228,20 @@ def time_mar_code(repo: Path, ours: DJEPA, dtype: torch.dtype, batch: int, steps
 
         step_ms = median_ms(train_step, steps, warmup)
         model.eval()
-        sample_labels = torch.arange(SAMPLE.batch) % CLASSES
+        sample_labels = torch.arange(settings.batch) % CLASSES
 
         @torch.no_grad()
         def draw() -> None:
-            with autocast(device, dtype):
+            with autocast(device, sample_dtype):
                 model.sample_tokens(
-                    SAMPLE.batch,
-                    num_iter=SAMPLE.num_steps,
-                    cfg=SAMPLE.guidance,
+                    settings.batch,
+                    num_iter=settings.num_steps,
+                    cfg=settings.guidance,
                     labels=sample_labels,
-                    temperature=SAMPLE.temperature,
+                    temperature=settings.temperature,
                 )
 
-        sample_ms = median_ms(draw, 2, 1) / SAMPLE.batch
+        sample_ms = median_ms(draw, 2, 1) / settings.batch
         params = sum(p.numel() for p in model.parameters())
     return {"mar_code_step_ms": step_ms, "mar_code_sample_ms_per_item": sample_ms, "mar_code_params": params}
 
@@ -226,23 +257,47 @@ def parse(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return own, passthrough
 
 
+def timed_settings(text: str) -> list[tuple[str, str, int, int]]:
+    """`timed=REVEAL:SAMPLER:STEPS,...` as (name, sampler, steps, reveal steps) rows."""
+    rows = []
+    for item in filter(None, text.split(",")):
+        parts = item.split(":")
+        if len(parts) != 3 or parts[1] not in ("ddpm", "dpm_solver") or not (parts[0] + parts[2]).isdigit():
+            raise UsageError(f"timed={text}: each item is REVEAL:SAMPLER:STEPS, SAMPLER ddpm or dpm_solver")
+        rows.append((f"reveal_{parts[0]}_{parts[1]}_{parts[2]}", parts[1], int(parts[2]), int(parts[0])))
+    return rows
+
+
 def run(argv: Sequence[str]) -> dict[str, Any]:
     own, overrides = parse(argv)
+    if own.get("shape", "64") not in SHAPES:
+        raise UsageError(f"shape={own['shape']}: must be one of {', '.join(SHAPES)}")
+    shape = SHAPES[own.get("shape", "64")]
+    settings = shape.sampling
     steps, warmup = int(own.get("steps", 20)), int(own.get("warmup", 5))
     dpm_steps = int(own.get("dpm_steps", 20))
     fast_reveal_steps = [int(r) for r in own.get("fast_reveal_steps", "8,4").split(",")]
+    extra_timed = timed_settings(own.get("timed", ""))
     if "mar_repo" in own:
         check_mar_repo(Path(own["mar_repo"]))  # before minutes of timing, not after
     torch.manual_seed(0)
-    results: dict[str, Any] = {"machine": machine(), "overrides": list(overrides), "sampling": asdict(SAMPLE)}
+    sample_precision = str(compose_config([*shape.overrides, *overrides]).sample.precision)
+    sample_dtype = resolve_precision(torch.device("cpu"), sample_precision, training=False)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "shape": own.get("shape", "64"),
+        "overrides": list(overrides),
+        "sampling": asdict(settings),
+        "sample_precision": str(sample_dtype),
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        djepa = trainer_for(overrides, Path(tmp) / "djepa")
+        djepa = trainer_for(shape, overrides, Path(tmp) / "djepa")
         dtype = djepa.dtype
         results["precision"] = str(dtype)
         results["djepa_step_ms"] = time_training(djepa, steps, warmup)
         results |= djepa_breakdown(djepa, steps)
         print(f"D-JEPA step {results['djepa_step_ms']:.0f} ms", flush=True)
-        mar = trainer_for([*overrides, "loss.jepa_weight=0"], Path(tmp) / "mar")
+        mar = trainer_for(shape, [*overrides, "loss.jepa_weight=0"], Path(tmp) / "mar")
         results["mar_mode_step_ms"] = time_training(mar, steps, warmup)
         print(f"MAR-mode step {results['mar_mode_step_ms']:.0f} ms", flush=True)
     extra = results["djepa_step_ms"] - results["mar_mode_step_ms"]
@@ -252,17 +307,18 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     sampler_model = mar.ema
     # MAR's settings are a diffusion head's; another head (loss=flow) has no DDPM to compare.
     if isinstance(sampler_model.head, DiffusionHead):
-        reveal = SAMPLE.num_steps
+        reveal = settings.num_steps
         timed = [
-            ("ddpm", "ddpm", SAMPLE.diffusion_steps, reveal),
+            ("ddpm", "ddpm", settings.diffusion_steps, reveal),
             (f"dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, reveal),
         ] + [(f"reveal_{r}_dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, r) for r in fast_reveal_steps]
-        for name, sampler, sampler_steps, reveal_steps in timed:
-            ms = time_our_sampling(sampler_model, dtype, sampler, sampler_steps, 2, reveal_steps)
+        for name, sampler, sampler_steps, reveal_steps in [*timed, *extra_timed]:
+            ms = time_our_sampling(sampler_model, sample_dtype, sampler, sampler_steps, 2, settings, reveal_steps)
             results[f"sample_ms_per_item_{name}"] = ms
             print(f"sampling ({reveal_steps} reveal steps, {sampler} {sampler_steps}) {ms:.0f} ms/item", flush=True)
     if "mar_repo" in own:
-        results |= time_mar_code(Path(own["mar_repo"]), mar.model, dtype, mar.config.batch_size, steps, warmup)
+        dtypes = (dtype, sample_dtype)
+        results |= time_mar_code(Path(own["mar_repo"]), mar.model, shape, dtypes, mar.config.batch_size, steps, warmup)
         results["mar_code_over_mar_mode"] = results["mar_code_step_ms"] / results["mar_mode_step_ms"]
         for key in [k for k in results if k.startswith("sample_ms_per_item_")]:
             results[f"mar_code_sampling_over_{key.removeprefix('sample_ms_per_item_')}"] = (

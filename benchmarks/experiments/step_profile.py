@@ -8,9 +8,10 @@ profiles as many more and splits a step by the labelled ranges of the code (`dje
 and Python). Sampling is split the same way into the trunk (encoder and predictor per reveal step, conditional and
 unconditional rows together) and the head, at the config's sampling settings, for a batch of `samples`.
 
-Shapes: `16` is the image default (4x4 tokens of dim 16), `64` the MAR-comparison shape (`model=small`, 8x8 tokens
-of dim 4). Data are random tokens: speed does not depend on them. Writes DIR/profile.json and DIR/profile.md.
-Run it alone on the machine (or pinned to a core of its own): anything beside it changes every figure.
+Shapes as the speed driver's: `16` is the image default (4x4 tokens of dim 16), `64` the MAR-comparison shape
+(`model=small`, 8x8 tokens of dim 4, bf16). Data are random tokens: speed does not depend on them. Writes
+DIR/profile.json and DIR/profile.md. Run it alone on the machine (or pinned to a core of its own): anything
+beside it changes every figure.
 """
 
 from __future__ import annotations
@@ -29,20 +30,15 @@ from torch.profiler import ProfilerActivity, profile
 
 from djepa.benchmarks.experiments import key_values
 from djepa.benchmarks.experiments.run import machine
+from djepa.benchmarks.experiments.speed import CLASSES, SHAPES, random_tokens
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.train import train_config
-from djepa.engine.data import TokenData
 from djepa.engine.model_config import build_model
 from djepa.engine.runtime import autocast
 from djepa.engine.trainer import Trainer
 from djepa.errors import UsageError
 from djepa.nn.model import DJEPA
 
-SHAPES: dict[str, tuple[list[str], tuple[int, int], int]] = {
-    "16": (["modality=image"], (4, 4), 16),
-    "64": (["modality=image", "model=small", "modality.adapter.patch_size=[1,1]"], (8, 8), 4),
-}
-CLASSES = 10
 STEP_PARTS = (
     *("batch", "teacher", "encoder", "predictor", "head", "jepa_projector"),
     *("backward", "clip", "optimizer", "ema"),
@@ -60,12 +56,6 @@ def variant_overrides(name: str) -> list[str]:
     if name.startswith("rows") and name[4:].isdigit() and 0 < int(name[4:]) <= 100:
         return [f"loss.jepa_rows={int(name[4:]) / 100}"]
     raise UsageError(f"variants: unknown variant {name!r} (djepa, mar or rowsP with P a percentage, e.g. rows25)")
-
-
-def random_tokens(grid: tuple[int, int], token_dim: int, items: int = 1024) -> TokenData:
-    gen = torch.Generator().manual_seed(0)
-    tokens = torch.randn(items, grid[0] * grid[1], token_dim, generator=gen)
-    return TokenData(tokens, None, torch.randint(0, CLASSES, (items,), generator=gen))
 
 
 def labelled_ms(prof: Any, names: Sequence[str], per: int) -> dict[str, float]:
@@ -141,7 +131,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     args = key_values(own_keys, DEFAULTS)
     if args["shape"] not in SHAPES:
         raise UsageError(f"shape={args['shape']}: must be one of {', '.join(SHAPES)}")
-    shape, grid, token_dim = SHAPES[args["shape"]]
+    shape = SHAPES[args["shape"]]
     variants = {name: variant_overrides(name) for name in args["variants"].split(",")}
     steps, warmup, samples = int(args["steps"]), int(args["warmup"]), int(args["samples"])
     results: dict[str, Any] = {
@@ -153,10 +143,10 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     }
     for name, extra in variants.items():
         torch.manual_seed(0)
-        cfg = compose_config([*shape, "train.grad_probe_every=0", *overrides, *extra])
-        model = build_model(cfg, token_dim, grid, CLASSES)
+        cfg = compose_config([*shape.overrides, "train.grad_probe_every=0", *overrides, *extra])
+        model = build_model(cfg, shape.token_dim, shape.grid, CLASSES)
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(model, random_tokens(grid, token_dim), train_config(cfg), Path(tmp), torch.device("cpu"))
+            trainer = Trainer(model, random_tokens(shape, 1024), train_config(cfg), Path(tmp), torch.device("cpu"))
             record = profile_training(trainer, steps, warmup)
             record["sampling"] = profile_sampling(trainer.ema, cfg, trainer.dtype, samples)
         record["precision"] = str(trainer.dtype)
