@@ -134,7 +134,7 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
     def notes_text(made: requests.Made) -> str:
         return "\n".join(made.notes)
 
-    def run(label, num_samples, guidance, temperature, num_steps, seed, prime, region=None, length=None, overlap=None):
+    def run(label, num_samples, guidance, temperature, num_steps, seed, prime=None, region=None, length=None, overlap=None):
         settings = requests.Settings(label, num_samples, guidance, temperature, num_steps, seed)
         made = guarded(lambda out: requests.generate(pipe, settings, out, _file_path(prime), region, length, overlap))
         # image: the grid; video and audio: the first item, playable, and the grid (frame strips / spectrograms)
@@ -220,13 +220,14 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
                 notes = gr.Textbox(label="what was done", interactive=False, elem_id="notes")
         button.click(run, inputs, [*shown, notes, first])
         if modality == "image":
+            brush_size = max(1, int(getattr(pipe.adapter, "image_size", 32)) // 8)  # a stroke about a token wide
             with gr.Row():
                 with gr.Column(scale=2):
                     editor = gr.ImageEditor(
                         label="inpaint: paint what to regenerate (white), the rest stays",
                         type="pil", image_mode="RGBA", format="png", sources=["upload", "clipboard"],
                         transforms=(), layers=False, canvas_size=(256, 256),
-                        brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                        brush=gr.Brush(brush_size, ["#ffffff"], "#ffffff", "fixed"),
                         elem_id="editor",
                     )  # fmt: skip
                 with gr.Column(scale=1):
