@@ -60,12 +60,13 @@ def plan_long(adapter: Any, key: str, length: Any, overlap: float) -> LongPlan:
     """The windows that make `length` (frames or seconds, as `key` says) with an overlap of about `overlap` of
     the same unit (`LongPlan.note` says it in one line)."""
     ax = time_axis(adapter, key)
+    given = length
     try:
         length = float(length)
     except (TypeError, ValueError):
         raise UsageError(f"{key}={length!r} is not a number") from None
     if not length > 0 or not math.isfinite(length) or (ax.unit == "frames" and not float(length).is_integer()):
-        raise UsageError(f"{key}={length} must be a positive {'whole number' if ax.unit == 'frames' else 'number'}")
+        raise UsageError(f"{key}={given} must be a positive {'whole number' if ax.unit == 'frames' else 'number'}")
     if ax.rows < 2:
         raise UsageError(f"{key}={length}: the token grid {ax.grid} has one row in time, so windows cannot overlap")
     rows = min(max(ax.nearest_row(overlap), 1), ax.rows - 1)
