@@ -175,7 +175,7 @@ def notes_text(browser, wanted: str) -> str | None:
 
 @pytest.mark.slow
 @needs_browser
-def test_paint_a_mask_in_the_editor_and_inpaint_keeping_the_rest_token_for_token(server, browser, tmp_path, monkeypatch):
+def test_paint_a_mask_in_the_editor_and_inpaint_keeping_the_rest_token_by_token(server, browser, tmp_path, monkeypatch):
     from PIL import Image
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By

@@ -134,8 +134,10 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
     def notes_text(made: requests.Made) -> str:
         return "\n".join(made.notes)
 
-    def run(label, num_samples, guidance, temperature, num_steps, seed, prime=None, region=None, length=None, overlap=None):
+    def run(label, num_samples, guidance, temperature, num_steps, seed, prime=None, *times):
+        """Generate; video and audio also pass the time controls: region, length, overlap."""
         settings = requests.Settings(label, num_samples, guidance, temperature, num_steps, seed)
+        region, length, overlap = times or (None, None, None)
         made = guarded(lambda out: requests.generate(pipe, settings, out, _file_path(prime), region, length, overlap))
         # image: the grid; video and audio: the first item, playable, and the grid (frame strips / spectrograms)
         shown = [str(made.grid)] if modality == "image" else [str(made.first), str(made.grid)]
