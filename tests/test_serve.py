@@ -235,7 +235,7 @@ def test_paint_a_mask_in_the_editor_and_inpaint_keeping_the_rest_token_by_token(
 
 @pytest.mark.slow
 @needs_browser
-def test_video_page_makes_a_clip_longer_than_the_window_and_shows_the_overlap(video_server, browser):
+def test_video_page_makes_a_clip_longer_than_the_window_then_regenerates_a_range_of_it(video_server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -255,6 +255,19 @@ def test_video_page_makes_a_clip_longer_than_the_window_and_shows_the_overlap(vi
     assert abs(wait_for(playable) - 20 / 6) < 0.1  # 20 frames at 6 fps, 2.5 windows of 8
     note = wait_for(lambda: notes_text(browser, "windows"), timeout=10)
     assert "frames=20: 4 windows of 8 frames" in note and "last 4 frames (2 token rows, prime_frames)" in note
+
+    # That clip as the prime, frames 3:6 of it regenerated: refused with the long length, said as rounded with one.
+    browser.find_element(By.ID, "use-first").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#prime a[download]"), timeout=10)
+    browser.find_element(By.CSS_SELECTOR, "#region input, #region textarea").send_keys("3:6", Keys.TAB)
+    browser.find_element(By.ID, "generate").click()
+    refused = "frames=20 and a mask range: regenerate a range of one window, or make a longer one"
+    wait_for(lambda: refused in browser.find_element(By.TAG_NAME, "body").text, timeout=30)
+    length.clear()
+    length.send_keys("8", Keys.TAB)
+    browser.find_element(By.ID, "generate").click()
+    note = wait_for(lambda: notes_text(browser, "mask_frames"), timeout=30)
+    assert note.startswith("mask_frames=3:6: regenerating frames 2..5 (token rows 1..2;")
 
 
 @pytest.mark.slow
