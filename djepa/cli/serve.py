@@ -175,7 +175,6 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
                 num_steps = gr.Slider(1, 128, value=d.num_steps, step=1, label="steps", elem_id="steps")
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
                 settings = [label, num_samples, guidance, temperature, num_steps, seed]
-                time_controls = []
                 if modality != "image":
                     unit = requests.UNITS[modality][0]
                     whole = unit == "frames"
@@ -222,7 +221,7 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
                 notes = gr.Textbox(label="what was done", interactive=False, elem_id="notes")
         button.click(run, inputs, [*shown, notes, first])
         if modality == "image":
-            brush_size = max(1, int(getattr(pipe.adapter, "image_size", 32)) // 8)  # a stroke about a token wide
+            brush_size = max(1, int(getattr(pipe.adapter, "image_size", 32)) // 8)  # default model: a token wide
             with gr.Row():
                 with gr.Column(scale=2):
                     editor = gr.ImageEditor(
