@@ -140,7 +140,8 @@ class Generation:
     # Inpainting / outpainting: the prime with its known tokens (djepa.modalities.inpainting.ImagePrime).
     prime: Any = field(default=None, repr=False)
     strip_path: Path | None = None  # set by save() when there is a prime: prime | mask | results
-    notes: list[str] = field(default_factory=list)  # what the call decided for the caller (a mask's rounding)
+    # What the call decided for the caller: a mask's rounding, a time range's rows, a long item's windows.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def modality(self) -> str:
@@ -528,7 +529,8 @@ class Pipeline:
         conditional = not (edit and class_labels is None and not self.unconditional)
         labels = torch.tensor(ids if conditional else [0], dtype=torch.long).repeat_interleave(num_samples)
         settings = self.settings(guidance_scale, temperature, num_steps, guidance_schedule, precision)
-        range_mask = check_time_keys(self.adapter, prime, mask_frames, mask_seconds, prime_frames, prime_seconds)
+        time_range = check_time_keys(self.adapter, prime, mask_frames, mask_seconds, prime_frames, prime_seconds)
+        range_mask, range_note = time_range if time_range is not None else (None, None)
         long = plan_length(self.adapter, frames, seconds, prime_frames, prime_seconds, range_mask is not None)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
@@ -578,7 +580,7 @@ class Pipeline:
             self.adapter,
             tokens=tokens,
             prime=image_prime,
-            notes=[image_prime.note] if image_prime is not None else [],
+            notes=[n for n in (image_prime and image_prime.note, range_note, long.note if long else None) if n],
         )
 
     def _image_prime(self, prime: str | Path | None, image: Any, mask: Any, outpaint: str | None) -> Any:

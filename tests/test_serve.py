@@ -1,12 +1,16 @@
 """The web demo end to end in a real headless Chromium: pick a class, click Generate, see the image grid, play
-the video, or the audio clip with its spectrograms (tiny untrained models for video and audio: the page is tested,
-not the samples)."""
+the video, or the audio clip with its spectrograms; paint a mask in the image editor and inpaint; make a video
+longer than the model's window (tiny untrained models for video and audio: the page is tested, not the samples)."""
 
+import io
 import shutil
 import socket
 import time
+import urllib.request
 
+import numpy as np
 import pytest
+import torch
 
 from djepa.errors import UsageError
 
@@ -154,6 +158,116 @@ def test_audio_page_loads_the_first_clip_and_shows_the_spectrograms(audio_server
     assert wait_for(decoded)[0].endswith("two_000.wav")
     assert wait_for(lambda: loaded_grid(browser))[0] > 0
     browser.save_screenshot(str(tmp_path / "audio.png"))
+
+
+def fetched_image(src: str) -> np.ndarray:
+    """The image the page shows, fetched from the server as the browser did."""
+    from PIL import Image
+
+    with urllib.request.urlopen(src, timeout=30) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("L"))
+
+
+def notes_text(browser, wanted: str) -> str | None:
+    text = browser.execute_script("const t = document.querySelector('#notes textarea'); return t && t.value")
+    return text if text and wanted in text else None
+
+
+@pytest.mark.slow
+@needs_browser
+def test_paint_a_mask_in_the_editor_and_inpaint_keeping_the_rest_token_by_token(server, browser, tmp_path, monkeypatch):
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from djepa.modalities.image import mnist_images
+    from djepa.pipeline import Pipeline
+
+    made = []  # what the server's pipeline returned, to check the tokens behind the page's images
+    call = Pipeline.__call__
+    monkeypatch.setattr(Pipeline, "__call__", lambda self, *a, **k: made.append(call(self, *a, **k)) or made[-1])
+    digit = ((mnist_images(32)[0][0, 0] + 1) * 127.5).round().byte().numpy()
+    Image.fromarray(digit).save(tmp_path / "digit.png")
+
+    browser.get(server)
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#editor input[type=file]"))[0].send_keys(
+        str(tmp_path / "digit.png")
+    )
+    zoom = wait_for(  # the editor shows the 32 px image zoomed to fit, centred on its canvas
+        lambda: browser.execute_script(
+            "return [...document.querySelectorAll('#editor *')].map(e => e.textContent.trim())"
+            ".find(t => /^[0-9]+%$/.test(t))"
+        )
+    )
+    scale = int(zoom.rstrip("%")) / 100
+    canvas = browser.find_elements(By.CSS_SELECTOR, "#editor canvas")[-1]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    strokes = ActionChains(browser, duration=50)
+    for x in (21, 25, 29):  # the brush (4 px) paints x >= ~17: token columns 2 and 3, none of column 1
+        dx = round((x + 0.5 - 16) * scale)
+        top, bottom = round(-15.5 * scale), round(15.5 * scale)
+        strokes.move_to_element_with_offset(canvas, dx, top).click_and_hold()
+        strokes.move_to_element_with_offset(canvas, dx, bottom).release()
+    strokes.perform()
+    browser.find_element(By.ID, "inpaint").click()
+
+    note = wait_for(lambda: notes_text(browser, "regenerating"), timeout=60)
+    assert note.startswith("mask: regenerating 8 of 16 tokens (4x4 grid, 8x8 px each)")
+
+    def loaded(elem_id):
+        src = browser.execute_script(
+            f"const i = document.querySelector('#{elem_id} img'); return i && i.naturalWidth && i.src"
+        )
+        return src or None
+
+    strip = fetched_image(wait_for(lambda: loaded("strip")))
+    assert strip.shape == (34 * 2, 6 * 34 * 2)  # image, mask and the 4 results of class 0, 1 px frames, twice the size
+    mask_panel = strip[2:66:2, 70:134:2] > 127  # the painted mask as it was rounded: whole tokens
+    assert mask_panel[:, 16:].all() and not mask_panel[:, :16].any()
+    assert fetched_image(wait_for(lambda: loaded("result"))).shape == (34 * 2, 4 * 34 * 2)
+    # Behind the images: the left half's tokens are the image's own, kept exactly; the right half drawn anew.
+    result = made[-1]
+    known = result.prime.known
+    assert int(known.sum()) == 8 and known.view(4, 4)[:, :2].all() and result.names == ["0"] * 4
+    assert torch.equal(result.tokens[:, known], result.prime.tokens[known].expand(4, -1, -1))
+    assert not torch.equal(result.tokens[0, ~known], result.prime.tokens[~known])
+
+
+@pytest.mark.slow
+@needs_browser
+def test_video_page_makes_a_clip_longer_than_the_window_then_regenerates_a_range_of_it(video_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(video_server)
+    length = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#length input"))[0]
+    assert length.get_attribute("value") == "8"  # one window, as trained
+    length.clear()
+    length.send_keys("20", Keys.TAB)
+    pick_class_and_generate(browser, "3")
+
+    def playable():
+        state = browser.execute_script(
+            "const v = document.querySelector('#result video'); return v && v.src && v.readyState >= 1 && v.duration"
+        )
+        return state or None
+
+    assert abs(wait_for(playable) - 20 / 6) < 0.1  # 20 frames at 6 fps, 2.5 windows of 8
+    note = wait_for(lambda: notes_text(browser, "windows"), timeout=10)
+    assert "frames=20: 4 windows of 8 frames" in note and "last 4 frames (2 token rows, prime_frames)" in note
+
+    # That clip as the prime, frames 3:6 of it regenerated: refused with the long length, said as rounded with one.
+    browser.find_element(By.ID, "use-first").click()
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#prime a[download]"), timeout=10)
+    browser.find_element(By.CSS_SELECTOR, "#region input, #region textarea").send_keys("3:6", Keys.TAB)
+    browser.find_element(By.ID, "generate").click()
+    refused = "frames=20 and a mask range: regenerate a range of one window, or make a longer one"
+    wait_for(lambda: refused in browser.find_element(By.TAG_NAME, "body").text, timeout=30)
+    length.clear()
+    length.send_keys("8", Keys.TAB)
+    browser.find_element(By.ID, "generate").click()
+    note = wait_for(lambda: notes_text(browser, "mask_frames"), timeout=30)
+    assert note.startswith("mask_frames=3:6: regenerating frames 2..5 (token rows 1..2;")
 
 
 @pytest.mark.slow

@@ -185,6 +185,15 @@ def test_the_demo_hides_the_class_selector_and_generates(unconditional_run, tmp_
         assert shown["class"] is False and shown["cfg"] is False and shown["generate"] is True
         grid, first = serve.generate_files(pipe, "", 2, 1.0, 1.0, 2, 0, None, tmp_path / "out")
         assert grid.is_file() and first.name == "unconditional_000.png"
+        # Inpainting without a class to pick: the known part alone decides.
+        from djepa.cli.serve_requests import Settings, inpaint
+
+        layer = np.zeros((32, 32, 4), np.uint8)
+        layer[:, 16:] = 255
+        digit = Image.new("RGB", (32, 32))
+        value = {"background": digit, "layers": [Image.fromarray(layer)], "composite": digit}
+        made = inpaint(pipe, Settings("", 2, 1.0, 1.0, 2, 0), tmp_path / "inpaint", value)
+        assert made.first.name == "unconditional_000.png" and made.notes[0].startswith("mask: regenerating 8 of 16")
     finally:
         app.djepa_outputs.close()
 

@@ -2,8 +2,10 @@
 
 Class dropdown with the model's class names, guidance / temperature / steps / seed controls (an unconditional
 model hides the class and guidance), Generate shows the image grid, a playable video or a playable clip with its
-spectrogram; video and audio models take an uploaded prime for continuation. Mistakes show as one message in the
-page, never a stack trace.
+spectrogram. Video and audio models take an uploaded prime (or the first result) for continuation, a time range
+of it to regenerate, and a length beyond the model's window; image models inpaint the region painted in an image
+editor, or outpaint past a side. What a request decided (mask rounding, windows and overlap) shows as notes;
+mistakes show as one message in the page, never a stack trace. The buttons' work is djepa.cli.serve_requests.
 Needs the `demo` extra (`pip install -e ".[demo]"`); nothing is fetched from the network.
 """
 
@@ -24,13 +26,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from djepa.cli import serve_requests as requests
 from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
 from djepa.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
-MAX_SAMPLES = 16
+MAX_SAMPLES = requests.MAX_SAMPLES
 KEEP_REQUESTS = 8  # output folders kept for the page to fetch; older requests' files are removed
 
 
@@ -98,22 +101,14 @@ def generate_files(
     out: Path,
 ) -> tuple[Path, Path]:
     """Sample and write the files; returns (grid preview, first item's file)."""
-    if not 1 <= int(num_samples) <= MAX_SAMPLES:
-        raise UsageError(f"samples must be between 1 and {MAX_SAMPLES}")
-    if seed is None or int(seed) < 0:
-        raise UsageError(f"seed must be a whole number >= 0, got {seed}")
-    result = pipe(
-        None if pipe.unconditional else [label],
-        int(num_samples),
-        guidance_scale=float(guidance),
-        temperature=float(temperature),
-        num_steps=int(num_steps),
-        seed=int(seed),
-        prime=prime or None,
-    )
-    written = result.save(out)
-    assert result.grid_path is not None  # save() sets it
-    return Path(result.grid_path), written[0]
+    settings = requests.Settings(label, num_samples, guidance, temperature, num_steps, seed)
+    made = requests.generate(pipe, settings, out, prime)
+    return made.grid, made.first
+
+
+def _file_path(value: Any) -> str | None:
+    """A gr.File value (a path, or an object with `.name`) as a path."""
+    return value if isinstance(value, str) else getattr(value, "name", None)
 
 
 def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
@@ -124,29 +119,46 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
     modality = pipe.modality
     d = pipe.defaults
 
-    def run(label, num_samples, guidance, temperature, num_steps, seed, prime):
-        if (label is None or label == "") and not pipe.unconditional:
-            raise gr.Error("pick a class first")
-        prime_path = prime if isinstance(prime, str) else getattr(prime, "name", None)
+    def guarded(make: Any) -> Any:
+        """Run `make(out)` under the lock; a mistake becomes one line in the page, never a traceback."""
         try:
             with lock:
-                out = files.next()
-                settings = (num_samples, guidance, temperature, num_steps, seed)
-                grid, first = generate_files(pipe, label, *settings, prime_path, out)
+                return make(files.next())
         except (UsageError, FileNotFoundError, ValueError) as err:
             raise gr.Error(str(err).splitlines()[0]) from err
         except Exception as err:  # the page shows one line; the server log keeps the traceback
             log.exception("generation failed")
             first_line = str(err).splitlines()[0] if str(err) else ""
             raise gr.Error(f"generation failed: {type(err).__name__}: {first_line}") from err
+
+    def notes_text(made: requests.Made) -> str:
+        return "\n".join(made.notes)
+
+    def run(label, num_samples, guidance, temperature, num_steps, seed, prime=None, *times):
+        """Generate; video and audio also pass the time controls: region, length, overlap."""
+        settings = requests.Settings(label, num_samples, guidance, temperature, num_steps, seed)
+        region, length, overlap = times or (None, None, None)
+        made = guarded(lambda out: requests.generate(pipe, settings, out, _file_path(prime), region, length, overlap))
         # image: the grid; video and audio: the first item, playable, and the grid (frame strips / spectrograms)
-        return str(grid) if modality == "image" else (str(first), str(grid))
+        shown = [str(made.grid)] if modality == "image" else [str(made.first), str(made.grid)]
+        return (*shown, notes_text(made), str(made.first))
+
+    def run_inpaint(label, num_samples, guidance, temperature, num_steps, seed, editor, side, fraction):
+        settings = requests.Settings(label, num_samples, guidance, temperature, num_steps, seed)
+        made = guarded(lambda out: requests.inpaint(pipe, settings, out, editor, side, fraction))
+        return str(made.grid), str(made.strip), notes_text(made), str(made.first)
+
+    def first_item(first: str | None) -> str:
+        if not first:
+            raise gr.Error("generate first: this loads the first sample of the last request")
+        return first
 
     # Gradio's own copies of the files shown: removed hourly once an hour old (and when the server restarts).
     with gr.Blocks(title=f"D-JEPA {modality}", delete_cache=(3600, 3600)) as app:
         trained = f" (step {pipe.step})" if pipe.step is not None else ""  # a model built in code has no step
         classes = "unconditional" if pipe.unconditional else f"{len(pipe.class_names)} classes"
         gr.Markdown(f"## D-JEPA {modality} model\n`{pipe.source}`{trained}, {classes}")
+        first = gr.State(None)  # the first item of the last request: loadable into the editor or as the prime
         with gr.Row():
             with gr.Column(scale=1):
                 # An unconditional model has no class to pick and no guidance (its default is 1): both hidden.
@@ -162,12 +174,36 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
                 temperature = gr.Slider(0.1, 1.5, value=d.temperature, step=0.05, label="temperature")
                 num_steps = gr.Slider(1, 128, value=d.num_steps, step=1, label="steps", elem_id="steps")
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
-                prime = gr.File(
-                    label="prime: continue this clip (optional)",
-                    file_types=[".mp4", ".avi", ".webm", ".gif"] if modality == "video" else [".wav", ".flac", ".ogg"],
-                    visible=modality != "image",
-                    elem_id="prime",
-                )
+                settings = [label, num_samples, guidance, temperature, num_steps, seed]
+                if modality != "image":
+                    unit = requests.UNITS[modality][0]
+                    whole = unit == "frames"
+                    prime = gr.File(
+                        label="prime: continue this clip (optional)",
+                        file_types=[".mp4", ".avi", ".webm", ".gif"] if whole else [".wav", ".flac", ".ogg"],
+                        elem_id="prime",
+                    )
+                    use_first = gr.Button("use the first result as the prime", size="sm", elem_id="use-first")
+                    time_controls = [
+                        gr.Textbox(
+                            label=f"regenerate {unit} a:b of the prime (optional)",
+                            placeholder="4:8" if whole else "0.25:0.5",
+                            elem_id="region",
+                        ),
+                        gr.Number(
+                            value=requests.window_length(pipe), precision=0 if whole else None,
+                            label=f"length ({unit}; beyond one window: window by window)", elem_id="length",
+                        ),
+                        gr.Number(
+                            value=requests.DEFAULT_OVERLAP[modality], precision=0 if whole else None,
+                            label=f"overlap ({unit} of the prime kept, and shared by windows)", elem_id="overlap",
+                        ),
+                    ]  # fmt: skip
+                    gr.Markdown(requests.time_note(pipe), elem_id="time-note")
+                    use_first.click(first_item, [first], [prime])
+                    inputs = [*settings, prime, *time_controls]
+                else:
+                    inputs = settings
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 if modality == "image":
@@ -182,7 +218,35 @@ def build_app(pipe: Pipeline, outputs: RequestOutputs | None = None) -> Any:
                         gr.Audio(label="first clip", type="filepath", elem_id="result"),
                         gr.Image(label="spectrograms", type="filepath", elem_id="grid"),
                     ]
-        button.click(run, [label, num_samples, guidance, temperature, num_steps, seed, prime], shown)
+                notes = gr.Textbox(label="what was done", interactive=False, elem_id="notes")
+        button.click(run, inputs, [*shown, notes, first])
+        if modality == "image":
+            brush_size = max(1, int(getattr(pipe.adapter, "image_size", 32)) // 8)  # default model: a token wide
+            with gr.Row():
+                with gr.Column(scale=2):
+                    editor = gr.ImageEditor(
+                        label="inpaint: paint what to regenerate (white), the rest stays",
+                        type="pil", image_mode="RGBA", format="png", sources=["upload", "clipboard"],
+                        transforms=(), layers=False, canvas_size=(256, 256),
+                        brush=gr.Brush(brush_size, ["#ffffff"], "#ffffff", "fixed"),
+                        elem_id="editor",
+                    )  # fmt: skip
+                with gr.Column(scale=1):
+                    gr.Markdown(requests.token_note(pipe), elem_id="token-note")
+                    load_first = gr.Button("load the first sample", size="sm", elem_id="load-first")
+                    side = gr.Dropdown(
+                        list(requests.OUTPAINT_CHOICES), value=requests.NO_OUTPAINT, elem_id="outpaint",
+                        label="outpaint: extend past this side instead (none: inpaint the painted region)",
+                    )  # fmt: skip
+                    fraction = gr.Slider(
+                        0.05, 0.45, value=requests.OUTPAINT_FRACTION, step=0.05, label="outpaint fraction",
+                        elem_id="fraction",
+                    )  # fmt: skip
+                    inpaint_button = gr.Button("Inpaint / outpaint", variant="primary", elem_id="inpaint")
+                with gr.Column(scale=2):
+                    strip = gr.Image(label="image | mask | results", type="filepath", elem_id="strip")
+            load_first.click(lambda f: {"background": first_item(f), "layers": [], "composite": f}, [first], [editor])
+            inpaint_button.click(run_inpaint, [*settings, editor, side, fraction], [shown[0], strip, notes, first])
     app.djepa_outputs = files
     return app
 

@@ -42,30 +42,37 @@ class LongPlan:
         """Media time each window but the last contributes (up to where its overlap with the next starts)."""
         return self.axis.bounds[self.axis.rows - self.overlap]
 
+    @property
+    def note(self) -> str | None:
+        """One line: the windows and the overlap that make the length (None: one window, nothing to say)."""
+        if self.windows < 2:
+            return None
+        ax = self.axis
+        overlap = ax.bounds[ax.rows] - ax.bounds[ax.rows - self.overlap]
+        return (
+            f"{ax.length_key}={ax.show(self.target)}: {self.windows} windows of {ax.show(ax.length)} {ax.unit}, each "
+            f"after the first primed with the previous one's last {ax.show(overlap)} {ax.unit} ({self.overlap} "
+            f"{ax.row_word}, {ax.prime_key}), joined where that overlap starts"
+        )
+
 
 def plan_long(adapter: Any, key: str, length: Any, overlap: float) -> LongPlan:
     """The windows that make `length` (frames or seconds, as `key` says) with an overlap of about `overlap` of
-    the same unit; said in one line."""
+    the same unit (`LongPlan.note` says it in one line)."""
     ax = time_axis(adapter, key)
+    given = length
     try:
         length = float(length)
     except (TypeError, ValueError):
         raise UsageError(f"{key}={length!r} is not a number") from None
     if not length > 0 or not math.isfinite(length) or (ax.unit == "frames" and not float(length).is_integer()):
-        raise UsageError(f"{key}={length} must be a positive {'whole number' if ax.unit == 'frames' else 'number'}")
+        raise UsageError(f"{key}={given} must be a positive {'whole number' if ax.unit == 'frames' else 'number'}")
     if ax.rows < 2:
         raise UsageError(f"{key}={length}: the token grid {ax.grid} has one row in time, so windows cannot overlap")
     rows = min(max(ax.nearest_row(overlap), 1), ax.rows - 1)
     plan = LongPlan(ax, float(length), 1, rows)
     windows = 1 + max(0, math.ceil((plan.target - ax.length) / plan.step - 1e-9))
-    plan = LongPlan(ax, float(length), windows, rows)
-    if windows > 1:
-        tqdm.write(
-            f"{key}={ax.show(length)}: {windows} windows of {ax.show(ax.length)} {ax.unit}, each after the first "
-            f"primed with the previous one's last {ax.show(ax.bounds[ax.rows] - ax.bounds[ax.rows - rows])} "
-            f"{ax.unit} ({rows} {ax.row_word}, {ax.prime_key}), joined where that overlap starts"
-        )
-    return plan
+    return LongPlan(ax, float(length), windows, rows)
 
 
 def plan_length(

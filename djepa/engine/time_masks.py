@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from djepa.errors import UsageError
 
@@ -123,8 +122,9 @@ def rows_mask(grid: tuple[int, ...], axis: int, start: int, end: int, inside: bo
     return (mask if inside else ~mask).flatten()
 
 
-def range_rows(ax: TimeAxis, value: Any, key: str) -> tuple[int, int]:
-    """The token rows [start, end) a time range of `key` regenerates, rounded to row boundaries; said in one line."""
+def range_rows(ax: TimeAxis, value: Any, key: str) -> tuple[int, int, str]:
+    """The token rows [start, end) a time range of `key` regenerates, rounded to row boundaries, and the line that
+    says so."""
     start, end = parse_range(value, key, ax.unit == "frames")
     if end > ax.length + 1e-9:
         raise UsageError(f"{key}={value}: the range ends past the clip, which is {ax.show(ax.length)} {ax.unit} long")
@@ -135,11 +135,11 @@ def range_rows(ax: TimeAxis, value: Any, key: str) -> tuple[int, int]:
         )
     end_shown = min(ax.bounds[r1], ax.length) - (1 if ax.unit == "frames" else 0)  # frames: the last one, inclusive
     shown = f"{ax.show(ax.bounds[r0])}..{ax.show(end_shown)}"
-    tqdm.write(
+    note = (
         f"{key}={value}: regenerating {ax.unit} {shown} ({ax.row_word} {r0}..{r1 - 1}; the token grid's time step is "
         f"{ax.step}), the rest of the prime kept"
     )
-    return r0, r1
+    return r0, r1, note
 
 
 def check_time_keys(
@@ -149,8 +149,9 @@ def check_time_keys(
     mask_seconds: Any,
     prime_frames: int | None,
     prime_seconds: float | None,
-) -> torch.Tensor | None:
-    """The known-token mask [N] of a time-range request (None: no range given), after checking its keys."""
+) -> tuple[torch.Tensor, str] | None:
+    """The known-token mask [N] of a time-range request and the line saying what it regenerates (None: no range
+    given), after checking its keys."""
     given = [(k, v) for k, v in (("mask_frames", mask_frames), ("mask_seconds", mask_seconds)) if v is not None]
     if not given:
         return None
@@ -166,5 +167,5 @@ def check_time_keys(
             f"{ax.prime_key} and {key}: give one ({ax.prime_key} keeps the start and generates the rest, "
             f"{key} regenerates a range and keeps the rest)"
         )
-    r0, r1 = range_rows(ax, value, key)
-    return rows_mask(ax.grid, ax.axis, r0, r1)
+    r0, r1, note = range_rows(ax, value, key)
+    return rows_mask(ax.grid, ax.axis, r0, r1), note
