@@ -34,7 +34,7 @@ from djepa.benchmarks.experiments.speed import CLASSES, SHAPES, random_tokens
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.train import train_config
 from djepa.engine.model_config import build_model
-from djepa.engine.runtime import autocast
+from djepa.engine.runtime import autocast, resolve_precision
 from djepa.engine.trainer import Trainer
 from djepa.errors import UsageError
 from djepa.nn.model import DJEPA
@@ -148,8 +148,9 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             trainer = Trainer(model, random_tokens(shape, 1024), train_config(cfg), Path(tmp), torch.device("cpu"))
             record = profile_training(trainer, steps, warmup)
-            record["sampling"] = profile_sampling(trainer.ema, cfg, trainer.dtype, samples)
-        record["precision"] = str(trainer.dtype)
+            sample_dtype = resolve_precision(torch.device("cpu"), str(cfg.sample.precision), training=False)
+            record["sampling"] = profile_sampling(trainer.ema, cfg, sample_dtype, samples)
+        record["precision"], record["sample_precision"] = str(trainer.dtype), str(sample_dtype)
         results["variants"][name] = record
         print(f"{name}: step {record['step_ms']:.0f} ms, sampling {record['sampling']['ms_per_item']:.1f} ms/item")
     if args["out"]:
