@@ -63,6 +63,12 @@ def test_generated_scores_a_run_trained_on_the_words_per_word_beside_real_and_ro
     assert list(report["generated_per_word"]) == words.WORDS == list(report["roundtrip_per_word"])
     mean = sum(report["generated_per_word"].values()) / len(words.WORDS)
     assert abs(mean - report["generated_accuracy"]) < 1e-3  # equal clips per word: the mean of the words
+    wrong = sum(sum(c.values()) for c in report["generated_heard_as"].values())
+    assert wrong == round(20 * (1 - report["generated_accuracy"]))  # every misheard clip is counted once
+    assert words.misheard(torch.tensor([2, 0, 2]), torch.tensor([0, 0, 1]), sorted(words.WORDS)) == {
+        "down": {"left": 1},
+        "go": {"left": 1},
+    }
     assert json.loads((out / "generated.json").read_text()) == report
     assert json.loads((out / "roundtrip.json").read_text())["tokenizer"] == report["tokenizer"]
     from PIL import Image

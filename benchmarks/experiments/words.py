@@ -13,7 +13,17 @@ clips), plus `words.json` (the recipe). Then, with the folder's tokenizer traine
 
 trains the listener on DIR/listener (with noisy copies; cached in DIR) and reports per word how often it recognises
 the real test clips, their mel -> vocoder copies (no VAE) and their encode -> decode round trips, with a spectrogram
-grid of the three (DIR/roundtrip.png, one row each, one column per word).
+grid of the three (DIR/roundtrip.png, one row each, one column per word; the numbers in DIR/roundtrip.json). With a
+model trained on the folder (`train modality=audio modality.adapter.data_dir=DIR/train run_dir=RUN`),
+
+    python -m djepa.benchmarks.experiments.words generated out=DIR run_dir=RUN [per_word=20] [seed=0] \
+        [sample.guidance_scale=G] [sample.temperature=T] [sample.num_steps=N] [sample.guidance_schedule=S] \
+        [loss.head.sampling_steps=K]
+
+samples `per_word` clips of each word (the run's sampling settings where none is given), has the same listener
+hear them and reports per word beside the real clips and the round trips, and what the misheard ones were taken for
+(DIR/generated.json), with a spectrogram
+grid (DIR/generated.png: a real test clip, its round trip and two generated clips per word).
 """
 
 from __future__ import annotations
@@ -124,6 +134,16 @@ def share_per_word(correct: Any, labels: Any) -> dict[str, float]:
     return {w: round(float(correct[labels == i].float().mean()), 3) for i, w in enumerate(WORDS) if (labels == i).any()}
 
 
+def misheard(heard: Any, labels: Any, names: list[str]) -> dict[str, dict[str, int]]:
+    """Per word (in WORDS order), the words its misheard clips were taken for and how often."""
+    wrong: dict[str, dict[str, int]] = {}
+    for said, got in zip(labels.tolist(), heard.tolist(), strict=True):
+        if said != got:
+            counts = wrong.setdefault(names[said], {})
+            counts[names[got]] = counts.get(names[got], 0) + 1
+    return {w: wrong[w] for w in WORDS if w in wrong}
+
+
 def words_split(out: Path, split: str, rate: int, samples: int) -> tuple[Any, Any, list[str]]:
     """DIR/<split>'s clips at `rate` and `samples` long, their labels (in sorted folder order) and the folder names."""
     from djepa.modalities.audio import load_audio_folder
@@ -152,9 +172,10 @@ def words_listener(out: Path, rate: int, samples: int, listener_steps: int = 400
     return listener, heldout, front_end
 
 
-def roundtrip(out: Path, home: str = ".djepa", listener_steps: int = 400) -> dict[str, Any]:
+def roundtrip(out: Path, home: str = ".djepa", listener_steps: int = 400, adapter: Any = None) -> dict[str, Any]:
     """Per word: the held-out-voice listener's accuracy on DIR/test's real clips and on their round trips through
-    the folder's tokenizer (the one `train_tokenizer modality=audio modality.adapter.data_dir=DIR/train` made)."""
+    the folder's tokenizer (the one `train_tokenizer modality=audio modality.adapter.data_dir=DIR/train` made), or
+    through `adapter`'s (a run's)."""
     import torch
 
     from djepa.benchmarks.roundtrip import round_trip
@@ -165,8 +186,9 @@ def roundtrip(out: Path, home: str = ".djepa", listener_steps: int = 400) -> dic
     from djepa.tokenizers.mel import MelFrontEnd
     from djepa.tokenizers.train_autoencoder import psnr
 
-    cfg = compose_config(["modality=audio", f"modality.adapter.data_dir={Path(out) / 'train'}", f"home={home}"])
-    adapter = build_adapter(cfg)
+    if adapter is None:
+        cfg = compose_config(["modality=audio", f"modality.adapter.data_dir={Path(out) / 'train'}", f"home={home}"])
+        adapter = build_adapter(cfg)
     if not isinstance(adapter, AudioAdapter):
         raise UsageError("the words round trip needs the built-in AudioAdapter")
     rate, samples = adapter.sample_rate, adapter.num_samples
@@ -241,7 +263,7 @@ def generated(
     done = Path(out) / "roundtrip.json"
     ceiling = json.loads(done.read_text()) if done.is_file() else {}
     if ceiling.get("tokenizer") != tokenizer or ceiling.get("seconds") != round(samples / rate, 4):
-        ceiling = roundtrip(out, str(Path(tokenizer).parent.parent), listener_steps)  # HOME/tokenizers/NAME
+        ceiling = roundtrip(out, listener_steps=listener_steps, adapter=adapter)
     listener, _, front_end = words_listener(out, rate, samples, listener_steps)
     result = pipe(None, per_word, seed=seed, **(sampling or {}))  # class-major: per_word clips of each word
     labels = torch.tensor(result.labels)
@@ -266,6 +288,7 @@ def generated(
         "real_per_word": ceiling["real_per_word"],
         "roundtrip_per_word": ceiling["roundtrip_per_word"],
         "generated_per_word": share_per_word(correct, remap[labels]),
+        "generated_heard_as": misheard(logits.argmax(1), labels, pipe.class_names),
     }
     (Path(out) / "generated.json").write_text(json.dumps(report, indent=2))
     return report
