@@ -22,8 +22,8 @@ model trained on the folder (`train modality=audio modality.adapter.data_dir=DIR
 
 samples `per_word` clips of each word (the run's sampling settings where none is given), has the same listener
 hear them and reports per word beside the real clips and the round trips, and what the misheard ones were taken for
-(DIR/generated.json), with a spectrogram
-grid (DIR/generated.png: a real test clip, its round trip and two generated clips per word).
+(DIR/generated.json), with a spectrogram grid (DIR/generated.png: a real test clip, its round trip and two generated
+clips per word).
 """
 
 from __future__ import annotations
@@ -326,6 +326,7 @@ def parse(argv: Sequence[str]) -> tuple[str, Path, dict[str, Any]]:
 
 
 def whole(key: str, value: str) -> int:
+    """`value` as a whole number >= 0, or one line naming the key."""
     if not value.isdigit():
         raise UsageError(f"{key}={value} must be a whole number >= 0")
     return int(value)
