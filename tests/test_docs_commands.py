@@ -44,8 +44,13 @@ BENCHMARK_DRIVERS: dict[str, tuple[tuple[str, ...], bool] | None] = {
     "fid_stats": (("data_dir", "standard_weights", "reference", "image_size", "pr_items", "workers", "home"), False),
     "data_path": (("cache", "items", "world", "steps", "batch"), False),
     "inpainting": (("out", "count", "num_steps"), True),
-    # plus its step, make or roundtrip, as a plain word
-    "words": (("out", "per_word", "test_per_word", "listener_per_word", "seed", "home", "listener_steps"), False),
+    # plus its step, make, roundtrip or generated, as a plain word
+    "words": (
+        ("out", "per_word", "test_per_word", "listener_per_word", "seed", "home", "listener_steps", "run_dir")
+        + ("device", "sample.guidance_scale", "sample.temperature", "sample.num_steps", "sample.guidance_schedule")
+        + ("sample.precision", "loss.head.sampling_steps"),
+        False,
+    ),
 }
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]+(\.[a-z0-9]+)?$")  # DIR, DIR_S0, CLIP.mp4, FILE.png
 
