@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ import torch
 from omegaconf import DictConfig
 
 from djepa.cli import djepa_checkpoint
+from djepa.cli.checkpoint_layout import count_blocks, script_arg, shared_model_config
 from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
 from djepa.io import atomic_write_json, sha256
@@ -128,12 +128,8 @@ def pick_weights(data: Mapping[str, Any], which: str, path: Path) -> dict[str, t
     return dict(state)
 
 
-def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    return len({m.group(1) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))})
-
-
 def _arg(args: Any, name: str) -> Any:
-    return getattr(args, name, MAR_ARG_DEFAULTS.get(name)) if args is not None else MAR_ARG_DEFAULTS.get(name)
+    return script_arg(args, name, MAR_ARG_DEFAULTS)
 
 
 def mar_name(state: Mapping[str, torch.Tensor], args: Any) -> str | None:
@@ -141,7 +137,7 @@ def mar_name(state: Mapping[str, torch.Tensor], args: Any) -> str | None:
     name = getattr(args, "model", None)
     if name in MAR_HEADS:
         return str(name)
-    depth = _count(state, "encoder_blocks.")
+    depth = count_blocks(state, "encoder_blocks.")
     guess = MAR_NAME_BY_DEPTH.get(depth)
     width = int(state["z_proj.weight"].shape[0])
     return guess if guess is not None and MAR_HEADS_BY_WIDTH.get(width) == MAR_HEADS[guess] else None
@@ -155,8 +151,7 @@ def mar_model_config(
     missing = [k for k in required if k not in state]
     if missing:
         raise UsageError(f"not an LTH14/mar MAR state dict: no {', '.join(missing)}")
-    width, token_dim = (int(s) for s in state["z_proj.weight"].shape)
-    predictor_width = int(state["decoder_embed.weight"].shape[0])
+    width = int(state["z_proj.weight"].shape[0])
     num_tokens = int(state["diffusion_pos_embed_learned"].shape[1])
     side = math.isqrt(num_tokens)
     if side * side != num_tokens:
@@ -170,34 +165,9 @@ def mar_model_config(
                 f"the checkpoint does not say its attention heads (width {width}, args.model {name!r}): "
                 "give num_heads=N"
             )
-    fc1 = state.get("encoder_blocks.0.mlp.fc1.weight")
-    steps = str(_arg(args, "num_sampling_steps"))
     return {
-        "token_dim": token_dim,
-        "grid": [side, side],
-        "num_classes": int(state["class_emb.weight"].shape[0]),
-        "encoder_depth": _count(state, "encoder_blocks."),
-        "encoder_width": width,
-        "predictor_depth": _count(state, "decoder_blocks."),
-        "predictor_width": predictor_width,
-        "num_heads": int(num_heads),
-        "mlp_ratio": float(fc1.shape[0] / width) if fc1 is not None else 4.0,
-        "buffer_size": buffer_size,
-        "label_drop": float(_arg(args, "label_drop_prob")),
-        "attn_drop": float(_arg(args, "attn_dropout")),
-        "proj_drop": float(_arg(args, "proj_dropout")),
-        "denoiser_depth": _count(state, "diffloss.net.res_blocks."),
-        "denoiser_width": int(state["diffloss.net.input_proj.weight"].shape[0]),
-        "diffusion_batch_mul": int(_arg(args, "diffusion_batch_mul")),
+        **shared_model_config(state, args, MAR_ARG_DEFAULTS, side, num_heads, buffer_size),
         "jepa": False,
-        "head_config": {
-            "_target_": "djepa.nn.heads.DiffusionHead",
-            "num_timesteps": 1000,
-            # MAR's num_sampling_steps is a respacing string; a plain count is what it is in every MAR run
-            "sampling_steps": int(steps) if steps.isdigit() else 100,
-            "sampler": "ddpm",
-            "clip_x0": None,
-        },
         "pos_embed": "learned",
         "diffusion_pos_embed": True,
         "qk_norm": False,

@@ -23,12 +23,12 @@ Sizes come from the shapes; the attention heads from the qk-norm weights (one pe
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from djepa.cli.checkpoint_layout import count_blocks, script_arg, shared_model_config
 from djepa.errors import UsageError
 
 # models/djepa.py's sizes by name, depth and width: the heads no tensor shows without qk-norm.
@@ -85,12 +85,8 @@ def is_djepa_state(state: Mapping[str, torch.Tensor]) -> bool:
     return "buffer" in state and "diffusion_pos_embed_learned" not in state
 
 
-def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    return len({m.group(1) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))})
-
-
 def _arg(args: Any, name: str) -> Any:
-    return getattr(args, name, ARG_DEFAULTS.get(name)) if args is not None else ARG_DEFAULTS.get(name)
+    return script_arg(args, name, ARG_DEFAULTS)
 
 
 def size_name(state: Mapping[str, torch.Tensor], args: Any) -> str | None:
@@ -98,7 +94,7 @@ def size_name(state: Mapping[str, torch.Tensor], args: Any) -> str | None:
     name = getattr(args, "model", None)
     if name in DJEPA_HEADS:
         return str(name)
-    guess = DJEPA_NAME_BY_DEPTH.get(_count(state, "encoder_blocks."))
+    guess = DJEPA_NAME_BY_DEPTH.get(count_blocks(state, "encoder_blocks."))
     width = int(state["z_proj.weight"].shape[0])
     if guess is not None and {"djepa_base": 768, "djepa_large": 1024, "djepa_huge": 1280}[guess] == width:
         return guess
@@ -117,7 +113,7 @@ def model_config(state: Mapping[str, torch.Tensor], args: Any = None, num_heads:
             f"the checkpoint's args.diffloss is {_arg(args, 'diffloss')!r}: only D-JEPA's Gaussian diffusion head "
             "(diffloss=gauss) converts"
         )
-    width, token_dim = (int(s) for s in state["z_proj.weight"].shape)
+    width = int(state["z_proj.weight"].shape[0])
     num_tokens = int(state["encoder_pos_embed_learned"].shape[1])
     side = math.isqrt(num_tokens)
     if side * side != num_tokens:
@@ -133,33 +129,10 @@ def model_config(state: Mapping[str, torch.Tensor], args: Any = None, num_heads:
                 f"the checkpoint does not say its attention heads (width {width}, args.model {name!r}, no qk-norm): "
                 "give num_heads=N"
             )
-    fc1 = state.get("encoder_blocks.0.mlp.fc1.weight")
-    steps = str(_arg(args, "num_sampling_steps"))
+    shared = shared_model_config(state, args, ARG_DEFAULTS, side, num_heads, int(state["buffer"].shape[1]))
     return {
-        "token_dim": token_dim,
-        "grid": [side, side],
-        "num_classes": int(state["class_emb.weight"].shape[0]),
-        "encoder_depth": _count(state, "encoder_blocks."),
-        "encoder_width": width,
-        "predictor_depth": _count(state, "decoder_blocks."),
-        "predictor_width": int(state["decoder_embed.weight"].shape[0]),
-        "num_heads": int(num_heads),
-        "mlp_ratio": float(fc1.shape[0] / width) if fc1 is not None else 4.0,
-        "buffer_size": int(state["buffer"].shape[1]),
-        "label_drop": float(_arg(args, "label_drop_prob")),
-        "attn_drop": float(_arg(args, "attn_dropout")),
-        "proj_drop": float(_arg(args, "proj_dropout")),
-        "denoiser_depth": _count(state, "diffloss.net.res_blocks."),
-        "denoiser_width": int(state["diffloss.net.input_proj.weight"].shape[0]),
-        "diffusion_batch_mul": int(_arg(args, "diffusion_batch_mul")),
+        **shared,
         "jepa": "jepaloss.net.fc1.weight" in state,
-        "head_config": {
-            "_target_": "djepa.nn.heads.DiffusionHead",
-            "num_timesteps": 1000,
-            "sampling_steps": int(steps) if steps.isdigit() else 100,
-            "sampler": "ddpm",
-            "clip_x0": None,
-        },
         "jepa_projector": "reference",
         "jepa_projector_norm": "jepaloss.net.norm.weight" in state,
         "jepa_without_context": True,
