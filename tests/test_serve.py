@@ -168,6 +168,10 @@ def fetched_image(src: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(response.read())).convert("L"))
 
 
+def page_text(browser) -> str:
+    return browser.execute_script("return document.body.innerText") or ""
+
+
 def notes_text(browser, wanted: str) -> str | None:
     text = browser.execute_script("const t = document.querySelector('#notes textarea'); return t && t.value")
     return text if text and wanted in text else None
@@ -202,16 +206,27 @@ def test_paint_a_mask_in_the_editor_and_inpaint_keeping_the_rest_token_by_token(
     scale = int(zoom.rstrip("%")) / 100
     canvas = browser.find_elements(By.CSS_SELECTOR, "#editor canvas")[-1]
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
-    strokes = ActionChains(browser, duration=50)
-    for x in (21, 25, 29):  # the brush (4 px) paints x >= ~17: token columns 2 and 3, none of column 1
-        dx = round((x + 0.5 - 16) * scale)
-        top, bottom = round(-15.5 * scale), round(15.5 * scale)
-        strokes.move_to_element_with_offset(canvas, dx, top).click_and_hold()
-        strokes.move_to_element_with_offset(canvas, dx, bottom).release()
-    strokes.perform()
-    browser.find_element(By.ID, "inpaint").click()
 
-    note = wait_for(lambda: notes_text(browser, "regenerating"), timeout=60)
+    def paint_and_inpaint() -> str | None:
+        strokes = ActionChains(browser, duration=50)
+        for x in (21, 25, 29):  # the brush (4 px) paints x >= ~17: token columns 2 and 3, none of column 1
+            dx = round((x + 0.5 - 16) * scale)
+            top, bottom = round(-15.5 * scale), round(15.5 * scale)
+            strokes.move_to_element_with_offset(canvas, dx, top).click_and_hold()
+            strokes.move_to_element_with_offset(canvas, dx, bottom).release()
+        strokes.perform()
+        browser.find_element(By.ID, "inpaint").click()
+        # A loaded machine can drop pointer events, leaving a stroke too thin for a whole token: the page then
+        # says so in one line, and the strokes are painted again (painting twice covers the same tokens).
+        thin = "covers no whole token"
+        found = wait_for(lambda: notes_text(browser, "regenerating") or (thin in page_text(browser) and thin), 60)
+        if found == thin:
+            wait_for(lambda: thin not in page_text(browser), 30)  # the message closes itself (10 s)
+            return None
+        return found
+
+    note = next((n for n in (paint_and_inpaint() for _ in range(3)) if n), None)
+    assert note is not None, "three paintings of the right half never covered a whole token"
     assert note.startswith("mask: regenerating 8 of 16 tokens (4x4 grid, 8x8 px each)")
 
     def loaded(elem_id):

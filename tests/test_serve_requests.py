@@ -134,3 +134,10 @@ def test_bad_ranges_and_lengths_are_one_line_messages(video_pipe, tmp_path, regi
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         requests.generate(video_pipe, settings(), tmp_path / "out", str(clip), region, length, 4)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_page_offers_the_image_adapters_outpaint_sides_and_fraction():
+    from djepa.modalities import inpainting
+
+    assert (*requests.SIDES, "all") == inpainting.OUTPAINT_SIDES
+    assert requests.OUTPAINT_FRACTION == inpainting.OUTPAINT_FRACTION

@@ -16,11 +16,14 @@ from PIL import Image
 
 from djepa.engine.time_masks import UNITS, time_axis
 from djepa.errors import UsageError
-from djepa.modalities.inpainting import OUTPAINT_FRACTION, SIDES
 from djepa.pipeline import Pipeline
 
 MAX_SAMPLES = 16
 NO_OUTPAINT = "none"
+# The page's outpaint choices and default fraction: the image adapter's (djepa.modalities.inpainting, which the
+# commands' layer does not import; tests/test_serve_requests.py keeps them equal).
+SIDES = ("left", "right", "top", "bottom")
+OUTPAINT_FRACTION = 0.25
 OUTPAINT_CHOICES = (NO_OUTPAINT, *SIDES, "all")
 DEFAULT_OVERLAP = {"video": 4, "audio": 0.25}  # prime_frames / prime_seconds when not given (Pipeline's defaults)
 
