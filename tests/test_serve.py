@@ -197,17 +197,25 @@ def test_paint_a_mask_in_the_editor_and_inpaint_keeping_the_rest_token_by_token(
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#editor input[type=file]"))[0].send_keys(
         str(tmp_path / "digit.png")
     )
-    zoom = wait_for(  # the editor shows the 32 px image zoomed to fit, centred on its canvas
-        lambda: browser.execute_script(
+
+    def zoom() -> float:
+        """The editor's zoom once it has settled (it shows the 32 px image zoomed to fit, centred on its canvas)."""
+        read = (
             "return [...document.querySelectorAll('#editor *')].map(e => e.textContent.trim())"
             ".find(t => /^[0-9]+%$/.test(t))"
         )
-    )
-    scale = int(zoom.rstrip("%")) / 100
-    canvas = browser.find_elements(By.CSS_SELECTOR, "#editor canvas")[-1]
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+        settled: list[str] = []
+
+        def stable() -> str | None:
+            settled.append(browser.execute_script(read) or "")
+            return settled[-1] if len(settled) > 2 and settled[-1] == settled[-2] == settled[-3] != "" else None
+
+        return int(wait_for(stable).rstrip("%")) / 100
 
     def paint_and_inpaint() -> str | None:
+        scale = zoom()
+        canvas = browser.find_elements(By.CSS_SELECTOR, "#editor canvas")[-1]
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
         strokes = ActionChains(browser, duration=50)
         for x in (21, 25, 29):  # the brush (4 px) paints x >= ~17: token columns 2 and 3, none of column 1
             dx = round((x + 0.5 - 16) * scale)
