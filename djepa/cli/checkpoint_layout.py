@@ -9,6 +9,33 @@ from typing import Any
 
 import torch
 
+# Both references' module prefixes (MAR's `models/mar.py` names, which D-JEPA keeps) -> djepa's; the catch-all
+# `diffloss.net.` comes after its more specific children.
+MAR_PREFIXES = (
+    ("z_proj_ln.", "encoder_in_norm."),
+    ("z_proj.", "token_proj."),
+    ("encoder_blocks.", "encoder.blocks."),
+    ("encoder_norm.", "encoder.norm."),
+    ("decoder_embed.", "predictor_embed."),
+    ("decoder_blocks.", "predictor.blocks."),
+    ("decoder_norm.", "predictor.norm."),
+    ("diffloss.net.res_blocks.", "head.net.blocks."),
+    ("diffloss.net.final_layer.", "head.net.final."),
+    ("diffloss.net.", "head.net."),
+)
+HEAD_PARTS = {"in_ln": "norm", "adaLN_modulation": "modulation"}  # inside the denoising MLP's blocks
+
+
+def prefixed_key(key: str, prefixes: tuple[tuple[str, str], ...]) -> str | None:
+    """djepa's name of a reference tensor by the first matching prefix (head block parts renamed), else None."""
+    for old, new in prefixes:
+        if key.startswith(old):
+            rest = key[len(old) :]
+            if new.startswith("head.net."):
+                rest = ".".join(HEAD_PARTS.get(part, part) for part in rest.split("."))
+            return new + rest
+    return None
+
 
 def count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
     """How many numbered blocks `prefix<N>.` the state dict holds."""

@@ -47,7 +47,7 @@ import torch
 from omegaconf import DictConfig
 
 from djepa.cli import djepa_checkpoint
-from djepa.cli.checkpoint_layout import count_blocks, script_arg, shared_model_config
+from djepa.cli.checkpoint_layout import MAR_PREFIXES, count_blocks, prefixed_key, script_arg, shared_model_config
 from djepa.cli.config import cli_errors, compose_config
 from djepa.errors import UsageError
 from djepa.io import atomic_write_json, sha256
@@ -77,19 +77,6 @@ _PLAIN = {
     "mask_token": "mask_token",
     "diffusion_pos_embed_learned": "diffusion_pos",
 }
-_PREFIXES = (
-    ("z_proj_ln.", "encoder_in_norm."),
-    ("z_proj.", "token_proj."),
-    ("encoder_blocks.", "encoder.blocks."),
-    ("encoder_norm.", "encoder.norm."),
-    ("decoder_embed.", "predictor_embed."),
-    ("decoder_blocks.", "predictor.blocks."),
-    ("decoder_norm.", "predictor.norm."),
-    ("diffloss.net.res_blocks.", "head.net.blocks."),
-    ("diffloss.net.final_layer.", "head.net.final."),
-    ("diffloss.net.", "head.net."),
-)
-_HEAD_PARTS = {"in_ln": "norm", "adaLN_modulation": "modulation"}
 # MAR's sequence tables: split at the buffer into djepa's (buffer rows, token rows).
 _TABLES = {
     "encoder_pos_embed_learned": ("buffer", "encoder_pos.table"),
@@ -178,13 +165,10 @@ def djepa_key(key: str) -> str:
     """djepa's name of a MAR tensor that maps whole (the sequence tables are split by `mar_weights`)."""
     if key in _PLAIN:
         return _PLAIN[key]
-    for old, new in _PREFIXES:
-        if key.startswith(old):
-            rest = key[len(old) :]
-            if new.startswith("head.net."):
-                rest = ".".join(_HEAD_PARTS.get(part, part) for part in rest.split("."))
-            return new + rest
-    raise UsageError(f"{key}: no counterpart in djepa's MAR-exact model")
+    mapped = prefixed_key(key, MAR_PREFIXES)
+    if mapped is None:
+        raise UsageError(f"{key}: no counterpart in djepa's MAR-exact model")
+    return mapped
 
 
 def mar_weights(state: Mapping[str, torch.Tensor], buffer_size: int) -> dict[str, torch.Tensor]:

@@ -28,7 +28,14 @@ from typing import Any
 
 import torch
 
-from djepa.cli.checkpoint_layout import count_blocks, script_arg, shared_model_config
+from djepa.cli.checkpoint_layout import (
+    HEAD_PARTS,
+    MAR_PREFIXES,
+    count_blocks,
+    prefixed_key,
+    script_arg,
+    shared_model_config,
+)
 from djepa.errors import UsageError
 
 # models/djepa.py's sizes by name, depth and width: the heads no tensor shows without qk-norm.
@@ -56,21 +63,11 @@ _PLAIN = {
 }
 _TABLES = {"encoder_pos_embed_learned": "encoder_pos.table", "decoder_pos_embed_learned": "predictor_pos.table"}
 _PREFIXES = (
-    ("z_proj_ln.", "encoder_in_norm."),
-    ("z_proj.", "token_proj."),
-    ("encoder_blocks.", "encoder.blocks."),
-    ("encoder_norm.", "encoder.norm."),
-    ("decoder_embed.", "predictor_embed."),
-    ("decoder_blocks.", "predictor.blocks."),
-    ("decoder_norm.", "predictor.norm."),
-    ("diffloss.net.res_blocks.", "head.net.blocks."),
-    ("diffloss.net.final_layer.", "head.net.final."),
-    ("diffloss.net.", "head.net."),
+    *MAR_PREFIXES,
     ("jepaloss.net.fc1.", "jepa_proj.0."),
     ("jepaloss.net.norm.", "jepa_proj.2."),
     ("jepaloss.net.fc2.", "jepa_proj.3."),
 )
-_HEAD_PARTS = {"in_ln": "norm", "adaLN_modulation": "modulation"}
 
 
 def strip_compiled(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -149,13 +146,7 @@ def djepa_key(key: str) -> str | None:
         return _PLAIN[key]
     if key in _TABLES:
         return _TABLES[key]
-    for old, new in _PREFIXES:
-        if key.startswith(old):
-            rest = key[len(old) :]
-            if new.startswith("head.net."):
-                rest = ".".join(_HEAD_PARTS.get(part, part) for part in rest.split("."))
-            return new + rest
-    return None
+    return prefixed_key(key, _PREFIXES)
 
 
 def reference_key(key: str) -> str:
@@ -167,7 +158,7 @@ def reference_key(key: str) -> str:
         if key.startswith(new):
             rest = key[len(new) :]
             if old.startswith("diffloss.net."):
-                back = {v: k for k, v in _HEAD_PARTS.items()}
+                back = {v: k for k, v in HEAD_PARTS.items()}
                 rest = ".".join(back.get(part, part) for part in rest.split("."))
             return old + rest
     return key
