@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from djepa.benchmarks.experiments import key_values
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.train import train_config
 from djepa.engine import distributed
@@ -355,12 +356,7 @@ def ddp_check(device_type: str, spec: dict[str, Any], world: int = 2) -> dict[st
 
 def parse_args(argv: Sequence[str]) -> dict[str, Any]:
     """key=value arguments over DEFAULTS, each checked, a bad one named."""
-    raw = dict(DEFAULTS)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in raw:
-            raise UsageError(f"unknown argument {item!r}: takes {', '.join(k + '=' for k in raw)}")
-        raw[key] = value
+    raw = key_values(argv, DEFAULTS)
     args: dict[str, Any] = {"out": Path(raw["out"])}
     if raw["compile"] not in ("true", "false"):
         raise UsageError(f"compile={raw['compile']!r}: must be true or false")

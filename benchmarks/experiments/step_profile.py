@@ -17,7 +17,6 @@ beside it changes every figure.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from djepa.benchmarks.experiments import key_values
 from djepa.benchmarks.experiments.run import machine
-from djepa.benchmarks.experiments.speed import CLASSES, SHAPES, random_tokens
+from djepa.benchmarks.experiments.speed import CLASSES, SHAPES, random_tokens, time_training
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.train import train_config
 from djepa.engine.model_config import build_model
@@ -67,24 +66,16 @@ def labelled_ms(prof: Any, names: Sequence[str], per: int) -> dict[str, float]:
 def profile_training(trainer: Trainer, steps: int, warmup: int) -> dict[str, Any]:
     """Median step ms without the profiler, then the labelled parts of as many steps under it."""
 
-    def step() -> None:
-        trainer.train_step()
-        trainer.step += 1
-
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(1000 * (time.perf_counter() - start))
+    step_ms = time_training(trainer, steps, warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for _ in range(steps):
-            step()
+            trainer.train_step()
+            trainer.step += 1
         profiled = 1000 * (time.perf_counter() - start) / steps
     parts = labelled_ms(prof, STEP_PARTS, steps)
     parts["other"] = max(0.0, profiled - sum(parts.values()))
-    return {"step_ms": statistics.median(times), "profiled_step_ms": profiled, "parts_ms": parts}
+    return {"step_ms": step_ms, "profiled_step_ms": profiled, "parts_ms": parts}
 
 
 def profile_sampling(model: DJEPA, cfg: Any, dtype: torch.dtype, samples: int) -> dict[str, Any]:
