@@ -3,6 +3,7 @@
 import pytest
 
 from djepa.benchmarks.experiments import step_profile
+from djepa.cli.config import compose_config
 from djepa.errors import UsageError
 
 
@@ -24,6 +25,12 @@ def test_profile_splits_a_step_and_a_sample_by_part(tmp_path):
     assert runs["djepa"]["parts_ms"]["teacher"] > 0 and runs["rows50"]["parts_ms"]["teacher"] > 0
     table = (tmp_path / "profile.md").read_text()
     assert "| teacher |" in table and "rows50" in table
+
+
+def test_mar_architecture_is_a_valid_config():
+    cfg = compose_config(step_profile.variant_overrides("mar_arch"))
+    assert cfg.loss.jepa_weight == 0 and cfg.model.pos_embed == "learned" and cfg.model.diffusion_pos_embed
+    assert cfg.train.no_decay == "mar"
 
 
 def test_an_unknown_variant_is_named():

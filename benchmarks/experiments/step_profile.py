@@ -1,7 +1,8 @@
 """Where the time goes, part by part: `python -m djepa.benchmarks.experiments.step_profile [shape=16|64]
 [variants=djepa,mar,...] [steps=10] [warmup=3] [samples=16] [out=DIR] [any config override]`.
 
-For each variant (`djepa`: the default; `mar`: `loss.jepa_weight=0`; `rowsP`: `loss.jepa_rows=P/100`) it times
+For each variant (`djepa`: the default; `mar`: `loss.jepa_weight=0`; `mar_arch`: MAR's own architecture, as in
+`MAR_ARCHITECTURE`; `rowsP`: `loss.jepa_rows=P/100`) it times
 training steps through the real `Trainer.train_step` (median of `steps` after `warmup`, no profiler), then
 profiles as many more and splits a step by the labelled ranges of the code (`djepa::batch`, `teacher`, `encoder`,
 `predictor`, `head`, `jepa_projector`, `backward`, `clip`, `optimizer`, `ema`; the rest is the loss arithmetic
@@ -46,15 +47,30 @@ SAMPLE_PARTS = ("sample_trunk", "sample_head")
 DEFAULTS = {"shape": "16", "variants": "djepa,mar", "steps": "10", "warmup": "3", "samples": "16", "out": ""}
 
 
+# MAR's own architecture on djepa's model: no JEPA term, one learned position table per sequence, a learned table
+# before the head and MAR's weight-decay set (the `mar_arch` benchmark variant of docs/results/djepa-vs-mar.md).
+MAR_ARCHITECTURE = [
+    "loss.jepa_weight=0",
+    "model.pos_embed=learned",
+    "model.diffusion_pos_embed=true",
+    "train.no_decay=mar",
+]
+
+
 def variant_overrides(name: str) -> list[str]:
-    """A variant's config overrides: djepa, mar (MAR mode) or rowsP (the JEPA term on P % of each batch)."""
+    """A variant's config overrides: djepa, mar (MAR mode), mar_arch (MAR's architecture) or rowsP (the JEPA
+    term on P % of each batch)."""
     if name == "djepa":
         return []
     if name == "mar":
         return ["loss.jepa_weight=0"]
+    if name == "mar_arch":
+        return list(MAR_ARCHITECTURE)
     if name.startswith("rows") and name[4:].isdigit() and 0 < int(name[4:]) <= 100:
         return [f"loss.jepa_rows={int(name[4:]) / 100}"]
-    raise UsageError(f"variants: unknown variant {name!r} (djepa, mar or rowsP with P a percentage, e.g. rows25)")
+    raise UsageError(
+        f"variants: unknown variant {name!r} (djepa, mar, mar_arch or rowsP with P a percentage, e.g. rows25)"
+    )
 
 
 def labelled_ms(prof: Any, names: Sequence[str], per: int) -> dict[str, float]:
