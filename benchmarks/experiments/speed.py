@@ -1,9 +1,10 @@
-"""Where a step goes: `python -m djepa.benchmarks.experiments.speed [shape=64|16] [mar_repo=PATH] [steps=20]
-[out=DIR] [...]`.
+"""Where a step goes: `python -m djepa.benchmarks.experiments.speed [shape=64|16|video] [mar_repo=PATH]
+[steps=20] [out=DIR] [...]`.
 
 Times, one after another in this process, at the MAR-comparison shape (`shape=64`: `model=small`, 8x8 tokens of
-dim 4, batch 64, bf16) or the image default (`shape=16`: 4x4 tokens of dim 16, MAR's patch size 2, the default
-precision); any train/model/loss override passes through:
+dim 4, batch 64, bf16), the image default (`shape=16`: 4x4 tokens of dim 16, MAR's patch size 2, the default
+precision) or the video default (`shape=video`: 8x2x2 tokens of dim 128 and the flow head; MAR's code, which takes
+square grids only, at 6x6 tokens of dim 128, its nearest); any train/model/loss override passes through:
 
 - a D-JEPA training step and a MAR-mode one (`loss.jepa_weight=0`) through the real `Trainer.train_step`,
   with the D-JEPA extra split into the teacher's target pass, the EMA updates and the rest (projector,
@@ -14,7 +15,8 @@ precision); any train/model/loss override passes through:
   3 at 64 tokens and the default 4 at 16, linear, batch 16; sampling precision by `sample.precision`): ours, ours
   with `sampler=dpm_solver` at `dpm_steps` steps, ours at `fast_reveal_steps` reveal steps (a comma list,
   default 8,4) with that sampler (the fast settings; their quality is measured separately), and
-  MAR's code.
+  MAR's code. A flow head (the video default) has no DDPM to set: only the `timed=REVEAL:SAMPLER:STEPS` rows are
+  timed for it, SAMPLER heun or euler.
 
 Prints the step and sampling ratios of D-JEPA to MAR and writes them to OUT/speed.json. Data are random tokens:
 speed does not depend on them. Run it alone on the machine: anything beside it changes every figure.
@@ -26,6 +28,7 @@ import contextlib
 import importlib
 import importlib.util
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -69,10 +72,11 @@ class Shape:
     channels: int
     patch: int
     sampling: Sampling
+    our_grid: tuple[int, ...] | None = None  # ours, where it is not MAR's square grid (video: time x rows x columns)
 
     @property
-    def grid(self) -> tuple[int, int]:
-        return self.latent[0] // self.patch, self.latent[1] // self.patch
+    def grid(self) -> tuple[int, ...]:
+        return self.our_grid or (self.latent[0] // self.patch, self.latent[1] // self.patch)
 
     @property
     def token_dim(self) -> int:
@@ -85,8 +89,12 @@ SHAPES = {
         (8, 8), 4, 1, Sampling(),
     ),
     "16": Shape(("modality=image",), (8, 8), 4, 2, Sampling(diffusion_steps=100, guidance=4.0)),
+    "video": Shape(
+        ("modality=video",), (24, 24), 8, 4, Sampling(num_steps=32, diffusion_steps=100, guidance=4.0), (8, 2, 2)
+    ),
 }  # fmt: skip
 CLASSES = 10
+TIMED_SAMPLERS = ("ddpm", "dpm_solver", "heun", "euler")  # the diffusion head's, then the flow head's
 OWN_KEYS = ("shape", "mar_repo", "steps", "warmup", "out", "dpm_steps", "fast_reveal_steps", "timed")
 
 
@@ -102,14 +110,18 @@ def median_ms(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
 
 def random_tokens(shape: Shape, items: int, seed: int = 0) -> TokenData:
     gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(items, shape.grid[0] * shape.grid[1], shape.token_dim, generator=gen)
+    tokens = torch.randn(items, math.prod(shape.grid), shape.token_dim, generator=gen)
     return TokenData(tokens, None, torch.randint(0, CLASSES, (items,), generator=gen))
 
 
 def trainer_for(shape: Shape, overrides: Sequence[str], run_dir: Path) -> Trainer:
     cfg = compose_config([*shape.overrides, "train.grad_probe_every=0", *overrides])
     model = build_model(cfg, shape.token_dim, shape.grid, CLASSES)
-    return Trainer(model, random_tokens(shape, 1024), train_config(cfg), run_dir, torch.device("cpu"))
+    time_axis = 0 if len(shape.grid) == 3 else None  # video grids lead with time (prefix masks need it)
+    data = random_tokens(shape, 1024)
+    return Trainer(
+        model, data, train_config(cfg), run_dir, torch.device("cpu"), token_grid=shape.grid, time_axis=time_axis
+    )
 
 
 def time_training(trainer: Trainer, steps: int, warmup: int) -> float:
@@ -139,7 +151,7 @@ def djepa_breakdown(trainer: Trainer, repeats: int) -> dict[str, float]:
 def time_our_sampling(
     model: DJEPA, dtype: torch.dtype, sampler: str, steps: int, repeats: int, settings: Sampling, reveal_steps: int
 ) -> float:
-    model.head.set_sampler(sampler)  # a diffusion head's: run() times these only for one
+    model.head.set_sampler(sampler)  # the head's own: run() checks `timed=` names one it has
     model.head.set_sampling_steps(steps)
     labels = torch.arange(settings.batch) % CLASSES
 
@@ -262,8 +274,10 @@ def timed_settings(text: str) -> list[tuple[str, str, int, int]]:
     rows = []
     for item in filter(None, text.split(",")):
         parts = item.split(":")
-        if len(parts) != 3 or parts[1] not in ("ddpm", "dpm_solver") or not (parts[0] + parts[2]).isdigit():
-            raise UsageError(f"timed={text}: each item is REVEAL:SAMPLER:STEPS, SAMPLER ddpm or dpm_solver")
+        if len(parts) != 3 or parts[1] not in TIMED_SAMPLERS or not (parts[0] + parts[2]).isdigit():
+            raise UsageError(
+                f"timed={text}: each item is REVEAL:SAMPLER:STEPS, SAMPLER one of {', '.join(TIMED_SAMPLERS)}"
+            )
         rows.append((f"reveal_{parts[0]}_{parts[1]}_{parts[2]}", parts[1], int(parts[2]), int(parts[0])))
     return rows
 
@@ -312,10 +326,12 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
             ("ddpm", "ddpm", settings.diffusion_steps, reveal),
             (f"dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, reveal),
         ] + [(f"reveal_{r}_dpm_solver_{dpm_steps}", "dpm_solver", dpm_steps, r) for r in fast_reveal_steps]
-        for name, sampler, sampler_steps, reveal_steps in [*timed, *extra_timed]:
-            ms = time_our_sampling(sampler_model, sample_dtype, sampler, sampler_steps, 2, settings, reveal_steps)
-            results[f"sample_ms_per_item_{name}"] = ms
-            print(f"sampling ({reveal_steps} reveal steps, {sampler} {sampler_steps}) {ms:.0f} ms/item", flush=True)
+    else:
+        timed = []
+    for name, sampler, sampler_steps, reveal_steps in [*timed, *extra_timed]:
+        ms = time_our_sampling(sampler_model, sample_dtype, sampler, sampler_steps, 2, settings, reveal_steps)
+        results[f"sample_ms_per_item_{name}"] = ms
+        print(f"sampling ({reveal_steps} reveal steps, {sampler} {sampler_steps}) {ms:.0f} ms/item", flush=True)
     if "mar_repo" in own:
         dtypes = (dtype, sample_dtype)
         results |= time_mar_code(Path(own["mar_repo"]), mar.model, shape, dtypes, mar.config.batch_size, steps, warmup)
