@@ -46,6 +46,8 @@ def test_steps_become_seconds_against_the_reference(files):
     assert djepa["seconds"] == pytest.approx(108.0) and djepa["ratio"] == pytest.approx(0.9)
     assert djepa["steps_per_seed"] == [pytest.approx(200 + 200 * 2 / 3), 400.0]
     assert slow["steps_per_seed"][1] is None and slow["seeds_reaching"] == 1
+    assert slow["seconds_per_seed_mean"] is None  # not a mean over the seeds that happened to get there
+    assert djepa["seconds_per_seed_mean"] == pytest.approx(0.3 * (200 + 200 * 2 / 3 + 400) / 2)
     assert "| djepa | 2 |" in (files / "o" / "time_to_fd.md").read_text()
 
 

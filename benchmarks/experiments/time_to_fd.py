@@ -6,7 +6,7 @@ A benchmark measures quality against steps; what a user pays for is seconds. Thi
 per step from `step_profile`) and gives one table: per variant its final FD, the steps at which its mean curve first
 reaches the reference variant's final FD (and each seed's own curve), the milliseconds per step, and the seconds
 that makes, with their ratio to the reference's own time to that FD. Seconds per seed give the mean ± one standard
-error; a seed that never reaches the FD within the run is counted and left out of that mean. Variants must have the
+error where every seed reaches the FD within the run (else only how many did). Variants must have the
 same names in both files (`step_profile variants=djepa,mar,mar_arch,rows25`).
 """
 
@@ -69,7 +69,8 @@ def time_to_fd(results: dict[str, Any], profile: dict[str, Any], reference: str)
         steps = steps_to_reach(variant["curve"], target)
         per_seed = [steps_to_reach(curve, target) for curve in seed_curves(variant)]
         reached = [s * ms / 1000 for s in per_seed if s is not None]
-        seconds_mean, seconds_se = mean_se(reached) if reached else (None, None)
+        # A mean over only the seeds that got there would drop the slowest: none unless every seed did.
+        seconds_mean, seconds_se = mean_se(reached) if len(reached) == len(per_seed) else (None, None)
         seconds = None if steps is None else steps * ms / 1000
         rows[name] = {
             "seeds": len(per_seed),
