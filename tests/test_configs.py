@@ -33,7 +33,8 @@ def test_each_modality_file_keeps_the_shared_settings_and_states_its_own():
     assert video.train == OmegaConf.merge(image.train, {"steps": 1000, "prefix_mask_prob": 0.75})
     assert OmegaConf.merge(audio.sample, {"num_steps": 8, "temperature": 0.85}) == image.sample
     assert (image.sample.temperature, audio.sample.temperature, audio.sample.num_steps) == (0.85, 0.7, 16)
-    assert (video.sample.temperature, video.sample.num_steps) == (0.7, 32)
+    assert (video.sample.temperature, video.sample.num_steps) == (0.7, 16)
+    assert (video.loss.head.sampler, video.loss.head.sampling_steps) == ("heun", 10)
     assert (image.loss.head.sampling_steps, audio.loss.head.sampling_steps) == (15, 100)
     assert list(video.benchmark.variants) == ["djepa", "mar", "flow"] and video.benchmark.variants.flow == ["loss=flow"]
     # the paper sizes share their settings with MAR's, which add MAR's architecture and turn the JEPA loss off

@@ -40,6 +40,7 @@ BENCHMARK_DRIVERS: dict[str, tuple[tuple[str, ...], bool] | None] = {
     "rgb_digits": (("out", "per_class", "heldout_per_class", "seed"), False),
     "memory_estimate": (("model", "tokens", "dim", "classes", "buffer", "batch", "gpus"), False),
     "combine": (("out",), False),  # plus the result folders to pool, as plain paths
+    "time_to_fd": (("results", "profile", "reference", "out"), False),
     "gpu_check": (("out", "batch", "compile", "steps", "peak_tflops"), False),
     "finetune": (("out", "source", "steps", "eval_every", "seeds", "per_class", "eval_per_class"), True),
     "fid_stats": (("data_dir", "standard_weights", "reference", "image_size", "pr_items", "workers", "home"), False),
