@@ -109,6 +109,11 @@ class LossSettings:
         low_open=True,
         high=1.0,
     )
+    jepa_every: int = setting(
+        1,
+        "the JEPA term (teacher pass and projector) on every k-th step only, the others as MAR mode; 1: every step",
+        low=1,
+    )
     head: dict[str, Any] = setting({}, "the denoising head: `_target_` names a TokenHead, other keys its arguments")
 
 

@@ -1,8 +1,11 @@
-"""loss.jepa_rows: the JEPA term (teacher pass and projector) on a share of each batch's rows."""
+"""loss.jepa_rows and loss.jepa_every: the JEPA term (teacher pass and projector) on a share of each batch's rows,
+or on every k-th step only."""
 
 import pytest
 import torch
 
+from djepa.cli.config import compose_config
+from djepa.cli.train import train_config
 from djepa.engine.data import TokenData
 from djepa.engine.trainer import TrainConfig, Trainer
 from djepa.nn.masking import training_mask
@@ -56,3 +59,36 @@ def test_the_teacher_sees_only_the_share_of_rows(make_tiny_model, tmp_path, shar
 def test_a_share_outside_0_1_names_the_key(bad):
     with pytest.raises(ValueError, match="loss.jepa_rows"):
         TrainConfig(jepa_rows=bad)
+
+
+def test_the_teacher_runs_only_on_every_kth_step(make_tiny_model, tmp_path):
+    config = TrainConfig(
+        steps=8,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=1,
+        precision="fp32",
+        checkpoint_every=10,
+        log_every=1,
+        preview_every=0,
+        jepa_every=3,
+    )
+    trainer = Trainer(make_tiny_model((4, 4)), token_data(), config, tmp_path, torch.device("cpu"))
+    assert trainer.teacher is not None
+    taught: list[int] = []
+    trainer.teacher.register_forward_hook(lambda _m, _args, _out: taught.append(trainer.step))
+    records = []
+    for _ in range(8):
+        records.append(trainer.train_step())
+        trainer.step += 1
+    assert taught and all(step % 3 == 0 for step in taught)
+    for step, record in enumerate(records):
+        assert record["jepa_active"] == (step in taught)
+        if step % 3:
+            assert float(record["jepa"]) == 0.0 and float(record["denoise"]) > 0
+
+
+def test_jepa_every_comes_from_the_loss_config_and_must_be_positive():
+    assert train_config(compose_config(["loss.jepa_every=4"])).jepa_every == 4
+    with pytest.raises(ValueError, match="loss.jepa_every"):
+        TrainConfig(jepa_every=0)

@@ -55,6 +55,7 @@ def train_config(cfg: DictConfig) -> TrainConfig:
             denoise_weight=float(cfg.loss.denoise_weight),
             jepa_weight=float(cfg.loss.jepa_weight),
             jepa_rows=float(cfg.loss.get("jepa_rows", 1.0)),
+            jepa_every=int(cfg.loss.get("jepa_every", 1)),
         )
     except (TypeError, ValueError) as err:
         raise UsageError(f"bad train config: {err}") from err

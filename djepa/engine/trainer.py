@@ -60,6 +60,7 @@ class TrainConfig:
     denoise_weight: float = 1.0
     jepa_weight: float = 1.0
     jepa_rows: float = 1.0  # share of a batch's rows the JEPA term (teacher pass, projector) is computed on
+    jepa_every: int = 1  # the JEPA term on every k-th step only; the steps between train as MAR mode
     mask_ratio_min: float = 0.7
     # Share of batches that get a prefix mask (the start of the time axis visible, continuation practice) instead
     # of the random one; only for adapters with a time axis (video, audio), which the Trainer is told.
@@ -93,7 +94,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """The same checks as the command line's, from the schema (a Trainer may be built in code)."""
         values = asdict(self)
-        losses = {k: values.pop(k) for k in ("denoise_weight", "jepa_weight", "jepa_rows")}
+        losses = {k: values.pop(k) for k in ("denoise_weight", "jepa_weight", "jepa_rows", "jepa_every")}
         for key, value, problem in (
             *schema.section_problems(schema.TrainSettings, values, "train."),
             *schema.section_problems(schema.LossSettings, losses, "loss."),
@@ -498,8 +499,8 @@ class Trainer:
                 # FSDP keeps a root unsharded after forward, expecting a backward. fully_shard gives the
                 # module's class its reshard method at run time, which the type checker cannot see.
                 teacher.reshard()  # type: ignore[operator]
-            args = (tokens, labels, mask, targets, num_visible) + (() if draws is None else (draws,))
-            losses = self.train_module(*args)
+            args = (tokens, labels, mask, targets, num_visible, draws)
+            losses = self.train_module(*args, with_jepa=has_context)
         total = config.denoise_weight * losses["denoise"]
         if self.use_jepa:
             total = total + config.jepa_weight * losses["jepa"]
@@ -569,9 +570,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        # With no visible token there is no context to predict targets from: the JEPA term is off for
-        # the batch (DJEPA.loss), and the teacher pass is skipped.
-        has_context = num_visible > 0 or self.model.jepa_without_context
+        # With no visible token there is no context to predict targets from, and loss.jepa_every skips the steps
+        # between its k-th: the JEPA term is off for the batch (DJEPA.loss) and the teacher pass is skipped.
+        has_context = (num_visible > 0 or self.model.jepa_without_context) and self.step % config.jepa_every == 0
         record: dict[str, Any] = {"lr": lr}
         if self.use_jepa:
             record["jepa_active"] = has_context

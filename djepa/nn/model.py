@@ -259,12 +259,14 @@ class DJEPA(nn.Module):
         targets: torch.Tensor | None = None,
         num_visible: int | None = None,
         draws: LossDraws | None = None,
+        with_jepa: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Per-term losses for tokens [B, N, D] with `mask` [B, N] True where hidden.
 
         `targets` are the EMA model's `target_features`; required when the model has a JEPA loss.
         `num_visible`, the visible count every row shares, lets the step run without a host sync.
         `draws` (loss_draws, slice_draws) replace the random draws the loss would make itself.
+        `with_jepa=False` turns the JEPA term off for this batch (no targets needed; loss.jepa_every).
         """
         b, n, _ = tokens.shape
         if n != self.num_tokens:
@@ -290,10 +292,11 @@ class DJEPA(nn.Module):
             jepa_rows = b if targets is None else targets.shape[0]
             with record_function("djepa::jepa_projector"):
                 pred = self.jepa_proj(cond[: jepa_rows * hidden.shape[1]]).float()
-            if visible.shape[1] == 0 and not self.jepa_without_context:
-                # No visible token (a quarter of batches at 16 tokens): nothing to predict the targets from,
-                # so the JEPA term is off; zero-weighted, the projector still takes part (DDP needs every
-                # parameter used). The denoiser still learns the first, context-free token here.
+            if not with_jepa or (visible.shape[1] == 0 and not self.jepa_without_context):
+                # No visible token (a quarter of batches at 16 tokens): nothing to predict the targets from; or
+                # a step the trainer skips (loss.jepa_every). The term is off; zero-weighted, the projector still
+                # takes part (DDP needs every parameter used). The denoiser still learns, with no context the
+                # first, context-free token.
                 losses["jepa"] = pred.sum() * 0.0
             elif targets is None:
                 raise ValueError("the JEPA loss needs target features from the EMA model")
@@ -328,11 +331,12 @@ class DJEPA(nn.Module):
         targets: torch.Tensor | None = None,
         num_visible: int | None = None,
         draws: LossDraws | None = None,
+        with_jepa: bool = True,
     ) -> dict[str, torch.Tensor] | torch.Tensor:
         """The entry DDP, FSDP and torch.compile wrap: `loss`, or with no mask the EMA's `target_features`."""
         if mask is None:
             return self.target_features(tokens, labels)
-        return self.loss(tokens, labels, mask, targets, num_visible, draws)
+        return self.loss(tokens, labels, mask, targets, num_visible, draws, with_jepa)
 
     # ------------------------------------------------------------------ sampling
 
