@@ -33,6 +33,17 @@ def test_mar_architecture_is_a_valid_config():
     assert cfg.train.no_decay == "mar"
 
 
+def test_every_k_times_both_kinds_of_step(tmp_path):
+    results = step_profile.run(
+        [
+            "steps=2", "warmup=0", "samples=2", "variants=every2", "model=tiny", "sample.num_steps=2",
+            "loss.head.sampling_steps=3",
+        ]
+    )  # fmt: skip
+    assert step_profile.variant_overrides("every2") == ["loss.jepa_every=2"]
+    assert results["variants"]["every2"]["step_ms"] > 0
+
+
 def test_an_unknown_variant_is_named():
     with pytest.raises(UsageError, match="rows0"):
         step_profile.run(["variants=djepa,rows0"])

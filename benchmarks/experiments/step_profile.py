@@ -2,8 +2,9 @@
 [variants=djepa,mar,...] [steps=10] [warmup=3] [samples=16] [out=DIR] [any config override]`.
 
 For each variant (`djepa`: the default; `mar`: `loss.jepa_weight=0`; `mar_arch`: MAR's own architecture, as in
-`MAR_ARCHITECTURE`; `rowsP`: `loss.jepa_rows=P/100`) it times
-training steps through the real `Trainer.train_step` (median of `steps` after `warmup`, no profiler), then
+`MAR_ARCHITECTURE`; `rowsP`: `loss.jepa_rows=P/100`; `everyK`: `loss.jepa_every=K`) it times
+training steps through the real `Trainer.train_step` (median of `steps` after `warmup`, no profiler; for `everyK`
+the mean over a K-step cycle of the medians of the steps with and without the JEPA term), then
 profiles as many more and splits a step by the labelled ranges of the code (`djepa::batch`, `teacher`, `encoder`,
 `predictor`, `head`, `jepa_projector`, `backward`, `clip`, `optimizer`, `ema`; the rest is the loss arithmetic
 and Python). Sampling is split the same way into the trunk (encoder and predictor per reveal step, conditional and
@@ -18,6 +19,7 @@ beside it changes every figure.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from djepa.benchmarks.experiments import key_values
 from djepa.benchmarks.experiments.run import machine
-from djepa.benchmarks.experiments.speed import CLASSES, SHAPES, random_tokens, time_training
+from djepa.benchmarks.experiments.speed import CLASSES, SHAPES, random_tokens
 from djepa.cli.config import cli_errors, compose_config
 from djepa.cli.train import train_config
 from djepa.engine.model_config import build_model
@@ -68,8 +70,10 @@ def variant_overrides(name: str) -> list[str]:
         return list(MAR_ARCHITECTURE)
     if name.startswith("rows") and name[4:].isdigit() and 0 < int(name[4:]) <= 100:
         return [f"loss.jepa_rows={int(name[4:]) / 100}"]
+    if name.startswith("every") and name[5:].isdigit() and int(name[5:]) >= 1:
+        return [f"loss.jepa_every={int(name[5:])}"]
     raise UsageError(
-        f"variants: unknown variant {name!r} (djepa, mar, mar_arch or rowsP with P a percentage, e.g. rows25)"
+        f"variants: unknown variant {name!r} (djepa, mar, mar_arch, rowsP with P a percentage, e.g. rows25, or everyK)"
     )
 
 
@@ -79,10 +83,30 @@ def labelled_ms(prof: Any, names: Sequence[str], per: int) -> dict[str, float]:
     return {name: totals.get(f"djepa::{name}", 0.0) / per for name in names}
 
 
+def cycle_step_ms(trainer: Trainer, steps: int, warmup: int) -> float:
+    """The median ms of a step; with the JEPA term on every k-th step only (loss.jepa_every), the mean over a
+    k-step cycle of the medians of the two kinds of step, which a median of them all would not give."""
+    every = trainer.config.jepa_every
+    with_term: list[float] = []
+    without: list[float] = []
+    for i in range(warmup + steps):
+        step = trainer.step
+        start = time.perf_counter()
+        trainer.train_step()
+        trainer.step += 1
+        if i >= warmup:
+            (with_term if step % every == 0 else without).append(1000 * (time.perf_counter() - start))
+    if every == 1:
+        return statistics.median(with_term)
+    if not with_term or not without:
+        raise UsageError(f"steps={steps} times no step of one kind at loss.jepa_every={every}: give steps >= {every}")
+    return (statistics.median(with_term) + (every - 1) * statistics.median(without)) / every
+
+
 def profile_training(trainer: Trainer, steps: int, warmup: int) -> dict[str, Any]:
     """Median step ms without the profiler, then the labelled parts of as many steps under it."""
 
-    step_ms = time_training(trainer, steps, warmup)
+    step_ms = cycle_step_ms(trainer, steps, warmup)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
         for _ in range(steps):
