@@ -274,3 +274,18 @@ def test_a_non_finite_step_leaves_the_weights_and_optimizer_untouched(make_tiny_
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, trainer.optimizer.state.values()))
     assert trainer.settle([record | {"step": 2}]) == [] and trainer.skipped == 1
+
+
+@pytest.mark.slow
+def test_compiled_blocks_take_the_gradient_probe(make_tiny_model, tmp_path):
+    # The probe differentiates each loss with retain_graph; AOTAutograd's donated buffers forbid that unless off.
+    trainer = Trainer(
+        make_tiny_model((4, 4)),
+        token_data(),
+        config(steps=3, compile=True, compile_backend="aot_eager", grad_probe_every=1),
+        tmp_path,
+        torch.device("cpu"),
+    )
+    trainer.fit()
+    probes = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert trainer.step == 3 and any("grad_cos" in record for record in probes)

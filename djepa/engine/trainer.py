@@ -173,6 +173,11 @@ def trunk_parameters(model: DJEPA) -> list[torch.nn.Parameter]:
 
 def compile_blocks(model: DJEPA, backend: str = "inductor") -> None:
     """Regional compilation: each block alone, with dynamic shapes, since visible counts change per step."""
+    # The gradient probe differentiates each loss with retain_graph=True, which AOTAutograd's donated buffers
+    # (reusing a backward's saved tensors as its outputs) forbid; they save memory only.
+    import torch._functorch.config as functorch_config
+
+    functorch_config.donated_buffer = False
     for block in model.repeated_blocks():
         block.compile(backend=backend, dynamic=True)
 
