@@ -64,3 +64,14 @@ def test_an_unreadable_file_names_its_key(tmp_path):
         time_to_fd.main([f"results={tmp_path / 'none.json'}", f"profile={tmp_path / 'none.json'}"])
     with pytest.raises(UsageError, match="results="):
         time_to_fd.read_json(str(tmp_path / "none.json"), "results")
+
+
+def test_several_profiles_give_each_variant_its_median_step_time():
+    profiles = [
+        {"variants": {"mar": {"step_ms": 100.0}, "djepa": {"step_ms": 130.0}}},
+        {"variants": {"mar": {"step_ms": 110.0}, "djepa": {"step_ms": 120.0}, "slow": {"step_ms": 50.0}}},
+        {"variants": {"mar": {"step_ms": 90.0}}},
+    ]
+    merged = time_to_fd.merged_profile(profiles)["variants"]
+    assert merged["mar"] == {"step_ms": 100.0, "profiles": 3}
+    assert merged["djepa"]["step_ms"] == 125.0 and merged["slow"]["step_ms"] == 50.0

@@ -1,5 +1,5 @@
 """Steps into seconds: `python -m djepa.benchmarks.experiments.time_to_fd results=BENCH/results.json
-profile=PROFILE/profile.json [reference=mar] [out=DIR]`.
+profile=PROFILE/profile.json[,PROFILE2/profile.json,...] [reference=mar] [out=DIR]`.
 
 A benchmark measures quality against steps; what a user pays for is seconds. This joins a benchmark's results
 (one process's or `combine`'s, several seeds per variant) with a step profile of the same variants (quiet medians
@@ -7,13 +7,16 @@ per step from `step_profile`) and gives one table: per variant its final FD, the
 reaches the reference variant's final FD (and each seed's own curve), the milliseconds per step, and the seconds
 that makes, with their ratio to the reference's own time to that FD. Seconds per seed give the mean ± one standard
 error where every seed reaches the FD within the run (else only how many did). Variants must have the
-same names in both files (`step_profile variants=djepa,mar,mar_arch,rows25`).
+same names in both files (`step_profile variants=djepa,mar,mar_arch,rows25`). Step times move by several percent
+between quiet profiles on a small CPU: with several profiles (a comma list) each variant's step time is the median
+of the profiles that time it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +39,15 @@ def read_json(path: str, key: str) -> dict[str, Any]:
         return dict(json.loads(Path(path).read_text()))
     except (OSError, ValueError) as err:
         raise UsageError(f"{key}={path}: cannot read it as JSON ({err})") from err
+
+
+def merged_profile(profiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One profile from several: per variant the median step time over the profiles that time it."""
+    times: dict[str, list[float]] = {}
+    for profile in profiles:
+        for name, record in profile.get("variants", {}).items():
+            times.setdefault(name, []).append(float(record["step_ms"]))
+    return {"variants": {name: {"step_ms": statistics.median(ms), "profiles": len(ms)} for name, ms in times.items()}}
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
@@ -118,7 +130,8 @@ def table(report: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     with cli_errors():
         args = key_values(list(sys.argv[1:] if argv is None else argv), DEFAULTS)
-        results, profile = read_json(args["results"], "results"), read_json(args["profile"], "profile")
+        results = read_json(args["results"], "results")
+        profile = merged_profile([read_json(path, "profile") for path in args["profile"].split(",")])
         report = time_to_fd(results, profile, args["reference"])
         text = table(report)
         if args["out"]:
