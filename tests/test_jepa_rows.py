@@ -1,6 +1,8 @@
 """loss.jepa_rows and loss.jepa_every: the JEPA term (teacher pass and projector) on a share of each batch's rows,
 or on every k-th step only."""
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -16,6 +18,11 @@ def token_data(n: int = 32) -> TokenData:
     labels = torch.arange(n) % 3
     mean = torch.randn(3, 16, 4, generator=g)[labels] + 0.1 * torch.randn(n, 16, 4, generator=g)
     return TokenData(mean, None, labels)
+
+
+def small_config(**overrides: Any) -> TrainConfig:
+    settings: dict[str, Any] = dict(batch_size=8, lr=1e-3, warmup_steps=1, checkpoint_every=10, log_every=1)
+    return TrainConfig(precision="fp32", preview_every=0, **settings | overrides)
 
 
 def test_the_jepa_term_on_the_first_rows_equals_that_term_on_those_rows_alone(make_tiny_model):
@@ -36,17 +43,7 @@ def test_the_jepa_term_on_the_first_rows_equals_that_term_on_those_rows_alone(ma
 
 @pytest.mark.parametrize(("share", "rows"), [(1.0, 8), (0.5, 4), (0.25, 2), (0.01, 1)])
 def test_the_teacher_sees_only_the_share_of_rows(make_tiny_model, tmp_path, share, rows):
-    config = TrainConfig(
-        steps=3,
-        batch_size=8,
-        lr=1e-3,
-        warmup_steps=1,
-        precision="fp32",
-        checkpoint_every=10,
-        log_every=1,
-        preview_every=0,
-        jepa_rows=share,
-    )
+    config = small_config(steps=3, jepa_rows=share)
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config, tmp_path, torch.device("cpu"))
     assert trainer.teacher is not None
     seen: list[int] = []
@@ -62,17 +59,7 @@ def test_a_share_outside_0_1_names_the_key(bad):
 
 
 def test_the_teacher_runs_only_on_every_kth_step(make_tiny_model, tmp_path):
-    config = TrainConfig(
-        steps=8,
-        batch_size=8,
-        lr=1e-3,
-        warmup_steps=1,
-        precision="fp32",
-        checkpoint_every=10,
-        log_every=1,
-        preview_every=0,
-        jepa_every=3,
-    )
+    config = small_config(steps=8, jepa_every=3)
     trainer = Trainer(make_tiny_model((4, 4)), token_data(), config, tmp_path, torch.device("cpu"))
     assert trainer.teacher is not None
     taught: list[int] = []
