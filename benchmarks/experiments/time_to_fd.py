@@ -15,14 +15,13 @@ of the profiles that time it.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from djepa.benchmarks.aggregate import steps_to_reach
+from djepa.benchmarks.aggregate import mean_se, steps_to_reach
 from djepa.benchmarks.experiments import key_values
 from djepa.cli.config import cli_errors
 from djepa.errors import UsageError
@@ -50,15 +49,6 @@ def merged_profile(profiles: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"variants": {name: {"step_ms": statistics.median(ms), "profiles": len(ms)} for name, ms in times.items()}}
 
 
-def mean_se(values: Sequence[float]) -> tuple[float, float | None]:
-    """The mean and its standard error (None for one value)."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var / len(values))
-
-
 def seed_curves(variant: dict[str, Any]) -> list[list[dict[str, Any]]]:
     """Each seed's quality curve (a one-seed variant is its own)."""
     return [run["curve"] for run in variant.get("per_seed", [variant])]
@@ -82,7 +72,10 @@ def time_to_fd(results: dict[str, Any], profile: dict[str, Any], reference: str)
         per_seed = [steps_to_reach(curve, target) for curve in seed_curves(variant)]
         reached = [s * ms / 1000 for s in per_seed if s is not None]
         # A mean over only the seeds that got there would drop the slowest: none unless every seed did.
-        seconds_mean, seconds_se = mean_se(reached) if len(reached) == len(per_seed) else (None, None)
+        seconds_mean, seconds_se = None, None
+        if len(reached) == len(per_seed):
+            seconds_mean, se = mean_se(reached)
+            seconds_se = se if len(reached) > 1 else None
         seconds = None if steps is None else steps * ms / 1000
         rows[name] = {
             "seeds": len(per_seed),

@@ -488,7 +488,7 @@ class Trainer:
         labels: torch.Tensor,
         mask: torch.Tensor,
         num_visible: int,
-        has_context: bool,
+        with_jepa: bool,
         draws: LossDraws | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The per-term losses of one (micro-)batch and their weighted total."""
@@ -496,7 +496,7 @@ class Trainer:
         teacher = self.teacher if self.teacher is not None else self.ema
         with autocast(self.device, self.dtype):
             targets = None
-            if self.use_jepa and has_context:
+            if self.use_jepa and with_jepa:
                 rows = self.jepa_row_count(tokens.shape[0])
                 with record_function("djepa::teacher"):
                     targets = teacher(tokens[:rows], labels[:rows])
@@ -505,7 +505,7 @@ class Trainer:
                 # module's class its reshard method at run time, which the type checker cannot see.
                 teacher.reshard()  # type: ignore[operator]
             args = (tokens, labels, mask, targets, num_visible, draws)
-            losses = self.train_module(*args, with_jepa=has_context)
+            losses = self.train_module(*args, with_jepa=with_jepa)
         total = config.denoise_weight * losses["denoise"]
         if self.use_jepa:
             total = total + config.jepa_weight * losses["jepa"]
@@ -528,7 +528,7 @@ class Trainer:
         yield
 
     def accumulate(
-        self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, num_visible: int, has_context: bool
+        self, tokens: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, num_visible: int, with_jepa: bool
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
         """grad_accum_steps forward/backward passes over equal slices of the step's rows, gradients summed.
 
@@ -548,8 +548,8 @@ class Trainer:
             part_draws = None if draws is None else self.model.slice_draws(draws, tokens.shape[0], num_hidden, part)
             with self.gradient_sync(i == k - 1):  # the ranks reduce the summed gradients once, on the last pass
                 micro = (tokens[part], labels[part], mask[part])
-                losses, total = self.forward(*micro, num_visible, has_context, part_draws)
-                if i == 0 and self.probe_due() and has_context:
+                losses, total = self.forward(*micro, num_visible, with_jepa, part_draws)
+                if i == 0 and self.probe_due() and with_jepa:
                     probe = self.gradient_probe(losses)
                 (total / k).backward()
             for name, value in [*losses.items(), ("total", total)]:
@@ -575,19 +575,20 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        # With no visible token there is no context to predict targets from, and loss.jepa_every skips the steps
-        # between its k-th: the JEPA term is off for the batch (DJEPA.loss) and the teacher pass is skipped.
-        has_context = (num_visible > 0 or self.model.jepa_without_context) and self.step % config.jepa_every == 0
+        # The JEPA term is off for a batch with no visible token (no context to predict targets from) and on the
+        # steps loss.jepa_every skips: DJEPA.loss zero-weights it and the teacher pass is skipped.
+        has_context = num_visible > 0 or self.model.jepa_without_context
+        with_jepa = has_context and self.step % config.jepa_every == 0
         record: dict[str, Any] = {"lr": lr}
         if self.use_jepa:
-            record["jepa_active"] = has_context
+            record["jepa_active"] = with_jepa
         if config.grad_accum_steps > 1:
-            losses, total, probe = self.accumulate(tokens, labels, mask, num_visible, has_context)
+            losses, total, probe = self.accumulate(tokens, labels, mask, num_visible, with_jepa)
             record |= probe
         else:
-            losses, total = self.forward(tokens, labels, mask, num_visible, has_context)
+            losses, total = self.forward(tokens, labels, mask, num_visible, with_jepa)
             self.optimizer.zero_grad(set_to_none=True)
-            if self.probe_due() and has_context:
+            if self.probe_due() and with_jepa:
                 record |= self.gradient_probe(losses)
             with record_function("djepa::backward"):
                 total.backward()
