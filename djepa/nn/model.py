@@ -289,12 +289,10 @@ class DJEPA(nn.Module):
         losses = {"denoise": per_row.mean()}
         if self.jepa:
             assert self.jepa_proj is not None  # built exactly when jepa is on
-            term_off = not with_jepa or (visible.shape[1] == 0 and not self.jepa_without_context)
-            # With the term off one row keeps the projector in the graph; otherwise the rows with targets.
-            jepa_rows = 1 if term_off else b if targets is None else targets.shape[0]
+            jepa_rows = b if targets is None else targets.shape[0]
             with record_function("djepa::jepa_projector"):
                 pred = self.jepa_proj(cond[: jepa_rows * hidden.shape[1]]).float()
-            if term_off:
+            if not with_jepa or (visible.shape[1] == 0 and not self.jepa_without_context):
                 # No visible token (a quarter of batches at 16 tokens): nothing to predict the targets from; or
                 # a step the trainer skips (loss.jepa_every). The term is off; zero-weighted, the projector still
                 # takes part (DDP needs every parameter used). The denoiser still learns, with no context the
